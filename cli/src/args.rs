@@ -1,0 +1,322 @@
+//! The command line. Every connection flag also reads an environment variable, so a deployment
+//! configures replicas by environment and a person overrides with flags.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+use std::time::Duration;
+use warren_shared::config;
+use warren_shared::state::RunStatus;
+use warren_shared::topology::QueueType;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "warren",
+    version,
+    about = "Warren: background jobs on RabbitMQ with their state in Postgres"
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Global {
+    /// RabbitMQ URL.
+    #[arg(long, global = true, env = config::ENV_AMQP_URL, default_value = config::DEFAULT_AMQP_URL)]
+    pub(crate) amqp_url: String,
+    /// Postgres URL; the database is created if it does not exist.
+    #[arg(long, global = true, env = config::ENV_DATABASE_URL, default_value = config::DEFAULT_DATABASE_URL)]
+    pub(crate) database_url: String,
+    /// Prefix of every exchange and queue name.
+    #[arg(long, global = true, env = config::ENV_NAMESPACE, default_value = config::DEFAULT_NAMESPACE)]
+    pub(crate) namespace: String,
+    /// Log format: `text` for a terminal, `json` for log pipelines.
+    #[arg(long, global = true, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Run a worker replica until SIGTERM or SIGINT (a second signal stops at once).
+    Worker(WorkerArgs),
+    /// Publish an event: one with --data or --file, or one per line of NDJSON on standard input.
+    Publish(PublishArgs),
+    /// Create the database if needed and apply pending migrations.
+    Migrate,
+    /// List and inspect runs.
+    Runs(RunsArgs),
+    /// Each task's queue, depth, consumers and dead letters.
+    Tasks(TasksArgs),
+    /// Inspect, replay and purge dead letters.
+    Dlq(DlqArgs),
+    /// The fleet: every replica, its heartbeat and the runs it holds.
+    Workers(WorkersArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct WorkersArgs {
+    /// Include replicas that stopped cleanly.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DlqArgs {
+    #[command(subcommand)]
+    pub(crate) command: DlqCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DlqCommand {
+    /// How many dead letters a task has, and a table of them.
+    List {
+        /// The task.
+        task: String,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter: headers, payload, and its run's timeline.
+    Show {
+        /// Message id or run id.
+        id: String,
+        /// Look only in this task's dead-letter queue (default: every task's).
+        #[arg(long)]
+        task: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to the task's queue with a fresh retry budget; runs resume from
+    /// their checkpoints.
+    Replay {
+        /// The task.
+        task: String,
+        /// Only the dead letter with this message id or run id.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// Every dead letter (up to --limit).
+        #[arg(long)]
+        all: bool,
+        /// Replay at most this many.
+        #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+        limit: usize,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        /// The task.
+        task: String,
+        /// Only those dead-lettered longer ago than this (e.g. 7d).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Confirm: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct WorkerArgs {
+    /// Run only these tasks (comma-separated ids); all registered tasks by default.
+    #[arg(long, env = "WARREN_TASKS", value_delimiter = ',')]
+    pub(crate) tasks: Vec<String>,
+    /// Runs of each task this replica executes at once (overrides each task's own).
+    #[arg(long, env = "WARREN_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) concurrency: Option<u32>,
+    /// Messages the broker may push ahead per task (defaults to the concurrency).
+    #[arg(long, env = "WARREN_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) prefetch: Option<u16>,
+    /// Queue type of task queues created by this replica.
+    #[arg(long, env = "WARREN_QUEUE_TYPE", default_value = "quorum", value_parser = parse_queue_type)]
+    pub(crate) queue_type: QueueType,
+    /// How long in-flight runs may take to finish after a shutdown signal (e.g. 30s, 2m).
+    #[arg(long, env = "WARREN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) grace_period: Duration,
+    /// Larger messages are dead-lettered.
+    #[arg(long, env = "WARREN_MAX_MESSAGE_BYTES", default_value_t = warren_shared::contract::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub(crate) max_message_bytes: usize,
+    /// This replica's id (default: host-pid-random).
+    #[arg(long, env = "WARREN_WORKER_ID")]
+    pub(crate) worker_id: Option<String>,
+    /// Attempts per run, for tasks without their own retry policy (1 = never retry).
+    #[arg(long, env = "WARREN_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_attempts: u32,
+    /// Delay before the first retry.
+    #[arg(long, env = "WARREN_RETRY_MIN_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) retry_min_delay: Duration,
+    /// Longest delay between attempts.
+    #[arg(long, env = "WARREN_RETRY_MAX_DELAY", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) retry_max_delay: Duration,
+    /// Each delay is this many times the one before.
+    #[arg(long, env = "WARREN_RETRY_FACTOR", default_value_t = 2.0)]
+    pub(crate) retry_factor: f64,
+    /// Spread retry delays randomly between half and all of their length.
+    #[arg(long, env = "WARREN_RETRY_JITTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) retry_jitter: bool,
+    /// How long an idempotency key makes later publishes with the same key (of the same task)
+    /// duplicates that start no run.
+    #[arg(long, env = "WARREN_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub(crate) idempotency_window: Duration,
+    /// Deliveries of one message before the broker dead-letters it as poison (quorum task
+    /// queues created by this replica).
+    #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = warren_shared::topology::DEFAULT_DELIVERY_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
+    pub(crate) delivery_limit: i64,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PublishArgs {
+    /// The event, e.g. video.process.
+    pub(crate) event: String,
+    /// The JSON payload.
+    #[arg(long, conflicts_with = "file")]
+    pub(crate) data: Option<String>,
+    /// A file holding the JSON payload.
+    #[arg(long)]
+    pub(crate) file: Option<std::path::PathBuf>,
+    /// The message id (a fresh UUIDv7 by default; single publish only).
+    #[arg(long)]
+    pub(crate) message_id: Option<String>,
+    /// Idempotency key (single publish only).
+    #[arg(long)]
+    pub(crate) idempotency_key: Option<String>,
+    /// Tenant.
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// Extra header, NAME=VALUE (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    pub(crate) headers: Vec<(String, String)>,
+    /// Deliver after this long (e.g. 90s, 10m, 2h, 3days); held by the broker.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
+    pub(crate) delay: Option<Duration>,
+    /// Deliver at this time (RFC 3339, e.g. 2026-11-24T09:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RunsArgs {
+    #[command(subcommand)]
+    pub(crate) command: RunsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RunsCommand {
+    /// The newest runs.
+    List {
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only this status (queued, running, retrying, waiting, succeeded, halted, dead).
+        #[arg(long, value_parser = parse_status)]
+        status: Option<RunStatus>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's steps and transition timeline, by run id or message id.
+    Show {
+        /// Run id, or the message id it was published with.
+        id: String,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TasksArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_queue_type(s: &str) -> Result<QueueType, String> {
+    s.parse()
+}
+
+fn parse_status(s: &str) -> Result<RunStatus, String> {
+    s.parse()
+        .map_err(|e: warren_shared::state::UnknownStatus| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 10m, 1h)"))
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-24T09:00:00Z)"))
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}
+
+/// Help and version go to standard output as usual; any other command-line error is one line.
+pub(crate) fn report_usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid command line");
+            eprintln!("{first} (see 'warren --help')");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs to standard error; `RUST_LOG` filters (default: info for the worker, warn otherwise).
+pub(crate) fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cli.command {
+        Command::Worker(_) => "info",
+        _ => "warn,lapin=error",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.global.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,147 @@
+//! `warren runs list` and `warren runs show`.
+
+use crate::args::{Global, RunsArgs, RunsCommand};
+use crate::output::{or_dash, print_json, short_json, table, time};
+use warren_shared::store::{self, RunDetail, RunFilter};
+
+pub(crate) async fn run(global: &Global, args: RunsArgs) -> anyhow::Result<()> {
+    let pool = super::database(global).await?;
+    let client = pool.get().await?;
+    match args.command {
+        RunsCommand::List {
+            task,
+            status,
+            limit,
+            json,
+        } => {
+            let runs = store::list_runs(
+                &client,
+                &RunFilter {
+                    task,
+                    status,
+                    limit,
+                },
+            )
+            .await?;
+            if json {
+                return print_json(&runs);
+            }
+            let mut t = table(&[
+                "RUN",
+                "TASK",
+                "STATUS",
+                "STAGE/OUTCOME",
+                "ATTEMPT",
+                "ERROR",
+                "CREATED (UTC)",
+                "FINISHED",
+            ]);
+            for run in &runs {
+                t.add_row(vec![
+                    run.id.to_string(),
+                    run.task.clone(),
+                    run.status.clone(),
+                    or_dash(run.outcome.clone().or_else(|| run.stage.clone())),
+                    run.attempt.to_string(),
+                    or_dash(run.error_code.clone()),
+                    time(run.created_at),
+                    or_dash(run.finished_at.map(time)),
+                ]);
+            }
+            println!("{t}");
+            println!("{} run(s)", runs.len());
+        }
+        RunsCommand::Show { id, json } => {
+            let runs = store::find_runs(&client, &id).await?;
+            if runs.is_empty() {
+                anyhow::bail!("no run with id or message id {id:?}");
+            }
+            if json {
+                return if runs.len() == 1 {
+                    print_json(&runs[0])
+                } else {
+                    print_json(&runs)
+                };
+            }
+            for (i, run) in runs.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print_run(run);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn print_run(run: &RunDetail) {
+    let s = &run.summary;
+    println!("run        {}", s.id);
+    println!("task       {} (event {})", s.task, s.event);
+    println!("message    {}", run.message_id);
+    println!(
+        "status     {}{}",
+        s.status,
+        s.outcome
+            .as_ref()
+            .map(|o| format!(" ({o})"))
+            .unwrap_or_default()
+    );
+    println!("stage      {}", or_dash(s.stage.clone()));
+    println!("attempt    {}", s.attempt);
+    if let Some(code) = &s.error_code {
+        println!("error      {code}: {}", or_dash(run.error_message.clone()));
+    }
+    println!("published  {}", or_dash(run.published_at.map(time)));
+    println!("created    {}", time(s.created_at));
+    println!("finished   {}", or_dash(s.finished_at.map(time)));
+    println!("worker     {}", or_dash(run.worker.clone()));
+    println!("input      {}", short_json(run.input.as_ref(), 200));
+    println!("output     {}", short_json(run.output.as_ref(), 200));
+
+    println!("\nsteps");
+    let mut steps = table(&[
+        "#",
+        "STEP",
+        "STATUS",
+        "ATTEMPT",
+        "RUNS",
+        "TOOK",
+        "OUTPUT / ERROR",
+    ]);
+    for step in &run.steps {
+        let took = (step.finished_at - step.started_at).num_milliseconds();
+        let detail = match &step.error_code {
+            Some(code) => format!("{code}: {}", or_dash(step.error_message.clone())),
+            None => short_json(step.output.as_ref(), 80),
+        };
+        steps.add_row(vec![
+            step.position.to_string(),
+            step.step.clone(),
+            step.status.clone(),
+            step.attempt.to_string(),
+            step.executions.to_string(),
+            format!("{took} ms"),
+            detail,
+        ]);
+    }
+    println!("{steps}");
+
+    println!("\ntimeline");
+    let mut timeline = table(&[
+        "AT (UTC)", "FROM", "TO", "STAGE", "STEP", "ATTEMPT", "WORKER", "REASON",
+    ]);
+    for tr in &run.transitions {
+        timeline.add_row(vec![
+            time(tr.at),
+            or_dash(tr.from_status.clone()),
+            tr.to_status.clone(),
+            or_dash(tr.stage.clone()),
+            or_dash(tr.step.clone()),
+            tr.attempt.to_string(),
+            or_dash(tr.worker.clone()),
+            or_dash(tr.reason.clone()),
+        ]);
+    }
+    println!("{timeline}");
+}

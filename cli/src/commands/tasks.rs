@@ -1,0 +1,91 @@
+//! `warren tasks`: each task's queue, depth and consumers, read from the broker.
+
+use super::{redact, within_timeout};
+use crate::args::{Global, TasksArgs};
+use crate::output::{print_json, table};
+use serde::Serialize;
+use warren_shared::topology::{QueueStats, inspect_queue};
+use warren_worker::Registry;
+
+#[derive(Serialize)]
+struct TaskRow {
+    task: String,
+    events: Vec<String>,
+    steps: usize,
+    queue: String,
+    /// `None` when no worker has declared the queue yet.
+    ready: Option<u32>,
+    consumers: Option<u32>,
+    dead_letter_queue: String,
+    dead_letters: Option<u32>,
+}
+
+pub(crate) async fn run(
+    global: &Global,
+    args: TasksArgs,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    let topology = super::topology(global);
+    let connection = within_timeout(
+        &format!("the broker at {}", redact(&global.amqp_url)),
+        warren_shared::amqp::connect(&global.amqp_url, "warren-cli"),
+    )
+    .await?;
+    let mut rows = Vec::new();
+    for task in registry.tasks() {
+        let queue = topology.task_queue(task.id());
+        let dlq = topology.dead_letter_queue(task.id());
+        let stats = inspect(&connection, &queue).await?;
+        let dead = inspect(&connection, &dlq).await?;
+        rows.push(TaskRow {
+            task: task.id().to_owned(),
+            events: task.events(),
+            steps: task.steps().len(),
+            queue,
+            ready: stats.map(|s| s.messages),
+            consumers: stats.map(|s| s.consumers),
+            dead_letter_queue: dlq,
+            dead_letters: dead.map(|s| s.messages),
+        });
+    }
+    warren_shared::amqp::close(&connection, "bye").await;
+    if args.json {
+        return print_json(&rows);
+    }
+    let missing = "not declared";
+    let mut t = table(&[
+        "TASK",
+        "EVENTS",
+        "STEPS",
+        "QUEUE",
+        "READY",
+        "CONSUMERS",
+        "DEAD LETTERS",
+    ]);
+    for row in &rows {
+        t.add_row(vec![
+            row.task.clone(),
+            row.events.join(", "),
+            row.steps.to_string(),
+            row.queue.clone(),
+            row.ready.map_or(missing.into(), |n| n.to_string()),
+            row.consumers.map_or(missing.into(), |n| n.to_string()),
+            row.dead_letters.map_or(missing.into(), |n| n.to_string()),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// A passive declaration of a missing queue closes its channel, so each look gets its own.
+async fn inspect(
+    connection: &lapin::Connection,
+    queue: &str,
+) -> anyhow::Result<Option<QueueStats>> {
+    let channel = connection.create_channel().await?;
+    let stats = inspect_queue(&channel, queue).await?;
+    if stats.is_some() {
+        warren_shared::amqp::close_channel(&channel, "done").await;
+    }
+    Ok(stats)
+}

@@ -1,0 +1,60 @@
+//! # warren-cli: the operator's command line
+//!
+//! One binary, `warren`, with subcommands: `worker` runs a replica, `publish` sends events,
+//! `migrate` prepares the database, `runs` and `tasks` inspect. Errors are one line on standard
+//! error and a non-zero exit.
+//!
+//! # Layout
+//!
+//! * `args`: the command line (clap), flags and environment variables.
+//! * `commands`: one module per subcommand.
+//! * `output`: tables and JSON.
+
+mod args;
+mod commands;
+mod output;
+
+use args::{Cli, Command};
+use clap::Parser;
+use std::process::ExitCode;
+use warren_worker::Registry;
+
+/// Parses the command line, runs the command with `registry`'s tasks, and turns any error into
+/// one line on standard error and exit code 1 (2 for a bad command line).
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return args::report_usage_error(e),
+    };
+    args::init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, registry)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, registry: Registry) -> anyhow::Result<()> {
+    let global = cli.global;
+    match cli.command {
+        Command::Worker(args) => commands::worker::run(&global, args, registry).await,
+        Command::Publish(args) => commands::publish::run(&global, args).await,
+        Command::Migrate => commands::migrate::run(&global).await,
+        Command::Runs(args) => commands::runs::run(&global, args).await,
+        Command::Tasks(args) => commands::tasks::run(&global, args, &registry).await,
+        Command::Dlq(args) => commands::dlq::run(&global, args, &registry).await,
+        Command::Workers(args) => commands::workers::run(&global, args).await,
+    }
+}

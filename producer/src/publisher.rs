@@ -1,0 +1,154 @@
+//! A publisher-confirm channel and the one function that turns a confirm into a result.
+
+use lapin::PublisherConfirm;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use std::sync::Arc;
+
+/// Why a publish did not succeed. The message may or may not have reached the broker unless the
+/// variant says otherwise; publishing again with the same message id is safe (runs are keyed by it).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker could not be reached, or the connection or channel failed.
+    #[error("broker unavailable: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker refused the message (negative confirm).
+    #[error("the broker refused (nacked) message {message_id} to {routing_key:?}")]
+    Nacked {
+        /// The message.
+        message_id: String,
+        /// Where it was sent.
+        routing_key: String,
+    },
+    /// No queue is bound to the routing key: no task listens to this event.
+    #[error(
+        "no task listens to {routing_key:?} on exchange {exchange:?}: message {message_id} was returned unrouted"
+    )]
+    Unroutable {
+        /// The exchange.
+        exchange: String,
+        /// The routing key (the event).
+        routing_key: String,
+        /// The message.
+        message_id: String,
+    },
+    /// The event name is not valid.
+    #[error(transparent)]
+    InvalidEvent(#[from] warren_shared::contract::ContractError),
+    /// The payload could not be serialised as JSON.
+    #[error("payload is not valid JSON: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
+/// A channel in confirm mode. Cheap to clone; clones share the channel.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    /// Keeps the connection open as long as the publisher lives, when the publisher owns it.
+    _connection: Option<Arc<Connection>>,
+}
+
+/// A publish the broker has not confirmed yet. Await [`PendingConfirm::wait`] to learn its fate;
+/// keeping many pending lets the broker confirm them in batches (pipelining).
+pub struct PendingConfirm {
+    confirm: PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+    message_id: String,
+}
+
+impl PendingConfirm {
+    /// Waits for the broker's answer: `Ok` only for an ack of a routed message.
+    pub async fn wait(self) -> Result<(), PublishError> {
+        let confirmation = self.confirm.await?;
+        if confirmation.is_nack() {
+            return Err(PublishError::Nacked {
+                message_id: self.message_id,
+                routing_key: self.routing_key,
+            });
+        }
+        if confirmation.take_message().is_some() {
+            return Err(PublishError::Unroutable {
+                exchange: self.exchange,
+                routing_key: self.routing_key,
+                message_id: self.message_id,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Publisher {
+    /// Opens a connection of its own, named `name`, and a confirming channel on it.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, PublishError> {
+        let connection = warren_shared::amqp::connect(url, name).await?;
+        let mut publisher = Self::open(&connection).await?;
+        publisher._connection = Some(Arc::new(connection));
+        Ok(publisher)
+    }
+
+    /// Opens a confirming channel on an existing connection.
+    pub async fn open(connection: &Connection) -> Result<Self, PublishError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            channel,
+            _connection: None,
+        })
+    }
+
+    /// The underlying channel (to declare topology on it).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Sends a message, `mandatory`, and returns without waiting for the confirm.
+    pub async fn start(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PendingConfirm, PublishError> {
+        let message_id = properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await?;
+        Ok(PendingConfirm {
+            confirm,
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            message_id,
+        })
+    }
+
+    /// Sends a message and waits until the broker has confirmed and routed it.
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        self.start(exchange, routing_key, body, properties)
+            .await?
+            .wait()
+            .await
+    }
+}

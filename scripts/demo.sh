@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The demo fleet, end to end: services up, database migrated, two worker replicas, a handful of
+# demo events, the runs table, one run's timeline, then a clean stop.
+#
+# It uses its own database (warren_demo, reset on every run) and namespace (demo), so it never
+# touches a real deployment's data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export WARREN_AMQP_URL="${WARREN_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export WARREN_DATABASE_URL="${WARREN_DEMO_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/warren_demo}"
+export WARREN_NAMESPACE=demo
+
+scripts/services.sh
+cargo build --bin warren
+warren=target/debug/warren
+
+psql_url="${WARREN_DATABASE_URL%/*}/postgres"
+if command -v psql >/dev/null; then
+  psql -q "$psql_url" -c "DROP DATABASE IF EXISTS warren_demo WITH (FORCE)" >/dev/null
+fi
+"$warren" migrate
+# Dead letters left by an earlier demo run would confuse this one's counts.
+for task in player.dump video.process; do "$warren" dlq purge "$task" --yes >/dev/null 2>&1 || true; done
+
+logs=$(mktemp -d)
+pids=()
+stop_workers() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop_workers EXIT
+
+for replica in a b; do
+  "$warren" worker --worker-id "demo-$replica" >"$logs/worker-$replica.log" 2>&1 &
+  pids+=($!)
+done
+# Wait until both replicas consume.
+for _ in $(seq 1 60); do
+  consuming=$("$warren" tasks --json 2>/dev/null | grep -c '"consumers": 2' || true)
+  [ "$consuming" = 2 ] && break
+  sleep 0.5
+done
+
+uuid() { cat /proc/sys/kernel/random/uuid; }
+video() { # quality message-id
+  printf '{"job_id":"%s","job_run_id":"%s","workspace_id":"%s","user_id":"%s","transcript_quality":"%s"}' \
+    "$(uuid)" "$(uuid)" "$(uuid)" "$(uuid)" "$1"
+}
+echo "== publishing demo events"
+"$warren" publish video.process --message-id demo-video-1 --data "$(video normal)"
+"$warren" publish video.process --message-id demo-video-2 --data "$(video normal)"
+"$warren" publish video.process --message-id demo-video-low --data "$(video low)"
+"$warren" publish player.dump --message-id demo-player-1 --data '{"playerId":"p-1001"}'
+"$warren" publish player.dump --message-id demo-player-missing --data '{"playerId":"missing-player"}'
+for i in $(seq 1 10); do printf '{"playerId":"bulk-%s"}\n' "$i"; done | "$warren" publish player.dump
+
+expected=15
+for _ in $(seq 1 120); do
+  finished=$("$warren" runs list --limit 1000 --json | grep -cE '"status": "(succeeded|halted|dead)"' || true)
+  [ "$finished" -ge "$expected" ] && break
+  sleep 0.5
+done
+
+echo; echo "== runs"
+"$warren" runs list --limit 50
+echo; echo "== one video run"
+"$warren" runs show demo-video-1
+echo; echo "== tasks"
+"$warren" tasks
+
+echo; echo "== stopping the replicas"
+stop_workers
+trap - EXIT
+grep -h "worker stopped" "$logs"/worker-*.log || true
+echo "demo finished: $finished of $expected runs finished; worker logs in $logs"
+[ "$finished" -ge "$expected" ]

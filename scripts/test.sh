@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests and integration tests against the real RabbitMQ and
+# PostgreSQL (started if they are down), including a publisher written in Python with pika.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh
+
+# The polyglot test publishes with Python's pika, in a virtualenv of its own.
+venv=target/pyenv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pika' 2>/dev/null; then
+  echo "test: installing pika for the Python publisher test" >&2
+  mkdir -p target
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; fi
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check pika
+fi
+export WARREN_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# Integration tests drive the real `warren` binary too.
+cargo build --workspace --bins
+cargo test --workspace "$@"

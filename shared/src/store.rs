@@ -1,0 +1,1111 @@
+//! Every SQL statement on runs, steps and transitions. The worker writes through these functions
+//! (batched into group-commit transactions by its state writer); the CLI reads through them.
+//!
+//! Each write checks the state machine ([`crate::state::check`]) and fences on the row's current
+//! status, so a write based on a stale view of a run changes nothing and says so.
+
+use crate::state::{self, IllegalTransition, RunStatus};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio_postgres::types::Json;
+use uuid::Uuid;
+
+/// What can go wrong writing or reading run state.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query failed.
+    #[error("Postgres query failed: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// The change is not a legal transition.
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    /// The run was not in the status the write expected (another worker moved it on).
+    #[error("run {run} is no longer {expected}")]
+    Conflict {
+        /// The run.
+        run: Uuid,
+        /// The status the write expected.
+        expected: RunStatus,
+    },
+    /// No connection could be had from the pool.
+    #[error("cannot get a Postgres connection: {0}")]
+    Connection(String),
+    /// A stored value does not parse (a status written by a newer version, say).
+    #[error("corrupt run row: {0}")]
+    Corrupt(String),
+}
+
+/// Namespace for run ids derived from message ids (UUIDv5).
+const RUN_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5741_5252_454e_4000_8000_0000_0000_0001);
+
+/// The run id of `task`'s run for a message: deterministic, so a redelivered message finds its
+/// run, and distinct per task, so one event that triggers two tasks makes two runs.
+pub fn run_id(task: &str, message_id: &str) -> Uuid {
+    let mut name = Vec::with_capacity(task.len() + message_id.len() + 1);
+    name.extend_from_slice(task.as_bytes());
+    name.push(b'/');
+    name.extend_from_slice(message_id.as_bytes());
+    Uuid::new_v5(&RUN_ID_NAMESPACE, &name)
+}
+
+/// The fields of a run taken from its message when a worker first sees it.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// From [`run_id`].
+    pub id: Uuid,
+    /// The message identity.
+    pub message_id: &'a str,
+    /// The task.
+    pub task: &'a str,
+    /// The event that triggered it.
+    pub event: &'a str,
+    /// The task input (the JSON payload), when it is JSON.
+    pub input: Option<&'a RawValue>,
+    /// The attempt the message carries.
+    pub attempt: i32,
+    /// Idempotency key.
+    pub idempotency_key: Option<&'a str>,
+    /// Tenant.
+    pub tenant: Option<&'a str>,
+    /// Publish time.
+    pub published_at: Option<DateTime<Utc>>,
+    /// The worker replica.
+    pub worker: &'a str,
+    /// The wait this message ends, if it resumes a waiting run.
+    pub wake: Option<&'a str>,
+    /// How long an idempotency key keeps making later publishes duplicates.
+    pub idempotency_window: std::time::Duration,
+}
+
+/// A finished step's stored output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Step name.
+    pub step: String,
+    /// Position in the pipeline (0-based).
+    pub position: i32,
+    /// What the step returned.
+    pub output: Value,
+}
+
+/// What a worker may do with a delivered message, decided by the run's state in Postgres.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The run is now `running` for this message's attempt (new, redelivered, retried, woken or
+    /// replayed): execute the steps after its checkpoints.
+    Run {
+        /// Attempts up to this number belong to earlier retry budgets.
+        attempt_base: i32,
+        /// Finished steps, in pipeline order (empty for a new run).
+        checkpoints: Vec<Checkpoint>,
+    },
+    /// The run already finished: acknowledge the message and do nothing more (but see
+    /// `failure_handled`).
+    Finished {
+        /// Its status.
+        status: RunStatus,
+        /// For a dead run: whether the task's failure handler has run for this death.
+        failure_handled: bool,
+        /// The run's last error code.
+        error_code: Option<String>,
+        /// The run's last error message.
+        error_message: Option<String>,
+    },
+    /// The message carries an older attempt than the run has reached (a copy superseded by a
+    /// retry): acknowledge it and do nothing.
+    Stale {
+        /// The run's current attempt.
+        current: i32,
+    },
+    /// Another message with the same idempotency key already made a run (within the window, and
+    /// that run is not dead): acknowledge this one and make no run.
+    Duplicate {
+        /// The run the key belongs to.
+        original: Uuid,
+    },
+    /// Another live replica is running this run right now (this delivery is a duplicate, or
+    /// the owner lost its channel but goes on): hand the message back and look again later.
+    Busy {
+        /// The replica that owns the run.
+        owner: String,
+    },
+}
+
+/// How long a replica's heartbeat keeps its runs its own. A run whose owner has not
+/// heartbeated for this long (or has stopped) is taken over by whoever gets its message.
+pub const OWNER_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How often replicas heartbeat: well inside [`OWNER_LEASE`].
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A replica's registration.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo<'a> {
+    /// Replica id.
+    pub id: &'a str,
+    /// Host name.
+    pub host: &'a str,
+    /// Process id.
+    pub pid: i32,
+    /// Task ids it consumes.
+    pub tasks: &'a [String],
+    /// Warren version.
+    pub version: &'a str,
+}
+
+/// Registers (or re-registers) a replica as alive.
+pub async fn register_worker(
+    client: &impl GenericClient,
+    worker: &WorkerInfo<'_>,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO workers (id, host, pid, tasks, version) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+                tasks = excluded.tasks, version = excluded.version, started_at = now(),
+                last_heartbeat = now(), stopped_at = NULL",
+            &[
+                &worker.id,
+                &worker.host,
+                &worker.pid,
+                &worker.tasks,
+                &worker.version,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records that a replica is still alive.
+pub async fn heartbeat(client: &impl GenericClient, worker: &str) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE workers SET last_heartbeat = now() WHERE id = $1 AND stopped_at IS NULL",
+        )
+        .await?;
+    client.execute(&stmt, &[&worker]).await?;
+    Ok(())
+}
+
+/// One line of `warren workers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerRecord {
+    /// Replica id.
+    pub id: String,
+    /// Host.
+    pub host: String,
+    /// Process id.
+    pub pid: i32,
+    /// Tasks it consumes.
+    pub tasks: Vec<String>,
+    /// Warren version.
+    pub version: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub last_heartbeat: DateTime<Utc>,
+    /// When it stopped cleanly, if it did.
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// `alive`, `stale` (no heartbeat within the owner lease: crashed or cut off) or `stopped`.
+    pub state: String,
+    /// Runs it holds in status `running`.
+    pub runs_in_flight: i64,
+}
+
+/// The fleet, newest first; stopped replicas only if `include_stopped`.
+pub async fn list_workers(
+    client: &impl GenericClient,
+    include_stopped: bool,
+) -> Result<Vec<WorkerRecord>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT w.id, w.host, w.pid, w.tasks, w.version, w.started_at, w.last_heartbeat, w.stopped_at,
+                    CASE WHEN w.stopped_at IS NOT NULL THEN 'stopped'
+                         WHEN w.last_heartbeat > now() - make_interval(secs => $1) THEN 'alive'
+                         ELSE 'stale' END,
+                    (SELECT count(*) FROM runs r WHERE r.worker = w.id AND r.status = 'running')
+             FROM workers w
+             WHERE $2 OR w.stopped_at IS NULL
+             ORDER BY w.started_at DESC",
+            &[&OWNER_LEASE.as_secs_f64(), &include_stopped],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| WorkerRecord {
+            id: row.get(0),
+            host: row.get(1),
+            pid: row.get(2),
+            tasks: row.get(3),
+            version: row.get(4),
+            started_at: row.get(5),
+            last_heartbeat: row.get(6),
+            stopped_at: row.get(7),
+            state: row.get(8),
+            runs_in_flight: row.get(9),
+        })
+        .collect())
+}
+
+/// Records that a replica stopped: its unfinished runs may be taken over at once.
+pub async fn stop_worker(client: &impl GenericClient, worker: &str) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE workers SET stopped_at = now() WHERE id = $1",
+            &[&worker],
+        )
+        .await?;
+    Ok(())
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, StoreError> {
+    text.parse()
+        .map_err(|e: state::UnknownStatus| StoreError::Corrupt(e.to_string()))
+}
+
+async fn log_transition(
+    client: &impl GenericClient,
+    run: Uuid,
+    from: Option<RunStatus>,
+    to: RunStatus,
+    change: &Change<'_>,
+) -> Result<(), StoreError> {
+    state::check(from, to)?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO run_transitions (run_id, from_status, to_status, stage, step, attempt, worker, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &run,
+                &from.map(RunStatus::as_str),
+                &to.as_str(),
+                &change.stage,
+                &change.step,
+                &change.attempt,
+                &change.worker,
+                &change.reason,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Who makes a change and why: the common part of every transition.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    /// Attempt number.
+    pub attempt: i32,
+    /// Worker replica (or `operator`).
+    pub worker: &'a str,
+    /// Why, in words.
+    pub reason: &'a str,
+    /// The step involved, if any.
+    pub step: Option<&'a str>,
+    /// The stage reached, if any.
+    pub stage: Option<&'a str>,
+}
+
+/// Reserves the run's idempotency key for it; `Some(original)` when another run holds the key.
+async fn reserve_idempotency_key(
+    client: &impl GenericClient,
+    run: &NewRun<'_>,
+    key: &str,
+) -> Result<Option<Uuid>, StoreError> {
+    let reserve = client
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (task, key, run_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    if client
+        .execute(&reserve, &[&run.task, &key, &run.id])
+        .await?
+        == 1
+    {
+        return Ok(None);
+    }
+    let holder = client
+        .prepare_cached(
+            "SELECT k.run_id, k.created_at > now() - make_interval(secs => $3), r.status
+             FROM idempotency_keys k LEFT JOIN runs r ON r.id = k.run_id
+             WHERE k.task = $1 AND k.key = $2 FOR UPDATE OF k",
+        )
+        .await?;
+    let row = client
+        .query_one(
+            &holder,
+            &[&run.task, &key, &run.idempotency_window.as_secs_f64()],
+        )
+        .await?;
+    let holder: Uuid = row.get(0);
+    let fresh: bool = row.get(1);
+    let status: Option<String> = row.get(2);
+    if holder == run.id || (fresh && status.as_deref() != Some(RunStatus::Dead.as_str())) {
+        return Ok((holder != run.id).then_some(holder));
+    }
+    // The key expired, or its run died: a failed run never satisfies an idempotency key.
+    client
+        .execute(
+            "UPDATE idempotency_keys SET run_id = $3, created_at = now() WHERE task = $1 AND key = $2",
+            &[&run.task, &key, &run.id],
+        )
+        .await?;
+    Ok(None)
+}
+
+/// Inserts a run unless it exists: `running`, or `dead` with `error` (code, message) for a
+/// message that can never run. Returns whether it was inserted.
+async fn insert_run(
+    client: &impl GenericClient,
+    run: &NewRun<'_>,
+    error: Option<(&str, &str)>,
+) -> Result<bool, StoreError> {
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO runs (id, message_id, task, event, status, attempt, input, idempotency_key,
+                               tenant, worker, published_at, error_code, error_message,
+                               started_at, finished_at)
+             VALUES ($1, $2, $3, $4, CASE WHEN $11::text IS NULL THEN 'running' ELSE 'dead' END,
+                     $5, $6, $7, $8, $9, $10, $11, $12,
+                     CASE WHEN $11::text IS NULL THEN now() END,
+                     CASE WHEN $11::text IS NULL THEN NULL ELSE now() END)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .await?;
+    let inserted = client
+        .execute(
+            &insert,
+            &[
+                &run.id,
+                &run.message_id,
+                &run.task,
+                &run.event,
+                &run.attempt,
+                &run.input.map(Json),
+                &run.idempotency_key,
+                &run.tenant,
+                &run.worker,
+                &run.published_at,
+                &error.map(|(code, _)| code),
+                &error.map(|(_, message)| message),
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Creates the run as `running`, or takes over the existing one. See [`Claim`].
+pub async fn claim(client: &impl GenericClient, run: &NewRun<'_>) -> Result<Claim, StoreError> {
+    if let Some(key) = run.idempotency_key
+        && let Some(original) = reserve_idempotency_key(client, run, key).await?
+    {
+        return Ok(Claim::Duplicate { original });
+    }
+    let inserted = insert_run(client, run, None).await?;
+    let change = Change {
+        attempt: run.attempt,
+        worker: run.worker,
+        reason: "started",
+        step: None,
+        stage: None,
+    };
+    if inserted {
+        log_transition(client, run.id, None, RunStatus::Running, &change).await?;
+        return Ok(Claim::Run {
+            attempt_base: 0,
+            checkpoints: Vec::new(),
+        });
+    }
+
+    let current = client
+        .prepare_cached(
+            "SELECT r.status, r.attempt, r.worker,
+                    (w.stopped_at IS NULL AND w.last_heartbeat > now() - make_interval(secs => $2)) AS owner_alive,
+                    r.attempt_base, r.wake_token, r.failure_handled_at IS NOT NULL,
+                    r.error_code, r.error_message
+             FROM runs r LEFT JOIN workers w ON w.id = r.worker
+             WHERE r.id = $1 FOR UPDATE OF r",
+        )
+        .await?;
+    let row = client
+        .query_one(&current, &[&run.id, &OWNER_LEASE.as_secs_f64()])
+        .await?;
+    let status = parse_status(row.get(0))?;
+    let attempt: i32 = row.get(1);
+    let owner: Option<String> = row.get(2);
+    let owner_alive: Option<bool> = row.get(3);
+    let attempt_base: i32 = row.get(4);
+    let wake_token: Option<String> = row.get(5);
+    if status.is_terminal() {
+        return Ok(Claim::Finished {
+            status,
+            failure_handled: row.get(6),
+            error_code: row.get(7),
+            error_message: row.get(8),
+        });
+    }
+    // An older attempt, or a copy that does not end the wait the run is in, was superseded.
+    let wrong_wake = status == RunStatus::Waiting && run.wake != wake_token.as_deref();
+    if run.attempt < attempt || wrong_wake {
+        return Ok(Claim::Stale { current: attempt });
+    }
+    if status == RunStatus::Running
+        && owner_alive == Some(true)
+        && let Some(owner) = owner.filter(|o| o != run.worker)
+    {
+        return Ok(Claim::Busy { owner });
+    }
+    let reason = match status {
+        RunStatus::Running => "redelivered: resuming from the last checkpoint",
+        RunStatus::Retrying => "retry attempt started",
+        RunStatus::Waiting => "wait is over",
+        RunStatus::Queued => "replayed run started",
+        _ => "picked up again",
+    };
+    let update = client
+        .prepare_cached(
+            "UPDATE runs SET status = 'running', attempt = $2, worker = $3, updated_at = now(),
+                             started_at = coalesce(started_at, now()), wake_token = NULL,
+                             next_attempt_at = NULL
+             WHERE id = $1",
+        )
+        .await?;
+    client
+        .execute(&update, &[&run.id, &run.attempt, &run.worker])
+        .await?;
+    log_transition(
+        client,
+        run.id,
+        Some(status),
+        RunStatus::Running,
+        &Change { reason, ..change },
+    )
+    .await?;
+    Ok(Claim::Run {
+        attempt_base,
+        checkpoints: checkpoints(client, run.id).await?,
+    })
+}
+
+/// The finished steps of a run, in pipeline order.
+pub async fn checkpoints(
+    client: &impl GenericClient,
+    run: Uuid,
+) -> Result<Vec<Checkpoint>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT step, position, output FROM run_steps
+             WHERE run_id = $1 AND status = 'succeeded' ORDER BY position",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&run])
+        .await?
+        .into_iter()
+        .map(|row| Checkpoint {
+            step: row.get(0),
+            position: row.get(1),
+            output: row
+                .get::<_, Option<Json<Value>>>(2)
+                .map_or(Value::Null, |j| j.0),
+        })
+        .collect())
+}
+
+/// How a finished step ends its run, if it does.
+#[derive(Debug, Clone, Copy)]
+pub enum StepEnd<'a> {
+    /// More steps follow.
+    Continue,
+    /// The last step: the run succeeded with this output.
+    Succeed,
+    /// The step ended the run early with a named outcome.
+    Halt {
+        /// E.g. `NEEDS_USER_INPUT`.
+        outcome: &'a str,
+    },
+    /// More steps follow after a wait: the run is `waiting` until a message carrying `token`
+    /// wakes it.
+    Wait {
+        /// Names the wait; only a message carrying it resumes the run.
+        token: &'a str,
+        /// When the wait is over.
+        until: DateTime<Utc>,
+    },
+}
+
+/// A step that finished, with its output.
+#[derive(Debug, Clone)]
+pub struct StepDone<'a> {
+    /// The run.
+    pub run: Uuid,
+    /// Step name.
+    pub step: &'a str,
+    /// Position in the pipeline.
+    pub position: i32,
+    /// What it returned.
+    pub output: &'a Value,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Whether the run ends here.
+    pub end: StepEnd<'a>,
+}
+
+/// Records a finished step: its checkpoint, the stage it reached, and the run's end when it is
+/// the last (one transaction with the caller's batch).
+pub async fn complete_step(
+    client: &impl GenericClient,
+    done: &StepDone<'_>,
+    change: &Change<'_>,
+) -> Result<(), StoreError> {
+    let step_status = match done.end {
+        StepEnd::Halt { .. } => "halted",
+        _ => "succeeded",
+    };
+    let upsert = client
+        .prepare_cached(
+            "INSERT INTO run_steps (run_id, step, position, status, attempt, output, worker, started_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+             ON CONFLICT (run_id, step) DO UPDATE SET
+                status = excluded.status, attempt = excluded.attempt, output = excluded.output,
+                worker = excluded.worker, started_at = excluded.started_at,
+                finished_at = excluded.finished_at, error_code = NULL, error_message = NULL,
+                executions = run_steps.executions + 1",
+        )
+        .await?;
+    client
+        .execute(
+            &upsert,
+            &[
+                &done.run,
+                &done.step,
+                &done.position,
+                &step_status,
+                &change.attempt,
+                &Json(done.output),
+                &change.worker,
+                &done.started_at,
+            ],
+        )
+        .await?;
+    // A halting step did not reach its stage: the run stops where it was.
+    let (to, outcome, stage, wake) = match done.end {
+        StepEnd::Continue => (RunStatus::Running, None, change.stage, None),
+        StepEnd::Succeed => (RunStatus::Succeeded, None, change.stage, None),
+        StepEnd::Halt { outcome } => (RunStatus::Halted, Some(outcome), None, None),
+        StepEnd::Wait { token, until } => {
+            (RunStatus::Waiting, None, change.stage, Some((token, until)))
+        }
+    };
+    let update = client
+        .prepare_cached(
+            "UPDATE runs SET status = $2, stage = coalesce($3, stage), outcome = $4,
+                    output = CASE WHEN $2 IN ('succeeded', 'halted') THEN $5 ELSE output END,
+                    finished_at = CASE WHEN $2 IN ('succeeded', 'halted') THEN now() ELSE NULL END,
+                    wake_token = $7, next_attempt_at = $8, updated_at = now()
+             WHERE id = $1 AND status = 'running' AND attempt = $6",
+        )
+        .await?;
+    let updated = client
+        .execute(
+            &update,
+            &[
+                &done.run,
+                &to.as_str(),
+                &stage,
+                &outcome,
+                &Json(done.output),
+                &change.attempt,
+                &wake.map(|(token, _)| token),
+                &wake.map(|(_, until)| until),
+            ],
+        )
+        .await?;
+    if updated == 0 {
+        return Err(StoreError::Conflict {
+            run: done.run,
+            expected: RunStatus::Running,
+        });
+    }
+    log_transition(
+        client,
+        done.run,
+        Some(RunStatus::Running),
+        RunStatus::Running,
+        change,
+    )
+    .await?;
+    if to != RunStatus::Running {
+        let end = Change {
+            reason: match done.end {
+                StepEnd::Halt { outcome } => outcome,
+                StepEnd::Wait { .. } => "waiting",
+                _ => "all steps succeeded",
+            },
+            stage: None,
+            ..*change
+        };
+        log_transition(client, done.run, Some(RunStatus::Running), to, &end).await?;
+    }
+    Ok(())
+}
+
+/// A failure to record: the error class and where it happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    /// Stable reason code (`invalid_input`, `timeout`, `not_found`, ...).
+    pub code: &'a str,
+    /// Human-readable message.
+    pub message: &'a str,
+    /// The failing step and its position, when a step failed.
+    pub step: Option<(&'a str, i32)>,
+    /// When the failing step started.
+    pub step_started_at: Option<DateTime<Utc>>,
+}
+
+/// What becomes of a run whose attempt failed.
+#[derive(Debug, Clone, Copy)]
+pub enum AfterFailure {
+    /// It is dead: its message is in the dead-letter queue.
+    Dead,
+    /// It is `retrying`: attempt `next_attempt` is due at `at` (its message is in the delay
+    /// cascade).
+    Retry {
+        /// The next attempt's number.
+        next_attempt: i32,
+        /// When it is due.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Moves a running run to `dead` or `retrying` with its error, recording the failed step.
+pub async fn fail_run(
+    client: &impl GenericClient,
+    run: Uuid,
+    after: AfterFailure,
+    failure: &Failure<'_>,
+    change: &Change<'_>,
+) -> Result<(), StoreError> {
+    let (to, next_attempt, next_at) = match after {
+        AfterFailure::Dead => (RunStatus::Dead, change.attempt, None),
+        AfterFailure::Retry { next_attempt, at } => (RunStatus::Retrying, next_attempt, Some(at)),
+    };
+    if let Some((step, position)) = failure.step {
+        let upsert = client
+            .prepare_cached(
+                "INSERT INTO run_steps (run_id, step, position, status, attempt, error_code, error_message,
+                                        worker, started_at, finished_at)
+                 VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7, coalesce($8, now()), now())
+                 ON CONFLICT (run_id, step) DO UPDATE SET
+                    status = 'failed', attempt = excluded.attempt, error_code = excluded.error_code,
+                    error_message = excluded.error_message, worker = excluded.worker,
+                    started_at = excluded.started_at, finished_at = excluded.finished_at,
+                    executions = run_steps.executions + 1",
+            )
+            .await?;
+        client
+            .execute(
+                &upsert,
+                &[
+                    &run,
+                    &step,
+                    &position,
+                    &change.attempt,
+                    &failure.code,
+                    &failure.message,
+                    &change.worker,
+                    &failure.step_started_at,
+                ],
+            )
+            .await?;
+    }
+    let update = client
+        .prepare_cached(
+            "UPDATE runs SET status = $2, error_code = $3, error_message = $4, updated_at = now(),
+                    finished_at = CASE WHEN $2 = 'dead' THEN now() ELSE NULL END,
+                    attempt = $6, next_attempt_at = $7
+             WHERE id = $1 AND status = 'running' AND attempt = $5",
+        )
+        .await?;
+    let updated = client
+        .execute(
+            &update,
+            &[
+                &run,
+                &to.as_str(),
+                &failure.code,
+                &failure.message,
+                &change.attempt,
+                &next_attempt,
+                &next_at,
+            ],
+        )
+        .await?;
+    if updated == 0 {
+        return Err(StoreError::Conflict {
+            run,
+            expected: RunStatus::Running,
+        });
+    }
+    log_transition(client, run, Some(RunStatus::Running), to, change).await
+}
+
+/// Records that the task's failure handler ran for the run's current death.
+pub async fn mark_failure_handled(
+    client: &impl GenericClient,
+    run: Uuid,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE runs SET failure_handled_at = now() WHERE id = $1 AND status = 'dead'",
+            &[&run],
+        )
+        .await?;
+    Ok(())
+}
+
+/// An operator's replay of a dead run: `dead → queued` with a fresh retry budget starting at the
+/// next attempt, whose number is returned. Replaying a run that is already `queued` (a replay
+/// interrupted before its message was sent) returns its attempt again. `None`: there is no such
+/// run, or it is neither dead nor queued.
+pub async fn replay_run(
+    client: &impl GenericClient,
+    run: Uuid,
+    operator: &str,
+) -> Result<Option<i32>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT status, attempt FROM runs WHERE id = $1 FOR UPDATE",
+            &[&run],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let status = parse_status(row.get(0))?;
+    let attempt: i32 = row.get(1);
+    match status {
+        RunStatus::Queued => Ok(Some(attempt)),
+        RunStatus::Dead => {
+            let next = attempt + 1;
+            client
+                .execute(
+                    "UPDATE runs SET status = 'queued', attempt = $2, attempt_base = $3,
+                            failure_handled_at = NULL, finished_at = NULL, next_attempt_at = NULL,
+                            updated_at = now()
+                     WHERE id = $1",
+                    &[&run, &next, &attempt],
+                )
+                .await?;
+            let change = Change {
+                attempt: next,
+                worker: operator,
+                reason: "replayed from the dead-letter queue",
+                step: None,
+                stage: None,
+            };
+            log_transition(
+                client,
+                run,
+                Some(RunStatus::Dead),
+                RunStatus::Queued,
+                &change,
+            )
+            .await?;
+            Ok(Some(next))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Records a run whose message can never run (its input fails the task's schema) straight as
+/// `dead`. A redelivery of the same message changes nothing. Returns whether the task's failure
+/// handler has already run for it.
+pub async fn dead_on_arrival(
+    client: &impl GenericClient,
+    run: &NewRun<'_>,
+    code: &str,
+    message: &str,
+) -> Result<bool, StoreError> {
+    let inserted = insert_run(client, run, Some((code, message))).await?;
+    if inserted {
+        let change = Change {
+            attempt: run.attempt,
+            worker: run.worker,
+            reason: message,
+            step: None,
+            stage: None,
+        };
+        log_transition(client, run.id, None, RunStatus::Dead, &change).await?;
+        return Ok(false);
+    }
+    let handled = client
+        .query_opt(
+            "SELECT failure_handled_at IS NOT NULL FROM runs WHERE id = $1",
+            &[&run.id],
+        )
+        .await?;
+    Ok(handled.is_some_and(|row| row.get(0)))
+}
+
+/// One line of `warren runs list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: Uuid,
+    /// Task.
+    pub task: String,
+    /// Triggering event.
+    pub event: String,
+    /// Status.
+    pub status: String,
+    /// Last stage reached.
+    pub stage: Option<String>,
+    /// Named outcome of a halted run.
+    pub outcome: Option<String>,
+    /// Current attempt.
+    pub attempt: i32,
+    /// Error code of a failed run.
+    pub error_code: Option<String>,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Filters for [`list_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this task.
+    pub task: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+/// The newest runs matching the filter.
+pub async fn list_runs(
+    client: &impl GenericClient,
+    filter: &RunFilter,
+) -> Result<Vec<RunSummary>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, task, event, status, stage, outcome, attempt, error_code, created_at, finished_at
+             FROM runs
+             WHERE ($1::text IS NULL OR task = $1) AND ($2::text IS NULL OR status = $2)
+             ORDER BY created_at DESC, id
+             LIMIT $3",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &filter.task,
+                &filter.status.map(RunStatus::as_str),
+                &filter.limit,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(run_summary).collect())
+}
+
+/// A run summary from the first ten columns of a row (the `list_runs` column order).
+fn run_summary(row: &tokio_postgres::Row) -> RunSummary {
+    RunSummary {
+        id: row.get(0),
+        task: row.get(1),
+        event: row.get(2),
+        status: row.get(3),
+        stage: row.get(4),
+        outcome: row.get(5),
+        attempt: row.get(6),
+        error_code: row.get(7),
+        created_at: row.get(8),
+        finished_at: row.get(9),
+    }
+}
+
+/// A run with everything `warren runs show` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDetail {
+    /// The run's columns.
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    /// The message identity.
+    pub message_id: String,
+    /// Input payload.
+    pub input: Option<Value>,
+    /// Output of a finished run.
+    pub output: Option<Value>,
+    /// Error message of a failed run.
+    pub error_message: Option<String>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Last worker.
+    pub worker: Option<String>,
+    /// Publish time.
+    pub published_at: Option<DateTime<Utc>>,
+    /// When a worker first started it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Steps with a recorded result, in pipeline order.
+    pub steps: Vec<StepRecord>,
+    /// Every transition, oldest first.
+    pub transitions: Vec<TransitionRecord>,
+}
+
+/// A step's recorded result.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// Step name.
+    pub step: String,
+    /// Position.
+    pub position: i32,
+    /// `succeeded`, `halted` or `failed`.
+    pub status: String,
+    /// Attempt that wrote it.
+    pub attempt: i32,
+    /// How many times the step was executed to a result.
+    pub executions: i32,
+    /// Output.
+    pub output: Option<Value>,
+    /// Error code of a failed step.
+    pub error_code: Option<String>,
+    /// Error message of a failed step.
+    pub error_message: Option<String>,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Finished.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// One line of the transition log.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionRecord {
+    /// Status before (`None` at creation).
+    pub from_status: Option<String>,
+    /// Status after.
+    pub to_status: String,
+    /// Stage reached, if any.
+    pub stage: Option<String>,
+    /// Step involved, if any.
+    pub step: Option<String>,
+    /// Attempt.
+    pub attempt: i32,
+    /// Who.
+    pub worker: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The run with this id, or the runs of the message with this id.
+pub async fn find_runs(
+    client: &impl GenericClient,
+    id_or_message_id: &str,
+) -> Result<Vec<RunDetail>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, task, event, status, stage, outcome, attempt, error_code, created_at, finished_at,
+                    message_id, input, output, error_message, idempotency_key, tenant, worker,
+                    published_at, started_at
+             FROM runs WHERE id::text = $1 OR message_id = $1 ORDER BY created_at, task",
+        )
+        .await?;
+    let mut runs = Vec::new();
+    for row in client.query(&stmt, &[&id_or_message_id]).await? {
+        let id: Uuid = row.get(0);
+        runs.push(RunDetail {
+            summary: run_summary(&row),
+            message_id: row.get(10),
+            input: row.get::<_, Option<Json<Value>>>(11).map(|j| j.0),
+            output: row.get::<_, Option<Json<Value>>>(12).map(|j| j.0),
+            error_message: row.get(13),
+            idempotency_key: row.get(14),
+            tenant: row.get(15),
+            worker: row.get(16),
+            published_at: row.get(17),
+            started_at: row.get(18),
+            steps: steps(client, id).await?,
+            transitions: transitions(client, id).await?,
+        });
+    }
+    Ok(runs)
+}
+
+/// A run's recorded steps, in pipeline order.
+pub async fn steps(client: &impl GenericClient, run: Uuid) -> Result<Vec<StepRecord>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT step, position, status, attempt, executions, output, error_code, error_message,
+                    started_at, finished_at
+             FROM run_steps WHERE run_id = $1 ORDER BY position",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&run])
+        .await?
+        .into_iter()
+        .map(|row| StepRecord {
+            step: row.get(0),
+            position: row.get(1),
+            status: row.get(2),
+            attempt: row.get(3),
+            executions: row.get(4),
+            output: row.get::<_, Option<Json<Value>>>(5).map(|j| j.0),
+            error_code: row.get(6),
+            error_message: row.get(7),
+            started_at: row.get(8),
+            finished_at: row.get(9),
+        })
+        .collect())
+}
+
+/// A run's transitions, oldest first.
+pub async fn transitions(
+    client: &impl GenericClient,
+    run: Uuid,
+) -> Result<Vec<TransitionRecord>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT from_status, to_status, stage, step, attempt, worker, reason, at
+             FROM run_transitions WHERE run_id = $1 ORDER BY id",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&run])
+        .await?
+        .into_iter()
+        .map(|row| TransitionRecord {
+            from_status: row.get(0),
+            to_status: row.get(1),
+            stage: row.get(2),
+            step: row.get(3),
+            attempt: row.get(4),
+            worker: row.get(5),
+            reason: row.get(6),
+            at: row.get(7),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_stable_per_message_and_distinct_per_task() {
+        assert_eq!(run_id("video.process", "m1"), run_id("video.process", "m1"));
+        assert_ne!(run_id("video.process", "m1"), run_id("video.process", "m2"));
+        assert_ne!(run_id("video.process", "m1"), run_id("video.audit", "m1"));
+    }
+}

@@ -1,0 +1,652 @@
+//! The broker topology: every exchange and queue name, and how each is declared.
+//!
+//! ```text
+//! producer --(routing key = event)--> {ns}.events (topic)
+//!     {ns}.events --event--> {ns}.task.{task}   one durable queue per task, bound to its events
+//!     {ns}.task.{task} --(broker dead-letters a poison message)--> {ns}.dlq.{task}
+//!     worker --(publishes dead letters with reason headers, confirmed)--> {ns}.dlq.{task}
+//!
+//! delays (retries, "wait for", delayed publishing), held by the broker:
+//!     publisher --(key = 28 delay bits + destination)--> {ns}.delay.{highest set bit}
+//!     {ns}.delay.{n} --bit n is 1--> queue {ns}.delay.{n} (TTL 2^n s) --expired--> {ns}.delay.{n-1}
+//!     {ns}.delay.{n} --bit n is 0--> {ns}.delay.{n-1}            (exchange-to-exchange, instant)
+//!     {ns}.delay.0 ... --> {ns}.delayed --"task.{task}" or "event.{event}"--> task queues
+//!     {ns}.delayed --no queue matches--> {ns}.unrouted (alternate exchange; nothing is dropped)
+//! ```
+//!
+//! The delay cascade is the design RabbitMQ users settled on (NServiceBus, then Celery 5.5):
+//! every queue has one fixed TTL, so messages expire in the order they sit and a long delay
+//! never blocks a short one, and a delay of `d` seconds visits only the levels of `d`'s set bits.
+//! 28 levels reach 2^28 - 1 s (8.5 years) with one-second resolution.
+//!
+//! Every worker declares the topology at start-up; declarations are idempotent, so replicas may
+//! start together. Queue arguments cannot change after a queue exists (RabbitMQ refuses the
+//! redeclaration), which is why they are all here: see `docs/operations.md` on upgrades.
+
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The default broker-side safety net: deliveries of one message to a quorum task queue before
+/// the broker dead-letters it (RabbitMQ 4's own default). Warren's retries never use it up: they
+/// publish a fresh message; only crashes, connection losses and hand-backs count.
+pub const DEFAULT_DELIVERY_LIMIT: i64 = 20;
+
+/// Delay levels: level `n` holds messages for 2^n seconds.
+pub const DELAY_LEVELS: u32 = 28;
+
+/// The longest delay the cascade can hold.
+pub const MAX_DELAY_SECONDS: u64 = (1 << DELAY_LEVELS) - 1;
+
+/// Where a delayed message goes when its delay is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination<'a> {
+    /// One task's queue (retries and waits of that task's runs).
+    Task(&'a str),
+    /// Every task that listens to the event (delayed publishing).
+    Event(&'a str),
+}
+
+/// Which RabbitMQ queue type task queues use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// Replicated, durable, with a delivery limit for poison messages (the default).
+    #[default]
+    Quorum,
+    /// Single-node classic queues, for brokers without quorum queue support.
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quorum" => Ok(QueueType::Quorum),
+            "classic" => Ok(QueueType::Classic),
+            other => Err(format!(
+                "unknown queue type {other:?} (expected quorum or classic)"
+            )),
+        }
+    }
+}
+
+/// A namespace's names and declarations.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    namespace: String,
+    queue_type: QueueType,
+    delivery_limit: i64,
+}
+
+impl Topology {
+    /// The topology of `namespace` (e.g. `warren`), with task queues of `queue_type`.
+    pub fn new(namespace: impl Into<String>, queue_type: QueueType) -> Self {
+        Topology {
+            namespace: namespace.into(),
+            queue_type,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+        }
+    }
+
+    /// Sets the broker's delivery limit for task queues created from now on (quorum only).
+    pub fn with_delivery_limit(mut self, limit: i64) -> Self {
+        self.delivery_limit = limit.max(1);
+        self
+    }
+
+    /// The namespace every name starts with.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The queue type used for task queues.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
+    }
+
+    /// The topic exchange producers publish events to.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// The durable queue a task consumes.
+    pub fn task_queue(&self, task: &str) -> String {
+        format!("{}.task.{task}", self.namespace)
+    }
+
+    /// The task's dead-letter queue.
+    pub fn dead_letter_queue(&self, task: &str) -> String {
+        format!("{}.dlq.{task}", self.namespace)
+    }
+
+    /// The exchange of delay level `level`.
+    pub fn delay_exchange(&self, level: u32) -> String {
+        format!("{}.delay.{level}", self.namespace)
+    }
+
+    /// The queue of delay level `level` (TTL 2^level seconds).
+    pub fn delay_queue(&self, level: u32) -> String {
+        format!("{}.delay.{level}", self.namespace)
+    }
+
+    /// The exchange a delayed message reaches when its delay is over.
+    pub fn delivery_exchange(&self) -> String {
+        format!("{}.delayed", self.namespace)
+    }
+
+    /// Where delayed messages that no task queue wants are kept (exchange and queue).
+    pub fn unrouted(&self) -> String {
+        format!("{}.unrouted", self.namespace)
+    }
+
+    /// Every queue of the namespace for these tasks, delay and unrouted queues included.
+    pub fn all_queues<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut queues: Vec<String> = tasks
+            .into_iter()
+            .flat_map(|t| [self.task_queue(t), self.dead_letter_queue(t)])
+            .collect();
+        queues.extend((0..DELAY_LEVELS).map(|n| self.delay_queue(n)));
+        queues.push(self.unrouted());
+        queues
+    }
+
+    /// Every exchange of the namespace.
+    pub fn all_exchanges(&self) -> Vec<String> {
+        let mut exchanges = vec![
+            self.events_exchange(),
+            self.delivery_exchange(),
+            self.unrouted(),
+        ];
+        exchanges.extend((0..DELAY_LEVELS).map(|n| self.delay_exchange(n)));
+        exchanges
+    }
+
+    /// Where to publish a message that must reach `destination` after `delay`: the exchange and
+    /// routing key, or `None` when the delay is under half a second (publish directly). Delays
+    /// round to whole seconds and are capped at [`MAX_DELAY_SECONDS`].
+    pub fn delayed_route(
+        &self,
+        delay: Duration,
+        destination: Destination<'_>,
+    ) -> Option<(String, String)> {
+        let seconds = delay.as_secs_f64().round().min(MAX_DELAY_SECONDS as f64) as u64;
+        if seconds == 0 {
+            return None;
+        }
+        let highest = 63 - seconds.leading_zeros();
+        let mut key = String::with_capacity(2 * DELAY_LEVELS as usize + 64);
+        for level in (0..DELAY_LEVELS).rev() {
+            key.push(if seconds & (1 << level) != 0 {
+                '1'
+            } else {
+                '0'
+            });
+            key.push('.');
+        }
+        key.push_str(&destination_words(destination));
+        Some((self.delay_exchange(highest), key))
+    }
+
+    /// Declares the delivery exchange (where delays end) and the unrouted queue. Idempotent.
+    pub async fn declare_delivery(&self, channel: &Channel) -> lapin::Result<()> {
+        let unrouted = self.unrouted();
+        declare_exchange(
+            channel,
+            &unrouted,
+            ExchangeKind::Fanout,
+            FieldTable::default(),
+        )
+        .await?;
+        channel
+            .queue_declare(
+                unrouted.as_str().into(),
+                QueueDeclareOptions::durable(),
+                self.plain_queue_arguments(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                unrouted.as_str().into(),
+                unrouted.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut delivery_args = FieldTable::default();
+        delivery_args.insert("alternate-exchange".into(), text(&unrouted));
+        declare_exchange(
+            channel,
+            &self.delivery_exchange(),
+            ExchangeKind::Topic,
+            delivery_args,
+        )
+        .await
+    }
+
+    /// Declares delay level `level`: its exchange, its queue (TTL 2^level s, dead-lettering to
+    /// the level below), and the bindings that route by the level's bit. Idempotent. A delay
+    /// needs every level from its highest set bit down to 0; see [`DelayLevels`].
+    pub async fn declare_delay_level(&self, channel: &Channel, level: u32) -> lapin::Result<()> {
+        let exchange = self.delay_exchange(level);
+        let next = match level {
+            0 => self.delivery_exchange(),
+            n => self.delay_exchange(n - 1),
+        };
+        declare_exchange(
+            channel,
+            &exchange,
+            ExchangeKind::Topic,
+            FieldTable::default(),
+        )
+        .await?;
+        let queue = self.delay_queue(level);
+        let mut args = self.plain_queue_arguments();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(1000_i64 << level),
+        );
+        args.insert("x-dead-letter-exchange".into(), text(&next));
+        self.add_safe_dead_lettering(&mut args);
+        channel
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                bit_pattern(level, '1').as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_bind(
+                next.as_str().into(),
+                exchange.as_str().into(),
+                bit_pattern(level, '0').as_str().into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Declares the events exchange.
+    pub async fn declare_exchange(&self, channel: &Channel) -> lapin::Result<()> {
+        declare_exchange(
+            channel,
+            &self.events_exchange(),
+            ExchangeKind::Topic,
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Declares a task's queue and dead-letter queue, and binds the queue to each of its events,
+    /// directly and through the delay cascade. Declares the exchanges and the cascade too.
+    pub async fn declare_task(
+        &self,
+        channel: &Channel,
+        task: &str,
+        events: &[String],
+    ) -> lapin::Result<()> {
+        self.declare_exchange(channel).await?;
+        self.declare_delivery(channel).await?;
+        let dlq = self.dead_letter_queue(task);
+        channel
+            .queue_declare(
+                dlq.as_str().into(),
+                QueueDeclareOptions::durable(),
+                self.dlq_arguments(),
+            )
+            .await?;
+        let queue = self.task_queue(task);
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                self.task_queue_arguments(&dlq),
+            )
+            .await?;
+        let mut bindings = vec![(
+            self.delivery_exchange(),
+            delivered_pattern(Destination::Task(task)),
+        )];
+        for event in events {
+            bindings.push((self.events_exchange(), event.clone()));
+            bindings.push((
+                self.delivery_exchange(),
+                delivered_pattern(Destination::Event(event)),
+            ));
+        }
+        for (exchange, key) in bindings {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn dlq_arguments(&self) -> FieldTable {
+        self.plain_queue_arguments()
+    }
+
+    fn plain_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text(self.queue_type.as_str()));
+        args
+    }
+
+    /// Without both of these a quorum queue dead-letters at most once, and may lose a message on
+    /// the way; classic queues have no safe mode.
+    fn add_safe_dead_lettering(&self, args: &mut FieldTable) {
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            args.insert("x-overflow".into(), text("reject-publish"));
+        }
+    }
+
+    /// The task queue's arguments: its type, and where the broker sends a message it gives up on
+    /// (the dead-letter queue, through the default exchange).
+    fn task_queue_arguments(&self, dlq: &str) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text(self.queue_type.as_str()));
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert("x-dead-letter-routing-key".into(), text(dlq));
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(self.delivery_limit),
+            );
+        }
+        self.add_safe_dead_lettering(&mut args);
+        args
+    }
+}
+
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    arguments: FieldTable,
+) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+}
+
+/// The routing-key words naming a destination.
+fn destination_words(destination: Destination<'_>) -> String {
+    match destination {
+        Destination::Task(task) => format!("task.{task}"),
+        Destination::Event(event) => format!("event.{event}"),
+    }
+}
+
+/// Matches keys whose bit for `level` is `bit`, whatever the other bits and the destination.
+fn bit_pattern(level: u32, bit: char) -> String {
+    let mut pattern = String::new();
+    for l in (0..DELAY_LEVELS).rev() {
+        pattern.push(if l == level { bit } else { '*' });
+        pattern.push('.');
+    }
+    pattern.push('#');
+    pattern
+}
+
+/// Matches a delayed message for `destination`, whatever its delay bits.
+fn delivered_pattern(destination: Destination<'_>) -> String {
+    let mut pattern = "*.".repeat(DELAY_LEVELS as usize);
+    pattern.push_str(&destination_words(destination));
+    pattern
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+/// The delay levels one process has declared. Levels are declared when a delay first needs them
+/// (a 30 s retry needs levels 0 to 4), so a namespace that never waits long keeps few queues.
+#[derive(Debug, Default)]
+pub struct DelayLevels {
+    /// How many levels, from 0 up, are known to exist.
+    declared: tokio::sync::Mutex<u32>,
+}
+
+impl DelayLevels {
+    /// Makes sure every level a message routed to `exchange` (a delay exchange of `topology`)
+    /// passes through exists, and the delivery exchange below them.
+    pub async fn ensure(
+        &self,
+        topology: &Topology,
+        channel: &Channel,
+        exchange: &str,
+    ) -> lapin::Result<()> {
+        let Some(level) = exchange
+            .rsplit('.')
+            .next()
+            .and_then(|l| l.parse::<u32>().ok())
+        else {
+            return Ok(());
+        };
+        let mut declared = self.declared.lock().await;
+        if *declared > level {
+            return Ok(());
+        }
+        if *declared == 0 {
+            topology.declare_delivery(channel).await?;
+        }
+        for l in *declared..=level {
+            topology.declare_delay_level(channel, l).await?;
+        }
+        *declared = level + 1;
+        Ok(())
+    }
+}
+
+/// Depth and consumers of a queue, read with a passive declaration (no management plugin needed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery.
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// Reads a queue's depth and consumer count; `Ok(None)` if the queue does not exist.
+///
+/// A passive declaration of a missing queue closes the channel, so pass a channel you can lose.
+pub async fn inspect_queue(channel: &Channel, queue: &str) -> lapin::Result<Option<QueueStats>> {
+    match channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(q) => Ok(Some(QueueStats {
+            messages: q.message_count(),
+            consumers: q.consumer_count(),
+        })),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Did the broker answer 404 NOT_FOUND?
+pub fn is_not_found(error: &lapin::Error) -> bool {
+    error.to_string().contains("NOT_FOUND")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_namespaced_and_per_task() {
+        let t = Topology::new("warren", QueueType::Quorum);
+        assert_eq!(t.events_exchange(), "warren.events");
+        assert_eq!(t.task_queue("video.process"), "warren.task.video.process");
+        assert_eq!(
+            t.dead_letter_queue("video.process"),
+            "warren.dlq.video.process"
+        );
+    }
+
+    #[test]
+    fn quorum_task_queues_get_a_poison_limit_and_safe_dead_lettering() {
+        let t = Topology::new("w", QueueType::Quorum);
+        let args = t.task_queue_arguments("w.dlq.a");
+        let keys: Vec<_> = args.inner().keys().map(|k| k.as_str().to_owned()).collect();
+        for key in [
+            "x-queue-type",
+            "x-dead-letter-exchange",
+            "x-dead-letter-routing-key",
+            "x-delivery-limit",
+            "x-dead-letter-strategy",
+            "x-overflow",
+        ] {
+            assert!(keys.contains(&key.to_owned()), "{key} missing");
+        }
+        let classic = Topology::new("w", QueueType::Classic).task_queue_arguments("w.dlq.a");
+        assert!(!classic.contains_key("x-delivery-limit"));
+    }
+
+    /// Matches a topic routing key against a binding pattern (`*` one word, `#` zero or more).
+    fn topic_match(pattern: &[&str], key: &[&str]) -> bool {
+        match (pattern.first(), key.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => {
+                topic_match(&pattern[1..], key)
+                    || (!key.is_empty() && topic_match(pattern, &key[1..]))
+            }
+            (Some(&"*"), Some(_)) => topic_match(&pattern[1..], &key[1..]),
+            (Some(p), Some(k)) if p == k => topic_match(&pattern[1..], &key[1..]),
+            _ => false,
+        }
+    }
+
+    fn matches(pattern: &str, key: &str) -> bool {
+        let p: Vec<&str> = pattern.split('.').collect();
+        let k: Vec<&str> = key.split('.').collect();
+        topic_match(&p, &k)
+    }
+
+    /// Follows a delayed message through the cascade as the broker would, returning the total
+    /// time spent in delay queues and whether it reached the destination's binding.
+    fn walk(t: &Topology, delay_s: u64, destination: Destination<'_>) -> (u64, bool) {
+        let (exchange, key) = t
+            .delayed_route(Duration::from_secs(delay_s), destination)
+            .unwrap();
+        let mut level: u32 = exchange.rsplit('.').next().unwrap().parse().unwrap();
+        let mut waited = 0;
+        loop {
+            let in_queue = matches(&bit_pattern(level, '1'), &key);
+            let passes = matches(&bit_pattern(level, '0'), &key);
+            assert!(in_queue != passes, "exactly one route at level {level}");
+            if in_queue {
+                waited += 1 << level;
+            }
+            if level == 0 {
+                break;
+            }
+            level -= 1;
+        }
+        (waited, matches(&delivered_pattern(destination), &key))
+    }
+
+    #[test]
+    fn a_delay_spends_exactly_its_seconds_in_the_cascade_and_reaches_its_destination() {
+        let t = Topology::new("w", QueueType::Quorum);
+        for delay in [1, 2, 3, 5, 10, 600, 86_400, 7 * 86_400, MAX_DELAY_SECONDS] {
+            assert_eq!(
+                walk(&t, delay, Destination::Task("video.process")),
+                (delay, true),
+                "{delay}"
+            );
+        }
+        assert_eq!(walk(&t, 37, Destination::Event("player.dump")), (37, true));
+    }
+
+    #[test]
+    fn a_delay_starts_at_its_highest_bit_and_sub_second_delays_are_not_delayed() {
+        let t = Topology::new("w", QueueType::Quorum);
+        let (exchange, key) = t
+            .delayed_route(Duration::from_secs(5), Destination::Task("a"))
+            .unwrap();
+        assert_eq!(exchange, "w.delay.2");
+        assert!(key.ends_with("1.0.1.task.a"), "{key}");
+        assert_eq!(key.split('.').count(), 28 + 2);
+        assert!(
+            t.delayed_route(Duration::from_millis(400), Destination::Task("a"))
+                .is_none()
+        );
+        assert!(
+            t.delayed_route(Duration::from_secs(u64::MAX / 2), Destination::Task("a"))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn delivered_patterns_do_not_confuse_tasks_with_dotted_names() {
+        let t = Topology::new("w", QueueType::Quorum);
+        let (_, key) = t
+            .delayed_route(
+                Duration::from_secs(1),
+                Destination::Task("x.task.video.process"),
+            )
+            .unwrap();
+        assert!(!matches(
+            &delivered_pattern(Destination::Task("video.process")),
+            &key
+        ));
+        assert!(matches(
+            &delivered_pattern(Destination::Task("x.task.video.process")),
+            &key
+        ));
+    }
+
+    #[test]
+    fn queue_types_parse() {
+        assert_eq!("quorum".parse(), Ok(QueueType::Quorum));
+        assert_eq!("classic".parse(), Ok(QueueType::Classic));
+        assert!("stream".parse::<QueueType>().is_err());
+    }
+}

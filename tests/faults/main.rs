@@ -1,0 +1,545 @@
+//! The fault-injection suite: real worker processes, thousands of jobs, and the faults a fleet
+//! meets in production injected while they run. It restarts the broker, so it runs as a test
+//! binary of its own (cargo runs test binaries one after another), one scenario at a time.
+//!
+//! Every step execution appends a row to a side-effect ledger, so the assertions can tell "ran
+//! once", "ran again before its checkpoint" (allowed) and "ran again after its checkpoint"
+//! (never allowed) apart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use rand::Rng;
+use serde_json::json;
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use warren_producer::PublishOptions;
+use warren_shared::state::{self, RunStatus};
+use warren_shared::topology::inspect_queue;
+use warren_tests::{TestEnv, close_broker_connections};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_warren-test-worker");
+const LEDGER_TASKS: [&str; 3] = ["ledger.2", "ledger.3", "ledger.4"];
+
+/// One scenario at a time: they share the broker they restart.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Three replicas, restarted as they die, each incarnation with a fresh id.
+struct Fleet<'a> {
+    env: &'a TestEnv,
+    slots: Vec<(String, Child)>,
+    started: usize,
+    faults: HashMap<&'static str, usize>,
+}
+
+impl<'a> Fleet<'a> {
+    fn start(env: &'a TestEnv, replicas: usize) -> Fleet<'a> {
+        let mut fleet = Fleet {
+            env,
+            slots: Vec::new(),
+            started: 0,
+            faults: HashMap::new(),
+        };
+        for _ in 0..replicas {
+            let replica = fleet.spawn();
+            fleet.slots.push(replica);
+        }
+        fleet
+    }
+
+    fn spawn(&mut self) -> (String, Child) {
+        self.started += 1;
+        let id = format!("fault-{}", self.started);
+        let child = self.env.spawn_test_worker(
+            BINARY,
+            &id,
+            &["--grace-period", "3s", "--concurrency", "8"],
+        );
+        (id, child)
+    }
+
+    fn fault(&mut self, kind: &'static str) {
+        *self.faults.entry(kind).or_default() += 1;
+    }
+
+    /// SIGKILL a random replica, and start a new one in its place.
+    fn kill_one(&mut self) {
+        let i = rand::rng().random_range(0..self.slots.len());
+        let (_, mut child) = self.slots.remove(i);
+        let _ = child.kill();
+        let _ = child.wait();
+        let replica = self.spawn();
+        self.slots.push(replica);
+        self.fault("kill -9 and restart");
+    }
+
+    /// SIGTERM the longest-running replica (one just spawned may not have installed its signal
+    /// handlers yet, and would die of the signal before it took anything), wait for its clean
+    /// exit, and start a new one in its place.
+    fn drain_one(&mut self) {
+        let (id, mut child) = self.slots.remove(0);
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{id} did not drain within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{id} exited with {status} after SIGTERM");
+        let replica = self.spawn();
+        self.slots.push(replica);
+        self.fault("SIGTERM drain and restart");
+    }
+
+    /// Closes every replica's broker connection from the broker's side.
+    fn cut_broker_connections(&mut self) {
+        for (id, child) in &mut self.slots {
+            if child.try_wait().unwrap().is_none() {
+                close_broker_connections_if_any(&format!("warren-worker {id}"));
+            }
+        }
+        self.fault("broker closed the connections");
+    }
+
+    fn stop(mut self) -> HashMap<&'static str, usize> {
+        for (_, child) in &mut self.slots {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for (_, child) in &mut self.slots {
+            let _ = child.wait();
+        }
+        self.faults
+    }
+}
+
+/// Like [`close_broker_connections`], but a replica still connecting is not an error.
+fn close_broker_connections_if_any(name: &str) {
+    let result = std::panic::catch_unwind(|| close_broker_connections(name));
+    let _ = result;
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn publish_jobs(env: &TestEnv, count: usize) {
+    // Wait until the fleet has declared the ledger queues.
+    let producer = env.producer().await;
+    warren_tests::publish_when_declared(
+        &producer,
+        "ledger.2",
+        &json!({ "ms": 1 }),
+        PublishOptions {
+            message_id: Some("warm-up".into()),
+            ..PublishOptions::default()
+        },
+    )
+    .await;
+    // Pipelined publishes; one that is not confirmed is an error the producer reports, and a
+    // producer publishes it again with the same message id (which makes no second run).
+    let mut batch: Vec<usize> = Vec::new();
+    for i in 1..count {
+        batch.push(i);
+        if batch.len() == 256 || i + 1 == count {
+            let mut tries = 0;
+            while !batch.is_empty() {
+                let mut pending = Vec::new();
+                for &job in &batch {
+                    let task = LEDGER_TASKS[job % 3];
+                    let body = serde_json::to_vec(&json!({ "ms": 5 + (job % 4) * 5 })).unwrap();
+                    let options = PublishOptions {
+                        message_id: Some(format!("job-{job}")),
+                        ..PublishOptions::default()
+                    };
+                    match producer.start_json(task, &body, options).await {
+                        Ok((_, confirm)) => pending.push((job, Some(confirm))),
+                        Err(e) => {
+                            eprintln!("publish of job-{job} failed: {e}");
+                            pending.push((job, None));
+                        }
+                    }
+                }
+                let mut failed = Vec::new();
+                for (job, confirm) in pending {
+                    let confirmed = match confirm {
+                        Some(confirm) => confirm
+                            .wait()
+                            .await
+                            .map_err(|e| eprintln!("job-{job} not confirmed: {e}"))
+                            .is_ok(),
+                        None => false,
+                    };
+                    if !confirmed {
+                        failed.push(job);
+                    }
+                }
+                tries += 1;
+                assert!(tries < 10, "jobs {failed:?} could not be published");
+                batch = failed;
+            }
+        }
+    }
+}
+
+async fn terminal_runs(env: &TestEnv) -> i64 {
+    let client = env.pool.get().await.unwrap();
+    client
+        .query_one(
+            "SELECT count(*) FROM runs WHERE status IN ('succeeded', 'halted', 'dead')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn create_ledger(env: &TestEnv) {
+    let client = env.pool.get().await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE ledger (id bigserial PRIMARY KEY, run_id uuid NOT NULL, step text NOT NULL,
+                                  worker text, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        )
+        .await
+        .unwrap();
+}
+
+/// The assertions both scenarios end with; prints what it counted.
+async fn assert_exactly_once(
+    env: &TestEnv,
+    jobs: i64,
+    faults: &HashMap<&'static str, usize>,
+    elapsed: Duration,
+) {
+    let client = env.pool.get().await.unwrap();
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let runs = count("SELECT count(*) FROM runs").await;
+    let succeeded = count("SELECT count(*) FROM runs WHERE status = 'succeeded'").await;
+    let steps = count("SELECT count(*) FROM run_steps").await;
+    let expected_steps =
+        count("SELECT coalesce(sum(split_part(task, '.', 2)::int), 0)::bigint FROM runs").await;
+    let executions = count("SELECT count(*) FROM ledger").await;
+    let after_checkpoint = count(
+        "SELECT count(*) FROM ledger l JOIN run_steps s ON s.run_id = l.run_id AND s.step = l.step
+         WHERE l.at > s.finished_at",
+    )
+    .await;
+    let recorded_twice =
+        count("SELECT count(*) FROM run_steps WHERE executions <> 1 OR status <> 'succeeded'")
+            .await;
+    let unexecuted = count(
+        "SELECT count(*) FROM run_steps s WHERE NOT EXISTS
+           (SELECT 1 FROM ledger l WHERE l.run_id = s.run_id AND l.step = s.step)",
+    )
+    .await;
+    let mut illegal = 0;
+    let mut previous: HashMap<uuid::Uuid, RunStatus> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT run_id, from_status, to_status FROM run_transitions ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let run: uuid::Uuid = row.get(0);
+        let from: Option<RunStatus> = row.get::<_, Option<String>>(1).map(|s| s.parse().unwrap());
+        let to: RunStatus = row.get::<_, String>(2).parse().unwrap();
+        let consistent = previous.get(&run).copied() == from;
+        if !consistent || state::check(from, to).is_err() {
+            illegal += 1;
+        }
+        previous.insert(run, to);
+    }
+    let connection = warren_shared::amqp::connect(&env.amqp_url, "fault-suite")
+        .await
+        .unwrap();
+    let topology = env.topology();
+    let left_in_queues = messages_in_flight(env);
+    let mut dead_letters = 0;
+    for task in LEDGER_TASKS {
+        let channel = connection.create_channel().await.unwrap();
+        dead_letters += inspect_queue(&channel, &topology.dead_letter_queue(task))
+            .await
+            .unwrap()
+            .map_or(0, |s| s.messages);
+    }
+    warren_shared::amqp::close(&connection, "done").await;
+
+    println!(
+        "fault suite: {jobs} jobs in {:.1} s; faults {faults:?}; runs {runs}, succeeded {succeeded}; \
+         steps {steps}/{expected_steps} checkpointed, {executions} executions ({} repeated before a checkpoint, \
+         {after_checkpoint} after); illegal transitions {illegal}; left in queues {left_in_queues}; dead letters {dead_letters}",
+        elapsed.as_secs_f64(),
+        executions - steps,
+    );
+    assert_eq!(runs, jobs, "one run per job");
+    assert_eq!(succeeded, jobs, "every job succeeded");
+    assert_eq!(steps, expected_steps, "every step checkpointed once");
+    assert_eq!(recorded_twice, 0, "a step completed twice");
+    assert_eq!(unexecuted, 0, "a checkpoint without its side effect");
+    assert_eq!(
+        after_checkpoint, 0,
+        "a step ran again after its checkpoint committed"
+    );
+    assert_eq!(illegal, 0, "illegal transitions in the log");
+    assert_eq!(left_in_queues, 0, "messages left in task queues");
+    assert_eq!(dead_letters, 0, "nothing may be dead-lettered");
+}
+
+async fn wait_all_terminal(env: &TestEnv, jobs: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while terminal_runs(env).await < jobs {
+        if Instant::now() >= deadline {
+            let client = env.pool.get().await.unwrap();
+            let stuck = client
+                .query(
+                    "SELECT r.id::text, r.status, r.attempt, coalesce(r.worker, '-'),
+                            coalesce((SELECT t.reason FROM run_transitions t WHERE t.run_id = r.id ORDER BY t.id DESC LIMIT 1), '-')
+                     FROM runs r WHERE r.status NOT IN ('succeeded', 'halted', 'dead')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            for row in &stuck {
+                eprintln!(
+                    "unfinished run {} {} attempt {} worker {} last: {}",
+                    row.get::<_, String>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, i32>(2),
+                    row.get::<_, String>(3),
+                    row.get::<_, String>(4)
+                );
+            }
+            panic!(
+                "only {} of {jobs} jobs finished in {within:?}",
+                terminal_runs(env).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Duplicates the broker handed back (acks lost with a connection) are still being acked as
+    // duplicates of finished runs, some after a pass through the delay queues (a duplicate of a
+    // run still busy elsewhere looks again 30 s later): wait until every queue but the
+    // dead-letter queues is empty.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while messages_in_flight(env) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Messages in the namespace's task and delay queues, ready or delivered but not yet acked
+/// (`rabbitmqctl list_queues`: a passive declaration counts only the ready ones).
+fn messages_in_flight(env: &TestEnv) -> u64 {
+    let output = Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "messages", "-q"])
+        .output()
+        .unwrap();
+    let prefix = format!("{}.", env.namespace);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(name, _)| name.starts_with(&prefix) && !name.contains(".dlq."))
+        .filter_map(|(_, count)| count.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// 3 replicas, 2,000 jobs of 2 to 4 steps; meanwhile replicas are killed and restarted, one is
+/// drained with SIGTERM, the broker closes their connections and Postgres terminates their
+/// sessions. Every job must succeed exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_jobs_survive_kills_drains_and_dropped_connections() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    create_ledger(&env).await;
+    let started = Instant::now();
+    let mut fleet = Fleet::start(&env, 3);
+    publish_jobs(&env, 2000).await;
+
+    let schedule: [(u64, &str); 8] = [
+        (300, "kill"),
+        (700, "broker"),
+        (1100, "postgres"),
+        (1500, "kill"),
+        (1900, "drain"),
+        (2300, "kill"),
+        (2700, "broker"),
+        (3100, "postgres"),
+    ];
+    let t0 = Instant::now();
+    for (at, fault) in schedule {
+        if terminal_runs(&env).await >= 2000 {
+            break;
+        }
+        let wait = Duration::from_millis(at).saturating_sub(t0.elapsed());
+        tokio::time::sleep(wait).await;
+        match fault {
+            "kill" => fleet.kill_one(),
+            "drain" => fleet.drain_one(),
+            "broker" => fleet.cut_broker_connections(),
+            _ => {
+                env.terminate_postgres_sessions().await;
+                fleet.fault("Postgres terminated the sessions");
+            }
+        }
+    }
+    wait_all_terminal(&env, 2000, Duration::from_secs(240)).await;
+    let faults = fleet.stop();
+    assert_exactly_once(&env, 2000, &faults, started.elapsed()).await;
+}
+
+/// The broker itself stops and starts while 500 jobs run: replicas reconnect and finish them.
+#[tokio::test(flavor = "multi_thread")]
+async fn five_hundred_jobs_survive_a_broker_restart() {
+    five_hundred_jobs_across_an_outage(
+        ("broker stop_app", || rabbitmqctl(&["stop_app"])),
+        Duration::from_secs(2),
+        ("broker start_app", || {
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup"]);
+        }),
+    )
+    .await;
+}
+
+/// 500 jobs on 3 replicas while something they depend on goes down for `down` and comes back.
+async fn five_hundred_jobs_across_an_outage(
+    (stop_label, stop): (&'static str, fn()),
+    down: Duration,
+    (start_label, start): (&'static str, fn()),
+) {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    create_ledger(&env).await;
+    let started = Instant::now();
+    let mut fleet = Fleet::start(&env, 3);
+    publish_jobs(&env, 500).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop();
+    fleet.fault(stop_label);
+    tokio::time::sleep(down).await;
+    start();
+    fleet.fault(start_label);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.pool.get().await.is_err() {
+        assert!(Instant::now() < deadline, "Postgres did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_all_terminal(&env, 500, Duration::from_secs(150)).await;
+    let faults = fleet.stop();
+    assert_exactly_once(&env, 500, &faults, started.elapsed()).await;
+}
+
+/// A run longer than the broker's `consumer_timeout` (made 2 s here; 30 min by default): the
+/// broker takes the message back and closes the channel, the replica reconnects, the run goes on
+/// to completion, and the returned message finds it finished. The run is neither killed nor run
+/// twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_longer_than_the_consumer_timeout_completes_once() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    set_consumer_timeout_ms(2_000);
+    let restore = scopeguard(|| set_consumer_timeout_ms(1_800_000));
+    let fleet = Fleet::start(&env, 1);
+    let producer = env.producer().await;
+    let options = PublishOptions {
+        message_id: Some("long-run".into()),
+        ..PublishOptions::default()
+    };
+    // 7 steps of 12 s: longer than the timeout plus the broker's once-a-minute check.
+    let payload = warren_tests::video_payload(json!({ "step_ms": 12_000 }));
+    warren_tests::publish_when_declared(&producer, "video.process", &payload, options).await;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let run = loop {
+        if let Some(run) = env.runs_of("long-run").await.pop()
+            && run.summary.status != "running"
+        {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "the long run did not finish");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let faults = fleet.stop();
+    drop(restore);
+    println!(
+        "long run: {:?}, transitions {}",
+        run.summary.status,
+        run.transitions.len()
+    );
+    assert_eq!(run.summary.status, "succeeded", "{faults:?}");
+    assert!(
+        run.steps.iter().all(|s| s.executions == 1),
+        "a step ran twice: {:?}",
+        run.steps
+    );
+}
+
+fn set_consumer_timeout_ms(ms: u64) {
+    rabbitmqctl(&[
+        "eval",
+        &format!("application:set_env(rabbit, consumer_timeout, {ms})."),
+    ]);
+}
+
+/// Runs `f` when dropped, so a failed assertion still restores the broker.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// Postgres itself stops for a few seconds while 500 jobs run: replicas hold the writes they
+/// have, take no new messages, and go on when it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn five_hundred_jobs_survive_a_postgres_outage() {
+    five_hundred_jobs_across_an_outage(
+        ("Postgres stopped", || pg_cluster("stop")),
+        Duration::from_secs(4),
+        ("Postgres started", || pg_cluster("start")),
+    )
+    .await;
+}
+
+fn pg_cluster(action: &str) {
+    let versions = std::fs::read_dir("/etc/postgresql").expect("a Debian PostgreSQL cluster");
+    let mut versions: Vec<String> = versions
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    versions.sort_by_key(|v| v.parse::<u32>().unwrap_or(0));
+    let version = versions.last().expect("a PostgreSQL version");
+    let mut command = Command::new("pg_ctlcluster");
+    command.arg("--skip-systemctl-redirect");
+    if action == "stop" {
+        command.args(["--mode", "fast"]);
+    }
+    let output = command
+        .args([version.as_str(), "main", action])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "pg_ctlcluster {action}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,177 @@
+//! The `warren` binary as an operator uses it.
+
+use std::process::Output;
+use warren_tests::{TestEnv, video_payload};
+use warren_worker::demo::{self, player, video};
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `warren publish` starts a run; `warren runs show` prints its steps and timeline;
+/// `warren runs list` and `warren tasks` answer in tables and in JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_then_inspect_a_video_run_from_the_command_line() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(demo::registry()).await;
+
+    let output = env
+        .warren()
+        .args([
+            "publish",
+            video::TASK,
+            "--message-id",
+            "cli-video-1",
+            "--data",
+        ])
+        .arg(video_payload(serde_json::json!({})).to_string())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("published video.process as message cli-video-1"),
+        "{stdout}"
+    );
+    env.wait_finished("cli-video-1").await;
+
+    let output = env
+        .warren()
+        .args(["runs", "show", "cli-video-1"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("status     succeeded"), "{stdout}");
+    assert!(stdout.contains("timeline"), "{stdout}");
+    let timeline = stdout.find("timeline").unwrap();
+    let mut last = timeline;
+    for stage in video::STAGES {
+        let at = timeline
+            + stdout[timeline..]
+                .find(stage)
+                .unwrap_or_else(|| panic!("{stage} missing:\n{stdout}"));
+        assert!(at > last, "{stage} out of order:\n{stdout}");
+        last = at;
+    }
+
+    let output = env
+        .warren()
+        .args(["runs", "list", "--json"])
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(runs.as_array().map(Vec::len), Some(1));
+    assert_eq!(runs[0]["status"], "succeeded");
+
+    let output = env
+        .warren()
+        .args(["runs", "list", "--status", "dead"])
+        .output()
+        .unwrap();
+    assert!(text(&output).0.contains("0 run(s)"));
+
+    let output = env.warren().args(["tasks", "--json"]).output().unwrap();
+    let tasks: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let video_row = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task"] == video::TASK)
+        .unwrap();
+    assert_eq!(video_row["consumers"], 1);
+    assert_eq!(video_row["ready"], 0);
+    worker.shutdown().await.unwrap();
+}
+
+/// NDJSON on standard input publishes one event per line.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_publish_from_ndjson() {
+    use std::io::Write;
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(demo::registry()).await;
+    let mut child = env
+        .warren()
+        .args(["publish", player::TASK])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..25 {
+        writeln!(stdin, "{{\"playerId\": \"bulk-{i}\"}}").unwrap();
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("published 25 player.dump events"),
+        "{stdout}"
+    );
+    let runs = env
+        .wait_for_finished_runs(25, std::time::Duration::from_secs(30))
+        .await;
+    assert_eq!(runs.len(), 25);
+    worker.shutdown().await.unwrap();
+}
+
+/// Mistakes get one clear line on standard error and a non-zero exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_one_line_and_a_non_zero_exit() {
+    let env = TestEnv::new().await;
+    /// Arguments, environment overrides, and what standard error must say.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (
+            &["runs", "list", "--bogus"],
+            &[],
+            "unexpected argument '--bogus'",
+        ),
+        (
+            &["runs", "list", "--status", "done"],
+            &[],
+            "unknown run status \"done\"",
+        ),
+        (
+            &["tasks"],
+            &[("WARREN_AMQP_URL", "amqp://guest:secret@127.0.0.1:1/%2f")],
+            "cannot reach the broker at amqp://guest:***@127.0.0.1:1/%2f",
+        ),
+        (
+            &["runs", "list"],
+            &[(
+                "WARREN_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/warren",
+            )],
+            "cannot reach Postgres",
+        ),
+        (
+            &["publish", "video.process", "--data", "{oops"],
+            &[],
+            "the payload is not valid JSON",
+        ),
+        (
+            &["runs", "show", "no-such-run"],
+            &[],
+            "no run with id or message id",
+        ),
+    ];
+    for (args, vars, expected) in cases {
+        let mut command = env.warren();
+        command.args(args);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let output = command.output().unwrap();
+        let (_, stderr) = text(&output);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("secret"), "password leaked: {stderr}");
+    }
+}

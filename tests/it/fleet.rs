@@ -1,0 +1,237 @@
+//! Fleet reliability, one behaviour at a time: drain, crash, reconnects. Replicas are the real
+//! binary where a process must die; faults are injected with the broker's and Postgres's own
+//! tools.
+
+use serde_json::json;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+use warren_producer::PublishOptions;
+use warren_shared::store::RunDetail;
+use warren_tests::{TestEnv, video_payload};
+use warren_worker::demo::{self, player, video};
+
+fn spawn_worker(env: &TestEnv, id: &str, extra: &[&str]) -> Child {
+    env.spawn_test_worker(env!("CARGO_BIN_EXE_warren-test-worker"), id, extra)
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Publishes a slow video job once the worker's queue exists.
+async fn publish_slow_video(env: &TestEnv, id: &str, step_ms: u64) {
+    let producer = env.producer().await;
+    let options = PublishOptions {
+        message_id: Some(id.into()),
+        ..PublishOptions::default()
+    };
+    let payload = video_payload(json!({ "step_ms": step_ms }));
+    warren_tests::publish_when_declared(&producer, video::TASK, &payload, options).await;
+}
+
+/// Waits until the run has committed at least `steps` step checkpoints.
+async fn wait_checkpoints(env: &TestEnv, id: &str, steps: usize) -> RunDetail {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(run) = env.runs_of(id).await.pop()
+            && run.steps.iter().filter(|s| s.status == "succeeded").count() >= steps
+        {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} never reached {steps} checkpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// On SIGTERM a replica takes no new message, lets the run in flight finish, and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_run_in_flight_finish_and_exits_zero() {
+    let env = TestEnv::new().await;
+    let mut worker = spawn_worker(&env, "drain-a", &["--grace-period", "20s"]);
+    publish_slow_video(&env, "drain-1", 300).await;
+    wait_checkpoints(&env, "drain-1", 1).await;
+    signal(&worker, "-TERM");
+    let status = wait_exit(&mut worker, Duration::from_secs(25));
+    assert!(status.success(), "exit status {status}");
+    let run = env.wait_finished("drain-1").await;
+    assert_eq!(run.summary.status, "succeeded");
+    assert!(run.steps.iter().all(|s| s.executions == 1));
+
+    let output = env
+        .warren()
+        .args(["workers", "--all", "--json"])
+        .output()
+        .unwrap();
+    let workers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(workers[0]["id"], "drain-a");
+    assert_eq!(workers[0]["state"], "stopped");
+}
+
+/// When the grace period runs out, the unfinished run goes back to the queue; another replica
+/// resumes it from its last checkpoint: no finished step runs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_cut_short_by_the_grace_period_resumes_elsewhere_from_its_checkpoint() {
+    let env = TestEnv::new().await;
+    let mut first = spawn_worker(&env, "grace-a", &["--grace-period", "1s"]);
+    publish_slow_video(&env, "grace-1", 800).await;
+    let before = wait_checkpoints(&env, "grace-1", 2).await;
+    signal(&first, "-TERM");
+    assert!(wait_exit(&mut first, Duration::from_secs(10)).success());
+    let done_before: Vec<String> = before.steps.iter().map(|s| s.step.clone()).collect();
+
+    let mut second = spawn_worker(&env, "grace-b", &[]);
+    let run = env.wait_finished("grace-1").await;
+    assert_eq!(run.summary.status, "succeeded");
+    for step in &run.steps {
+        let expected = if done_before.contains(&step.step) {
+            1
+        } else {
+            2
+        };
+        assert!(
+            step.executions <= expected,
+            "{} ran {} times",
+            step.step,
+            step.executions
+        );
+    }
+    assert!(
+        run.transitions
+            .iter()
+            .any(|t| t.worker.as_deref() == Some("grace-b"))
+    );
+    signal(&second, "-TERM");
+    wait_exit(&mut second, Duration::from_secs(10));
+}
+
+/// A replica killed with SIGKILL mid-run: another replica takes the run over once the dead
+/// one's heartbeat lease runs out, and resumes it from its last checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_of_a_killed_replica_resumes_on_another_from_its_checkpoint() {
+    let env = TestEnv::new().await;
+    let mut doomed = spawn_worker(&env, "kill-a", &[]);
+    publish_slow_video(&env, "kill-1", 600).await;
+    let before = wait_checkpoints(&env, "kill-1", 2).await;
+    signal(&doomed, "-KILL");
+    wait_exit(&mut doomed, Duration::from_secs(5));
+    let done_before: Vec<String> = before.steps.iter().map(|s| s.step.clone()).collect();
+
+    let mut survivor = spawn_worker(&env, "kill-b", &[]);
+    let run = env.wait_finished("kill-1").await;
+    assert_eq!(run.summary.status, "succeeded");
+    for step in &run.steps {
+        if done_before.contains(&step.step) {
+            assert_eq!(
+                step.executions, 1,
+                "{} ran again after its checkpoint",
+                step.step
+            );
+        }
+    }
+    let reasons: Vec<_> = run
+        .transitions
+        .iter()
+        .filter_map(|t| t.reason.as_deref())
+        .collect();
+    assert!(
+        reasons.contains(&"redelivered: resuming from the last checkpoint"),
+        "{reasons:?}"
+    );
+    signal(&survivor, "-TERM");
+    wait_exit(&mut survivor, Duration::from_secs(10));
+}
+
+/// The broker closing a replica's connection: it reconnects with backoff, declares its topology
+/// again, and goes on consuming.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_reconnects_when_the_broker_drops_its_connection() {
+    let env = TestEnv::new().await;
+    let mut config = env.worker_config();
+    config.worker_id = format!("reconnect-{}", env.namespace);
+    let name = format!("warren-worker {}", config.worker_id);
+    let worker = env.start_worker_with(config, demo::registry()).await;
+    let producer = env.producer().await;
+    producer
+        .publish(
+            player::TASK,
+            &json!({ "playerId": "before" }),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    env.wait_for_finished_runs(1, Duration::from_secs(10)).await;
+
+    warren_tests::close_broker_connections(&name);
+    // The replica comes back on its own; publishes meanwhile wait in the queue.
+    for i in 0..20 {
+        producer
+            .publish(
+                player::TASK,
+                &json!({ "playerId": format!("after-{i}") }),
+                PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let runs = env
+        .wait_for_finished_runs(21, Duration::from_secs(30))
+        .await;
+    assert!(runs.iter().all(|r| r.status == "succeeded"));
+    worker.shutdown().await.unwrap();
+}
+
+/// Postgres dropping a replica's sessions: the writes in progress are retried on new
+/// connections and nothing is lost or run twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_survives_its_postgres_sessions_being_terminated() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(demo::registry()).await;
+    let producer = env.producer().await;
+    for i in 0..40 {
+        producer
+            .publish(
+                player::TASK,
+                &json!({ "playerId": format!("p-{i}") }),
+                PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+        if i % 10 == 5 {
+            env.terminate_postgres_sessions().await;
+        }
+    }
+    let runs = env
+        .wait_for_finished_runs(40, Duration::from_secs(60))
+        .await;
+    assert_eq!(runs.len(), 40);
+    assert!(runs.iter().all(|r| r.status == "succeeded"));
+    let client = env.pool.get().await.unwrap();
+    let extra: i64 = client
+        .query_one("SELECT count(*) FROM run_steps WHERE executions > 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(extra, 0, "no step ran twice");
+    worker.shutdown().await.unwrap();
+}

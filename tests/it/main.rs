@@ -1,0 +1,16 @@
+//! Integration tests: the real RabbitMQ and Postgres, one namespace and database per test.
+//! Run them with `scripts/test.sh` (which starts the services, builds the `warren` binary and
+//! installs the Python publisher's client).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bad_input;
+mod cli;
+mod failures;
+mod fleet;
+mod pipelines;
+mod poison;
+mod polyglot;
+mod producer;
+mod replicas;
+mod schema;

@@ -1,0 +1,92 @@
+//! `warren` with the demo tasks plus test fixtures that cannot live in-process: a task whose
+//! message kills the worker process, and the fault suite's ledger tasks, whose every step
+//! execution appends a row to a side-effect ledger in the run's own database.
+
+use deadpool_postgres::Pool;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use warren_worker::{Registry, StepContext, StepError, StepOutcome, Task, code, step};
+
+#[derive(Deserialize)]
+struct LedgerJob {
+    #[serde(default)]
+    ms: u64,
+}
+
+static LEDGER: OnceCell<Pool> = OnceCell::const_new();
+
+async fn ledger() -> Result<&'static Pool, StepError> {
+    LEDGER
+        .get_or_try_init(|| async {
+            let url = std::env::var("WARREN_DATABASE_URL").unwrap_or_default();
+            warren_shared::db::connect(&url, 4).await
+        })
+        .await
+        .map_err(|e| StepError::new(code::NETWORK, e.to_string()))
+}
+
+/// One ledger step: record the execution (the side effect), then pretend to work.
+async fn ledger_step(
+    ctx: StepContext<LedgerJob>,
+    name: &'static str,
+) -> Result<StepOutcome, StepError> {
+    let worker = std::env::var("WARREN_WORKER_ID").unwrap_or_default();
+    let mut tries = 0;
+    loop {
+        let result = async {
+            let client = ledger()
+                .await?
+                .get()
+                .await
+                .map_err(|e| StepError::new(code::NETWORK, e.to_string()))?;
+            client
+                .execute(
+                    "INSERT INTO ledger (run_id, step, worker) VALUES ($1, $2, $3)",
+                    &[&ctx.run_id, &name, &worker],
+                )
+                .await
+                .map_err(|e| StepError::new(code::NETWORK, e.to_string()))
+        }
+        .await;
+        match result {
+            Ok(_) => break,
+            // A terminated session: the pool hands out a fresh one next time.
+            Err(_) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(ctx.input().ms)).await;
+    Ok(StepOutcome::next(json!({ "step": name })))
+}
+
+fn ledger_task(steps: usize) -> Task<LedgerJob> {
+    const NAMES: [&str; 4] = ["one", "two", "three", "four"];
+    NAMES[..steps].iter().fold(
+        Task::new(format!("ledger.{steps}")).concurrency(8),
+        |task, name| task.step(step(*name, move |ctx| ledger_step(ctx, name))),
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    let poison = Task::<Value>::new("poison.pill").step(step(
+        "swallow",
+        |ctx: StepContext<Value>| async move {
+            if ctx.input()["crash"] == json!(true) {
+                // What a segfault or an out-of-memory kill looks like from outside.
+                std::process::abort();
+            }
+            Ok(StepOutcome::next(json!("harmless")))
+        },
+    ));
+    let registry: Registry = warren_worker::demo::registry()
+        .register(poison)
+        .register(ledger_task(2))
+        .register(ledger_task(3))
+        .register(ledger_task(4));
+    warren_cli::main(registry)
+}

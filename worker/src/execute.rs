@@ -1,0 +1,484 @@
+//! One delivery, from bytes to ack: decode, claim the run, run the steps that have no checkpoint,
+//! record each, and settle the message only after what it caused is committed.
+//!
+//! Every path ends in exactly one of:
+//! - ack: the outcome is committed (and any message it sends on is confirmed), or the message is
+//!   a duplicate of a run that finished or moved on;
+//! - forward, then ack: a retry or a wait sends a copy into the broker's delay cascade, a dead
+//!   letter goes to the dead-letter queue; the copy is confirmed before the run's new state is
+//!   committed, and both before the ack, so a crash in between repeats work but loses nothing;
+//! - requeue: Postgres or the broker failed us, or another live replica holds the run.
+
+use crate::dead_letter::{self, DeadLetter};
+use crate::run_locks::RunLocks;
+use crate::state_writer::{StateWriter, WriteError};
+use crate::step::{ErrorClass, StepError, StepOutcome, code};
+use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
+use crate::writes::{
+    ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, RunFields,
+};
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use warren_producer::{PublishError, Publisher};
+use warren_shared::contract::{self, Envelope, format_time, header};
+use warren_shared::retry::RetryPolicy;
+use warren_shared::store::{self, AfterFailure, Claim, StoreError};
+use warren_shared::topology::{DelayLevels, Destination, Topology};
+
+/// How long a worker waits before handing back a message it could not settle, so that an outage
+/// does not turn into a tight redelivery loop.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often a delivery of a run owned by another live replica looks again.
+const BUSY_POLL: Duration = Duration::from_secs(1);
+
+/// When a run is still busy elsewhere after one owner lease, its message comes back this much
+/// later.
+const BUSY_RECHECK: Duration = Duration::from_secs(30);
+
+/// Why a message goes back to the queue instead of being settled.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Requeue {
+    #[error("state write failed: {0}")]
+    Write(#[from] WriteError),
+    #[error("publish failed: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// Everything a task's deliveries are processed with; one per task per replica.
+pub(crate) struct Executor {
+    pub(crate) task: Arc<dyn TaskRunner>,
+    pub(crate) events: HashSet<String>,
+    /// The pipeline, read once per replica rather than once per delivery.
+    pub(crate) steps: Vec<StepInfo>,
+    pub(crate) writer: StateWriter,
+    pub(crate) publisher: Publisher,
+    pub(crate) topology: Topology,
+    pub(crate) worker_id: Arc<str>,
+    pub(crate) task_id: Arc<str>,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) run_locks: Arc<RunLocks>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) delay_levels: Arc<DelayLevels>,
+    pub(crate) idempotency_window: Duration,
+}
+
+impl Executor {
+    /// Processes a delivery and settles it. Never panics, whatever the message or the step does.
+    pub(crate) async fn handle(&self, delivery: Delivery) {
+        match self.process(&delivery).await {
+            Ok(()) => {
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    // The broker will redeliver it; the run's state makes that a no-op.
+                    tracing::warn!(error = %e, task = %self.task_id, "ack failed");
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, task = %self.task_id, "message requeued");
+                tokio::time::sleep(REQUEUE_PAUSE).await;
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(e) = delivery.nack(requeue).await {
+                    tracing::warn!(error = %e, task = %self.task_id, "nack failed; the broker requeues on channel close");
+                }
+            }
+        }
+    }
+
+    async fn process(&self, delivery: &Delivery) -> Result<(), Requeue> {
+        let envelope = match contract::decode(
+            delivery.routing_key.as_str(),
+            &delivery.properties,
+            &delivery.data,
+            self.max_message_bytes,
+        ) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                return self
+                    .dead_letter(delivery, DeadLetter::new(e.code(), e.to_string()))
+                    .await;
+            }
+        };
+        if !self.events.contains(&envelope.event) {
+            let message = format!(
+                "task {} does not handle event {:?} (it handles: {})",
+                self.task_id,
+                envelope.event,
+                self.task.events().join(", ")
+            );
+            return self
+                .dead_letter(delivery, DeadLetter::new("unknown_event", message))
+                .await;
+        }
+        let decoded = self.task.decode_input(&envelope.payload);
+        let run = Arc::new(self.run_fields(envelope));
+        let input = match decoded {
+            Ok(input) => input,
+            Err(e) => return self.dead_on_arrival(delivery, run, e).await,
+        };
+
+        let _exclusive = self.run_locks.lock(run.id).await;
+        match self.claim(&run).await? {
+            Claim::Run {
+                attempt_base,
+                checkpoints,
+            } => {
+                self.run_steps(delivery, &run, &input, checkpoints, attempt_base)
+                    .await
+            }
+            Claim::Finished {
+                status,
+                failure_handled,
+                error_code,
+                error_message,
+            } => {
+                tracing::debug!(run = %run.id, %status, "duplicate of a finished run; acknowledged");
+                if status == warren_shared::state::RunStatus::Dead && !failure_handled {
+                    // A crash came between the run's death and its failure handler.
+                    let code = error_code.unwrap_or_default();
+                    let message = error_message.unwrap_or_default();
+                    self.handle_failure(&run, &code, &message).await?;
+                }
+                Ok(())
+            }
+            Claim::Duplicate { original } => {
+                tracing::info!(run = %run.id, %original, "idempotency key already used; no new run");
+                Ok(())
+            }
+            Claim::Stale { current } => {
+                tracing::debug!(run = %run.id, current, "superseded copy; acknowledged");
+                Ok(())
+            }
+            Claim::Busy { owner } => {
+                // Another live replica is still running this run (a duplicate, or a message
+                // the broker took back from a run longer than its consumer_timeout). Look again
+                // later through the delay cascade: a requeue would spend the poison budget.
+                tracing::info!(run = %run.id, %owner, "run busy elsewhere; looking again later");
+                let properties = contract::forwarded_properties(
+                    &delivery.properties,
+                    &run.event,
+                    u32::try_from(run.attempt).unwrap_or(1),
+                    &[],
+                );
+                self.send_later(BUSY_RECHECK, &delivery.data, properties)
+                    .await
+            }
+        }
+    }
+
+    /// Claims the run; while another live replica owns it, looks again every second for up to
+    /// one owner lease (the owner finishes, or its lease runs out and the run is ours) before
+    /// handing the message back.
+    async fn claim(&self, run: &Arc<RunFields>) -> Result<Claim, Requeue> {
+        let deadline = tokio::time::Instant::now() + store::OWNER_LEASE;
+        loop {
+            let claim = self.writer.write(ClaimRun(Arc::clone(run))).await?;
+            match claim {
+                Claim::Busy { .. } if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(BUSY_POLL).await;
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn run_steps(
+        &self,
+        delivery: &Delivery,
+        run: &Arc<RunFields>,
+        input: &TaskInput,
+        checkpoints: Vec<store::Checkpoint>,
+        attempt_base: i32,
+    ) -> Result<(), Requeue> {
+        let steps = &self.steps;
+        let mut outputs: BTreeMap<String, Value> = checkpoints
+            .into_iter()
+            .map(|c| (c.step, c.output))
+            .collect();
+        let attempt = u32::try_from(run.attempt).unwrap_or(1);
+        let deadline = tokio::time::Instant::now() + self.task.max_duration();
+        for (index, info) in steps.iter().enumerate() {
+            if outputs.contains_key(&info.name) {
+                continue;
+            }
+            let started_at = Utc::now();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let limit = info.timeout.map_or(left, |t| t.min(left));
+            let future =
+                self.task
+                    .run_step(index, run.id, attempt, input, Arc::new(outputs.clone()));
+            let result =
+                match tokio::time::timeout(limit, AssertUnwindSafe(future).catch_unwind()).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(panic)) => Err(StepError::retryable(code::PANIC, panic_message(&panic))),
+                    Err(_) => Err(StepError::timeout(format!(
+                        "step {} was cancelled after {:.1} s",
+                        info.name,
+                        limit.as_secs_f64()
+                    ))),
+                };
+            let position = i32::try_from(index).unwrap_or(i32::MAX);
+            let last = index + 1 == steps.len();
+            let (output, end) = match result {
+                Ok(StepOutcome::Continue(output)) if last => (output, End::Succeed),
+                Ok(StepOutcome::Continue(output)) => (output, End::Continue),
+                Ok(StepOutcome::Halt { outcome, output }) => (output, End::Halt(outcome)),
+                Ok(StepOutcome::WaitFor { output, .. }) if last => (output, End::Succeed),
+                Ok(StepOutcome::WaitFor { duration, output }) => {
+                    if self
+                        .topology
+                        .delayed_route(duration, Destination::Task(&self.task_id))
+                        .is_none()
+                    {
+                        (output, End::Continue)
+                    } else {
+                        // The copy that will wake the run goes out first: if we die before the
+                        // commit, the redelivered original repeats this step, never loses the run.
+                        let wake = [(header::WAKE, info.name.clone())];
+                        let properties = contract::forwarded_properties(
+                            &delivery.properties,
+                            &run.event,
+                            attempt,
+                            &wake,
+                        );
+                        self.send_later(duration, &delivery.data, properties)
+                            .await?;
+                        let until = Utc::now()
+                            + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
+                        (output, End::Wait(info.name.clone(), until))
+                    }
+                }
+                Err(error) => {
+                    let step = (info.name.clone(), position);
+                    return self
+                        .fail(delivery, run, step, started_at, error, attempt_base)
+                        .await;
+                }
+            };
+            let goes_on = matches!(end, End::Continue);
+            let write = CompleteStep {
+                run: Arc::clone(run),
+                step: info.name.clone(),
+                position,
+                stage: info.stage.clone(),
+                output: output.clone(),
+                started_at,
+                end,
+            };
+            match self.writer.write(write).await {
+                Ok(()) => {}
+                Err(WriteError::Store(StoreError::Conflict { .. })) => {
+                    tracing::warn!(run = %run.id, "run was moved on by someone else; leaving it");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if !goes_on {
+                return Ok(());
+            }
+            outputs.insert(info.name.clone(), output);
+        }
+        Ok(())
+    }
+
+    /// A step failed: retry later while the budget lasts and the error is worth it, otherwise
+    /// dead-letter the message and mark the run dead.
+    async fn fail(
+        &self,
+        delivery: &Delivery,
+        run: &Arc<RunFields>,
+        step: (String, i32),
+        started_at: DateTime<Utc>,
+        error: StepError,
+        attempt_base: i32,
+    ) -> Result<(), Requeue> {
+        let retryable = self.task.classify(&error) == ErrorClass::Retryable;
+        let used = u32::try_from(run.attempt - attempt_base)
+            .unwrap_or(1)
+            .max(1);
+        let delay = if retryable {
+            self.retry.delay_after(used, rand::random::<f64>())
+        } else {
+            None
+        };
+        let first_failed_at = run.first_failed_at.unwrap_or(started_at);
+        tracing::info!(run = %run.id, step = %step.0, code = %error.code, attempt = run.attempt, retryable, ?delay, "step failed");
+
+        let after = match delay {
+            Some(delay) => {
+                let next_attempt = run.attempt + 1;
+                let first = [(header::FIRST_FAILED_AT, format_time(first_failed_at))];
+                let properties = contract::forwarded_properties(
+                    &delivery.properties,
+                    &run.event,
+                    u32::try_from(next_attempt).unwrap_or(u32::MAX),
+                    &first,
+                );
+                self.send_later(delay, &delivery.data, properties).await?;
+                let at =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                AfterFailure::Retry { next_attempt, at }
+            }
+            None => {
+                let letter = DeadLetter::new(error.code.clone(), error.message.clone())
+                    .for_run(run)
+                    .failed_at(first_failed_at);
+                self.dead_letter(delivery, letter).await?;
+                AfterFailure::Dead
+            }
+        };
+        let write = FailRun {
+            run: Arc::clone(run),
+            after,
+            code: error.code.clone(),
+            message: error.message.clone(),
+            step: Some(step),
+            step_started_at: Some(started_at),
+        };
+        match self.writer.write(write).await {
+            Ok(()) => {}
+            Err(WriteError::Store(StoreError::Conflict { .. })) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        if matches!(after, AfterFailure::Dead) {
+            self.handle_failure(run, &error.code, &error.message)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The payload does not fit the task: dead-letter it, record the run dead, run the handler.
+    async fn dead_on_arrival(
+        &self,
+        delivery: &Delivery,
+        run: Arc<RunFields>,
+        error: String,
+    ) -> Result<(), Requeue> {
+        let message = format!(
+            "payload does not match the input of task {}: {error}",
+            self.task_id
+        );
+        let letter = DeadLetter::new(code::INVALID_INPUT, message.clone()).for_run(&run);
+        self.dead_letter(delivery, letter).await?;
+        let handled = self
+            .writer
+            .write(DeadOnArrival {
+                run: Arc::clone(&run),
+                code: code::INVALID_INPUT.into(),
+                message: message.clone(),
+            })
+            .await?;
+        if !handled {
+            self.handle_failure(&run, code::INVALID_INPUT, &message)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the task's failure handler for a dead run and records that it ran. A crash before
+    /// the record runs it again on redelivery: at least once, and once in the absence of crashes.
+    async fn handle_failure(
+        &self,
+        run: &RunFields,
+        code: &str,
+        message: &str,
+    ) -> Result<(), Requeue> {
+        let Some(handler) = self.task.failure_handler() else {
+            return Ok(());
+        };
+        let failed = FailedRun {
+            run_id: run.id,
+            task: self.task_id.to_string(),
+            message_id: run.message_id.clone(),
+            event: run.event.clone(),
+            attempts: run.attempt,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            input: run
+                .input
+                .as_deref()
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+        };
+        if let Err(panic) = AssertUnwindSafe(handler(failed)).catch_unwind().await {
+            tracing::error!(run = %run.id, panic = %panic_message(&panic), "failure handler panicked");
+        }
+        self.writer.write(MarkFailureHandled(run.id)).await?;
+        Ok(())
+    }
+
+    /// Sends a copy of the message back to this task's queue after `delay`, through the broker's
+    /// delay cascade (or at once for a delay under half a second), and waits for the confirm.
+    async fn send_later(
+        &self,
+        delay: Duration,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), Requeue> {
+        let (exchange, routing_key) = self
+            .topology
+            .delayed_route(delay, Destination::Task(&self.task_id))
+            .unwrap_or_else(|| (String::new(), self.topology.task_queue(&self.task_id)));
+        self.delay_levels
+            .ensure(&self.topology, self.publisher.channel(), &exchange)
+            .await
+            .map_err(PublishError::from)?;
+        self.publisher
+            .send(&exchange, &routing_key, body, properties)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, letter: DeadLetter) -> Result<(), Requeue> {
+        tracing::info!(task = %self.task_id, reason = %letter.code, message = %letter.message, "dead-lettering message");
+        let properties = dead_letter::properties(delivery, &self.task_id, &letter);
+        self.publisher
+            .send(
+                "",
+                &self.topology.dead_letter_queue(&self.task_id),
+                &delivery.data,
+                properties,
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn run_fields(&self, envelope: Envelope) -> RunFields {
+        let message_id = envelope
+            .message_id
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        RunFields {
+            id: store::run_id(&self.task_id, &message_id),
+            message_id,
+            task: Arc::clone(&self.task_id),
+            event: envelope.event,
+            input: Some(envelope.payload),
+            attempt: i32::try_from(envelope.attempt).unwrap_or(i32::MAX),
+            idempotency_key: envelope.idempotency_key,
+            tenant: envelope.tenant,
+            published_at: envelope.published_at,
+            worker: Arc::clone(&self.worker_id),
+            wake: envelope.wake,
+            first_failed_at: envelope.first_failed_at,
+            idempotency_window: self.idempotency_window,
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("step panicked: {text}")
+}

@@ -1,0 +1,57 @@
+//! # warren-worker: running tasks from RabbitMQ with their state in Postgres
+//!
+//! A task is a typed input, the events that trigger it, and an ordered pipeline of named steps.
+//! A replica consumes one durable queue per task, runs the steps that have no checkpoint yet,
+//! commits each step's output (in transactions shared with other runs: group commit), and acks a
+//! message only once what it caused is committed. Any number of identical replicas may compete
+//! for the same queues.
+//!
+//! ```no_run
+//! use serde::Deserialize;
+//! use serde_json::json;
+//! use warren_worker::{Registry, StepOutcome, Task, step};
+//!
+//! #[derive(Deserialize)]
+//! struct Report { day: String }
+//!
+//! let registry = Registry::new().register(
+//!     Task::<Report>::new("report.daily")
+//!         .step(step("collect", |ctx: warren_worker::StepContext<Report>| async move {
+//!             Ok(StepOutcome::next(json!({ "day": ctx.input().day })))
+//!         }).stage("COLLECTED")),
+//! );
+//! ```
+//!
+//! # Layout
+//!
+//! * [`step`]: the step abstraction, its context, outcomes and errors.
+//! * [`task`]: task definitions and the registry.
+//! * [`runtime`]: the replica: connection, consumers, concurrency, drain.
+//! * `execute`: one delivery from bytes to ack.
+//! * `state_writer` and `writes`: group commit of run state to Postgres.
+//! * `dead_letter`: the dead-letter format.
+//! * `run_locks`: one delivery per run at a time inside a replica.
+//! * `fleet`: the replica's registration and heartbeat in Postgres.
+//! * [`dlq`]: dead-letter queue operations (peek, replay, purge) for operators.
+//! * [`demo`]: the demo tasks (`video.process`, `player.dump`).
+
+pub mod demo;
+pub mod dlq;
+pub mod runtime;
+pub mod step;
+pub mod task;
+
+mod dead_letter;
+mod execute;
+mod fleet;
+mod run_locks;
+mod state_writer;
+mod writes;
+
+pub use runtime::{RunningWorker, Worker, WorkerConfig, WorkerError};
+pub use step::{
+    ErrorClass, Step, StepContext, StepDef, StepError, StepOutcome, StepResult, StepResultExt,
+    code, step, wait_step,
+};
+pub use task::{FailedRun, Registry, Task, TaskRunner};
+pub use warren_shared::retry::RetryPolicy;

@@ -1,0 +1,562 @@
+//! The replica: connects, declares the topology, consumes each task's queue with a bounded
+//! number of runs in flight, and drains on shutdown.
+
+use crate::execute::Executor;
+use crate::fleet;
+use crate::run_locks::RunLocks;
+use crate::state_writer::StateWriter;
+use crate::task::Registry;
+use futures::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, Consumer};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_producer::{PublishError, Publisher};
+use warren_shared::contract::DEFAULT_MAX_MESSAGE_BYTES;
+use warren_shared::db::{self, DbError};
+use warren_shared::retry::RetryPolicy;
+use warren_shared::topology::{DelayLevels, Topology};
+
+/// How a replica runs. Build with [`WorkerConfig::new`] and adjust the fields.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The broker.
+    pub amqp_url: String,
+    /// The database (created and migrated at start-up).
+    pub database_url: String,
+    /// Names and queue type.
+    pub topology: Topology,
+    /// This replica's id, recorded on every transition it makes.
+    pub worker_id: String,
+    /// Overrides every task's concurrency on this replica.
+    pub concurrency: Option<usize>,
+    /// Messages the broker may push ahead per task; defaults to the task's concurrency, so
+    /// that no message waits unstarted in a replica's buffer for long.
+    pub prefetch: Option<u16>,
+    /// Larger message bodies are dead-lettered.
+    pub max_message_bytes: usize,
+    /// How long in-flight runs may take to finish after a shutdown signal.
+    pub grace_period: Duration,
+    /// Postgres connections.
+    pub db_pool_size: usize,
+    /// The retry policy of tasks that do not set their own.
+    pub retry: RetryPolicy,
+    /// How long an idempotency key makes later publishes with the same key duplicates.
+    pub idempotency_window: Duration,
+}
+
+impl WorkerConfig {
+    /// A configuration with Warren's defaults for everything but the URLs and topology.
+    pub fn new(
+        amqp_url: impl Into<String>,
+        database_url: impl Into<String>,
+        topology: Topology,
+    ) -> Self {
+        WorkerConfig {
+            amqp_url: amqp_url.into(),
+            database_url: database_url.into(),
+            topology,
+            worker_id: default_worker_id(),
+            concurrency: None,
+            prefetch: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            grace_period: Duration::from_secs(30),
+            db_pool_size: 4,
+            retry: RetryPolicy::default(),
+            idempotency_window: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// `host-pid-xxxx`: unique per process, readable in `warren runs show`.
+pub fn default_worker_id() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "worker".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..4])
+}
+
+/// Why a replica could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The database could not be prepared.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The broker failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The replica could not register in Postgres.
+    #[error("cannot register the replica: {0}")]
+    Register(#[from] warren_shared::store::StoreError),
+    /// The dead-letter publisher could not be opened.
+    #[error(transparent)]
+    Publisher(#[from] PublishError),
+    /// No task to run.
+    #[error("no tasks to run")]
+    NoTasks,
+    /// A consumer ended without being asked to (connection lost).
+    #[error("consumer of task {task} stopped: {reason}")]
+    ConsumerLost {
+        /// The task.
+        task: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A replica, not yet started.
+pub struct Worker {
+    config: WorkerConfig,
+    registry: Registry,
+}
+
+/// A started replica.
+pub struct RunningWorker {
+    id: String,
+    shutdown: CancellationToken,
+    done: JoinHandle<Result<(), WorkerError>>,
+}
+
+/// What outlives a broker connection: the database side, the runs in flight and their limits.
+struct Shared {
+    config: WorkerConfig,
+    registry: Registry,
+    pool: deadpool_postgres::Pool,
+    writer: StateWriter,
+    worker_id: Arc<str>,
+    run_locks: Arc<RunLocks>,
+    delay_levels: Arc<DelayLevels>,
+    tracker: TaskTracker,
+    /// Run slots per task, shared by every session so that runs still finishing from a lost
+    /// connection count against the concurrency of the next one.
+    slots: BTreeMap<String, Arc<Semaphore>>,
+}
+
+/// One broker connection and the consumers on it.
+struct Session {
+    connection: Option<Connection>,
+    consumers: Vec<JoinHandle<Result<(), WorkerError>>>,
+    /// Stops this session's consumers (a child of the replica's shutdown token).
+    stop: CancellationToken,
+}
+
+impl Worker {
+    /// A replica that will run `registry`'s tasks.
+    pub fn new(config: WorkerConfig, registry: Registry) -> Self {
+        Worker { config, registry }
+    }
+
+    /// Prepares the database and topology and starts consuming. Returns once every consumer is
+    /// attached, so a caller may publish right away.
+    pub async fn start(self) -> Result<RunningWorker, WorkerError> {
+        let Worker { config, registry } = self;
+        if registry.tasks().next().is_none() {
+            return Err(WorkerError::NoTasks);
+        }
+        let pool = db::prepare(&config.database_url, config.db_pool_size).await?;
+        let task_ids: Vec<String> = registry.tasks().map(|t| t.id().to_owned()).collect();
+        fleet::register(&pool, &config.worker_id, &task_ids).await?;
+        let (writer, writer_task) = StateWriter::start(pool.clone());
+        let slots = registry
+            .tasks()
+            .map(|task| {
+                let concurrency = config
+                    .concurrency
+                    .unwrap_or_else(|| task.concurrency())
+                    .max(1);
+                (task.id().to_owned(), Arc::new(Semaphore::new(concurrency)))
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            worker_id: Arc::from(config.worker_id.as_str()),
+            config,
+            registry,
+            pool: pool.clone(),
+            writer,
+            run_locks: Arc::new(RunLocks::default()),
+            delay_levels: Arc::new(DelayLevels::default()),
+            tracker: TaskTracker::new(),
+            slots,
+        });
+        let shutdown = CancellationToken::new();
+        // A replica that starts while the broker restarts or drops connections tries again a
+        // few times before giving up.
+        let mut backoff = Backoff::new();
+        let mut attempts = 0;
+        let session = loop {
+            match open_session(&shared, &shutdown).await {
+                Ok(session) => break session,
+                Err(e) if attempts < START_ATTEMPTS => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, "could not start consuming; trying again");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        tracing::info!(worker = %shared.worker_id, tasks = session.consumers.len(), "worker consuming");
+
+        let stop_heartbeat = CancellationToken::new();
+        let heartbeat = tokio::spawn(fleet::heartbeat(
+            pool,
+            shared.config.worker_id.clone(),
+            stop_heartbeat.clone(),
+        ));
+        let id = shared.config.worker_id.clone();
+        let done = tokio::spawn(supervise(
+            shared,
+            session,
+            shutdown.clone(),
+            writer_task,
+            (stop_heartbeat, heartbeat),
+        ));
+        Ok(RunningWorker { id, shutdown, done })
+    }
+}
+
+/// Connects, declares the topology, and attaches one consumer per task with its prefetch set
+/// before `basic.consume` (a prefetch set afterwards would not apply to the consumer).
+async fn open_session(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> Result<Session, WorkerError> {
+    let config = &shared.config;
+    let connection = warren_shared::amqp::connect(
+        &config.amqp_url,
+        &format!("warren-worker {}", config.worker_id),
+    )
+    .await?;
+    match attach(shared, &connection, shutdown).await {
+        Ok((consumers, stop)) => Ok(Session {
+            connection: Some(connection),
+            consumers,
+            stop,
+        }),
+        Err(e) => {
+            warren_shared::amqp::close(&connection, "setup failed").await;
+            Err(e)
+        }
+    }
+}
+
+type Consumers = Vec<JoinHandle<Result<(), WorkerError>>>;
+
+async fn attach(
+    shared: &Arc<Shared>,
+    connection: &Connection,
+    shutdown: &CancellationToken,
+) -> Result<(Consumers, CancellationToken), WorkerError> {
+    let config = &shared.config;
+    declare_topology(&shared.pool, connection, &config.topology, &shared.registry).await?;
+    let publisher = Publisher::open(connection).await?;
+    let stop = shutdown.child_token();
+    let mut consumers = Vec::new();
+    for task in shared.registry.tasks() {
+        let slots = shared
+            .slots
+            .get(task.id())
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Semaphore::new(1)));
+        let concurrency = config
+            .concurrency
+            .unwrap_or_else(|| task.concurrency())
+            .max(1);
+        let prefetch = config
+            .prefetch
+            .unwrap_or_else(|| u16::try_from(concurrency).unwrap_or(u16::MAX));
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let queue = config.topology.task_queue(task.id());
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("{}/{}", config.worker_id, task.id())
+                    .as_str()
+                    .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let executor = Arc::new(Executor {
+            task: Arc::clone(task),
+            events: task.events().into_iter().collect(),
+            steps: task.steps(),
+            writer: shared.writer.clone(),
+            publisher: publisher.clone(),
+            topology: config.topology.clone(),
+            worker_id: Arc::clone(&shared.worker_id),
+            task_id: Arc::from(task.id()),
+            max_message_bytes: config.max_message_bytes,
+            run_locks: Arc::clone(&shared.run_locks),
+            retry: task.retry_policy().unwrap_or(config.retry),
+            delay_levels: Arc::clone(&shared.delay_levels),
+            idempotency_window: config.idempotency_window,
+        });
+        consumers.push(tokio::spawn(consume(
+            consumer,
+            channel,
+            executor,
+            slots,
+            shared.tracker.clone(),
+            stop.clone(),
+            shared.writer.clone(),
+        )));
+    }
+    Ok((consumers, stop))
+}
+
+impl RunningWorker {
+    /// This replica's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A token that starts the drain when cancelled (for signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops taking messages, lets in-flight runs finish within the grace period, returns the
+    /// rest to the broker, and waits until the replica has stopped.
+    pub async fn shutdown(self) -> Result<(), WorkerError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the replica stops (after a shutdown).
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        match self.done.await {
+            Ok(result) => result,
+            Err(e) => Err(WorkerError::ConsumerLost {
+                task: "*".into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// The advisory lock key that serialises topology declarations across replicas.
+const TOPOLOGY_LOCK_KEY: i64 = 0x7761_7272_656f;
+
+/// Declares every task's queues, one replica at a time: replicas of a fleet often start (and
+/// reconnect) together, and a broker asked to create the same quorum queues from many
+/// connections at once is put under needless strain.
+///
+/// The lock is transaction-scoped on purpose: a reconnect attempt that times out drops this
+/// future mid-way, and a session-level lock acquired by a dropped future would stay held by a
+/// pooled connection forever, blocking every replica's next declaration. Dropping the
+/// transaction rolls it back and releases the lock.
+async fn declare_topology(
+    pool: &deadpool_postgres::Pool,
+    connection: &Connection,
+    topology: &Topology,
+    registry: &Registry,
+) -> Result<(), WorkerError> {
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOPOLOGY_LOCK_KEY])
+        .await
+        .map_err(DbError::from)?;
+    let declared = async {
+        let channel = connection.create_channel().await?;
+        for task in registry.tasks() {
+            topology
+                .declare_task(&channel, task.id(), &task.events())
+                .await?;
+        }
+        warren_shared::amqp::close_channel(&channel, "declared").await;
+        Ok::<(), lapin::Error>(())
+    }
+    .await;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(declared?)
+}
+
+/// Takes deliveries while a run slot is free and Postgres is reachable, and hands each to its
+/// own task. Returns `Ok` when stopped, an error when the broker took the consumer away.
+async fn consume(
+    mut consumer: Consumer,
+    channel: lapin::Channel,
+    executor: Arc<Executor>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    writer: StateWriter,
+) -> Result<(), WorkerError> {
+    let lost = |reason: String| WorkerError::ConsumerLost {
+        task: executor.task_id.to_string(),
+        reason,
+    };
+    let result = loop {
+        // While Postgres is down nothing taken now could be recorded: leave messages in the
+        // broker instead of taking them only to hand them back.
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            _ = writer.healthy() => {}
+        }
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(e) => break Err(lost(e.to_string())),
+            },
+        };
+        let delivery = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            delivery = consumer.next() => delivery,
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                let executor = Arc::clone(&executor);
+                tracker.spawn(async move {
+                    executor.handle(delivery).await;
+                    drop(slot);
+                });
+            }
+            Some(Err(e)) => break Err(lost(e.to_string())),
+            None => break Err(lost("the broker cancelled the consumer".into())),
+        }
+    };
+    // Stop the broker from pushing more; what it already pushed is returned when the channel
+    // closes, after the in-flight runs have settled theirs.
+    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    let _ = tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, cancel).await;
+    result
+}
+
+/// Runs sessions until shutdown: when the broker connection is lost, reconnects with backoff
+/// and jitter, declares the topology again and goes on; runs in flight keep running meanwhile
+/// (their messages, returned by the broker, wait for them on the run locks). Then drains.
+async fn supervise(
+    shared: Arc<Shared>,
+    mut session: Session,
+    shutdown: CancellationToken,
+    writer_task: JoinHandle<()>,
+    (stop_heartbeat, heartbeat): (CancellationToken, JoinHandle<()>),
+) -> Result<(), WorkerError> {
+    loop {
+        let lost = wait_for_loss(&mut session).await;
+        session.stop.cancel();
+        for consumer in session.consumers.drain(..) {
+            let _ = consumer.await;
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        tracing::warn!(reason = %lost, "broker connection lost; reconnecting");
+        if let Some(connection) = session.connection.take() {
+            warren_shared::amqp::close(&connection, "reconnecting").await;
+        }
+        let mut backoff = Backoff::new();
+        session = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                _ = tokio::time::sleep(backoff.next()) => {}
+            }
+            let attempt = tokio::time::timeout(RECONNECT_TIMEOUT, open_session(&shared, &shutdown));
+            let opened = tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                opened = attempt => opened,
+            };
+            match opened {
+                Ok(Ok(session)) => break Some(session),
+                Ok(Err(e)) => tracing::warn!(error = %e, "reconnect failed; trying again"),
+                Err(_) => tracing::warn!("reconnect timed out; trying again"),
+            }
+        }
+        .map_or_else(
+            || Session {
+                connection: None,
+                consumers: Vec::new(),
+                stop: CancellationToken::new(),
+            },
+            |s| {
+                tracing::info!("reconnected; consuming again");
+                s
+            },
+        );
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+
+    let tracker = &shared.tracker;
+    let grace = shared.config.grace_period;
+    tracker.close();
+    tracing::info!(
+        in_flight = tracker.len(),
+        grace_seconds = grace.as_secs_f64(),
+        "draining"
+    );
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            left = tracker.len(),
+            "grace period over: unfinished runs go back to the queue and resume from their checkpoints"
+        );
+    }
+    if let Some(connection) = session.connection.take() {
+        warren_shared::amqp::close(&connection, "worker shutting down").await;
+    }
+    stop_heartbeat.cancel();
+    let _ = heartbeat.await;
+    let drained = tracker.is_empty();
+    drop(shared);
+    // The writer stops once the last handle (held by finished runs) is gone.
+    if drained {
+        let _ = writer_task.await;
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// How many times a starting replica tries again to connect and consume.
+const START_ATTEMPTS: u32 = 4;
+
+/// How long one reconnect attempt (connect, declare, consume) may take.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits until a consumer of the session ends: a shutdown (they all stop) or a loss.
+async fn wait_for_loss(session: &mut Session) -> String {
+    if session.consumers.is_empty() {
+        session.stop.cancelled().await;
+        return "stopped".into();
+    }
+    let (result, index, _) = futures::future::select_all(session.consumers.iter_mut()).await;
+    session.consumers.remove(index);
+    match result {
+        Ok(Ok(())) => "stopped".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Exponential backoff with jitter for reconnects: 0.5 s doubling to 30 s, each wait drawn
+/// from [half, all] of its step so that a fleet does not reconnect in lockstep.
+struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Backoff { step: Self::FIRST }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.step.mul_f64(0.5 + 0.5 * rand::random::<f64>());
+        self.step = (self.step * 2).min(Self::MAX);
+        wait
+    }
+}

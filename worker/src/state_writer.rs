@@ -1,0 +1,236 @@
+//! Group commit: the state writes of many concurrent runs share one Postgres transaction.
+//!
+//! Every run hands its writes (claim, step checkpoint, failure) to one writer task and awaits the
+//! commit. The writer takes whatever has queued up while the previous transaction committed, up
+//! to a batch limit, and commits it as one transaction. At low load a batch is a single write and
+//! nothing waits for company; at high load one commit serves hundreds of runs. A message is acked
+//! only after the batch holding its write has committed.
+//!
+//! If a batch fails, each of its writes is retried alone, so one bad write fails only its own run.
+//!
+//! If Postgres cannot be reached, the writer holds its batch and tries again with backoff until
+//! it can: runs wait with their messages in hand (nothing is handed back in a tight loop, no
+//! retry budget is spent), and [`StateWriter::healthy`] tells the consumers to take no new
+//! messages meanwhile.
+
+use deadpool_postgres::{Pool, Transaction};
+use futures::future::{BoxFuture, join_all};
+use tokio::sync::{mpsc, oneshot, watch};
+use warren_shared::store::StoreError;
+
+/// The most writes one transaction carries.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// Why a write did not commit.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    /// The write itself was refused (illegal transition, conflicting run state, query error).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Postgres could not be reached or the transaction could not commit.
+    #[error("cannot commit to Postgres: {0}")]
+    Unavailable(String),
+    /// The writer has stopped (the worker is shutting down).
+    #[error("the state writer has stopped")]
+    Stopped,
+}
+
+/// One write: a few statements on the batch's transaction, and what they return.
+pub(crate) trait Write: Send + 'static {
+    type Output: Send + 'static;
+    fn apply<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+    ) -> BoxFuture<'a, Result<Self::Output, StoreError>>;
+}
+
+/// A queued write with its reply channel, type-erased so one queue carries every kind.
+trait Queued: Send {
+    fn apply<'a>(&'a mut self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), ()>>;
+    fn committed(self: Box<Self>);
+    fn failed(self: Box<Self>, error: WriteError);
+}
+
+struct Entry<W: Write> {
+    write: W,
+    result: Option<Result<W::Output, StoreError>>,
+    reply: oneshot::Sender<Result<W::Output, WriteError>>,
+}
+
+impl<W: Write> Queued for Entry<W> {
+    fn apply<'a>(&'a mut self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), ()>> {
+        Box::pin(async move {
+            let result = self.write.apply(tx).await;
+            let ok = result.is_ok();
+            self.result = Some(result);
+            if ok { Ok(()) } else { Err(()) }
+        })
+    }
+
+    fn committed(self: Box<Self>) {
+        let result = match self.result {
+            Some(Ok(output)) => Ok(output),
+            Some(Err(e)) => Err(WriteError::Store(e)),
+            None => Err(WriteError::Unavailable("write was not applied".into())),
+        };
+        let _ = self.reply.send(result);
+    }
+
+    fn failed(self: Box<Self>, error: WriteError) {
+        let error = match self.result {
+            Some(Err(e)) => WriteError::Store(e),
+            _ => error,
+        };
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// The handle runs use to write; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct StateWriter {
+    queue: mpsc::UnboundedSender<Box<dyn Queued>>,
+    healthy: watch::Receiver<bool>,
+}
+
+impl StateWriter {
+    /// Starts the writer task on `pool`. It stops when every handle is dropped.
+    pub(crate) fn start(pool: Pool) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let (health, healthy) = watch::channel(true);
+        let task = tokio::spawn(run(pool, receiver, health));
+        (StateWriter { queue, healthy }, task)
+    }
+
+    /// Returns once Postgres is reachable (at once, unless the last commit found it down).
+    pub(crate) async fn healthy(&self) {
+        let mut healthy = self.healthy.clone();
+        let _ = healthy.wait_for(|up| *up).await;
+    }
+
+    /// Queues a write and waits until its transaction has committed.
+    pub(crate) async fn write<W: Write>(&self, write: W) -> Result<W::Output, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Box::new(Entry {
+                write,
+                result: None,
+                reply,
+            }))
+            .map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+}
+
+async fn run(
+    pool: Pool,
+    mut receiver: mpsc::UnboundedReceiver<Box<dyn Queued>>,
+    health: watch::Sender<bool>,
+) {
+    let mut batch: Vec<Box<dyn Queued>> = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let size = batch.len();
+        let mut pause = OUTAGE_FIRST_PAUSE;
+        let outcome = loop {
+            match commit(&pool, &mut batch).await {
+                Err(CommitError::Unreachable(reason)) => {
+                    if *health.borrow() {
+                        tracing::error!(%reason, "Postgres unreachable: holding {size} write(s) and pausing consumption");
+                        let _ = health.send(false);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(OUTAGE_MAX_PAUSE);
+                }
+                other => break other,
+            }
+        };
+        if !*health.borrow() {
+            tracing::info!("Postgres reachable again: consuming");
+            let _ = health.send(true);
+        }
+        match outcome.map_err(|e| WriteError::Unavailable(e.to_string())) {
+            Ok(()) => batch.drain(..).for_each(|entry| entry.committed()),
+            Err(error) if size == 1 => {
+                batch
+                    .drain(..)
+                    .for_each(|entry| entry.failed(error.clone_for_reply()));
+            }
+            Err(error) => {
+                tracing::debug!(size, %error, "batch failed; committing its writes one by one");
+                for entry in batch.drain(..) {
+                    let mut single = vec![entry];
+                    match commit(&pool, &mut single)
+                        .await
+                        .map_err(|e| WriteError::Unavailable(e.to_string()))
+                    {
+                        Ok(()) => single.drain(..).for_each(|e| e.committed()),
+                        Err(error) => single
+                            .drain(..)
+                            .for_each(|e| e.failed(error.clone_for_reply())),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl WriteError {
+    /// A copy to send to each write of a failed batch (the store error, if any, is per write).
+    fn clone_for_reply(&self) -> WriteError {
+        match self {
+            WriteError::Stopped => WriteError::Stopped,
+            other => WriteError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// First and longest pause between attempts to reach Postgres during an outage.
+const OUTAGE_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+const OUTAGE_MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    /// Postgres could not be reached or dropped the connection: try the same batch again later.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Postgres refused a write: commit the writes one by one to find it.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl CommitError {
+    fn from_db(error: tokio_postgres::Error) -> Self {
+        let connection_lost = error.is_closed()
+            || match error.code() {
+                // Class 08 (connection exception) and 57P01..57P03 (shutdown, crash, starting up).
+                Some(code) => code.code().starts_with("08") || code.code().starts_with("57P0"),
+                None => error.as_db_error().is_none(),
+            };
+        if connection_lost {
+            CommitError::Unreachable(error.to_string())
+        } else {
+            CommitError::Refused(error.to_string())
+        }
+    }
+}
+
+/// Applies every write of the batch in one transaction and commits it.
+async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), CommitError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| CommitError::Unreachable(e.to_string()))?;
+    let tx = client.transaction().await.map_err(CommitError::from_db)?;
+    // The writes are independent: issue them together so tokio-postgres pipelines them.
+    let results = join_all(batch.iter_mut().map(|entry| entry.apply(&tx))).await;
+    if results.iter().any(Result::is_err) {
+        // A rollback that fails too means the connection itself is gone.
+        let lost = tx.rollback().await.is_err();
+        return Err(if lost {
+            CommitError::Unreachable("the connection was lost mid-transaction".into())
+        } else {
+            CommitError::Refused("a write in the batch failed".into())
+        });
+    }
+    tx.commit().await.map_err(CommitError::from_db)
+}

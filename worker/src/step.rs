@@ -1,0 +1,372 @@
+//! Steps: the unit of work and of checkpointing.
+//!
+//! A step is anything that implements [`Step`]: a Rust closure today, an HTTP call to another
+//! service or an external command tomorrow. It gets a [`StepContext`] (the run's typed input and
+//! the outputs of the steps before it) and answers with a [`StepOutcome`] or a [`StepError`].
+//! Once a step's output is committed to Postgres it is never run again for that run.
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What a step gets: the run's identity, its typed input, and what earlier steps returned.
+pub struct StepContext<I> {
+    /// The run.
+    pub run_id: Uuid,
+    /// The attempt being executed (1 for the first).
+    pub attempt: u32,
+    input: Arc<I>,
+    outputs: Arc<BTreeMap<String, Value>>,
+}
+
+impl<I> Clone for StepContext<I> {
+    fn clone(&self) -> Self {
+        StepContext {
+            run_id: self.run_id,
+            attempt: self.attempt,
+            input: Arc::clone(&self.input),
+            outputs: Arc::clone(&self.outputs),
+        }
+    }
+}
+
+impl<I> StepContext<I> {
+    pub(crate) fn new(
+        run_id: Uuid,
+        attempt: u32,
+        input: Arc<I>,
+        outputs: Arc<BTreeMap<String, Value>>,
+    ) -> Self {
+        StepContext {
+            run_id,
+            attempt,
+            input,
+            outputs,
+        }
+    }
+
+    /// The run's input, as the task's type.
+    pub fn input(&self) -> &I {
+        &self.input
+    }
+
+    /// The output an earlier step returned (in this attempt or restored from its checkpoint).
+    pub fn output(&self, step: &str) -> Option<&Value> {
+        self.outputs.get(step)
+    }
+
+    /// An earlier step's output as a type; a missing or mistyped output is a non-retryable error,
+    /// since retrying cannot fix it.
+    pub fn output_as<T: DeserializeOwned>(&self, step: &str) -> Result<T, StepError> {
+        let value = self.output(step).ok_or_else(|| {
+            StepError::fatal(
+                "missing_step_output",
+                format!("no output from step {step:?}"),
+            )
+        })?;
+        T::deserialize(value).map_err(|e| {
+            StepError::fatal(
+                "invalid_step_output",
+                format!("output of step {step:?} does not fit: {e}"),
+            )
+        })
+    }
+}
+
+/// A step's successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// Go on to the next step; this output is the checkpoint and is passed on.
+    Continue(Value),
+    /// End the run now with a named outcome that is not an error (e.g. `NEEDS_USER_INPUT`).
+    Halt {
+        /// The outcome's name, recorded on the run.
+        outcome: String,
+        /// The step's output.
+        output: Value,
+    },
+    /// This step is done (its output is checkpointed); go on to the next step after `duration`.
+    /// The run waits in the broker, holding no worker slot, and survives every restart.
+    WaitFor {
+        /// How long to wait (whole seconds; up to 8.5 years).
+        duration: Duration,
+        /// The step's output.
+        output: Value,
+    },
+}
+
+impl StepOutcome {
+    /// Continue with `output`.
+    pub fn next(output: Value) -> Self {
+        StepOutcome::Continue(output)
+    }
+
+    /// Halt with a named outcome.
+    pub fn halt(outcome: impl Into<String>, output: Value) -> Self {
+        StepOutcome::Halt {
+            outcome: outcome.into(),
+            output,
+        }
+    }
+
+    /// Continue with `output` after `duration`.
+    pub fn wait_for(duration: Duration, output: Value) -> Self {
+        StepOutcome::WaitFor { duration, output }
+    }
+}
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Timeouts, network errors, rate limits, upstream 5xx, anything unclassified.
+    Retryable,
+    /// Invalid input, quota exceeded, invalid credentials, policy violations: the same input
+    /// will fail the same way.
+    Fatal,
+}
+
+/// Stable error codes with a meaning Warren knows. Any other code is allowed.
+pub mod code {
+    /// A step (or the run) took longer than allowed. Retryable.
+    pub const TIMEOUT: &str = "timeout";
+    /// A network error reaching another service. Retryable.
+    pub const NETWORK: &str = "network";
+    /// The other side asked us to slow down (HTTP 429). Retryable.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// The other side failed (HTTP 5xx). Retryable.
+    pub const UPSTREAM: &str = "upstream_error";
+    /// The step panicked. Retryable.
+    pub const PANIC: &str = "panic";
+    /// The input cannot be processed. Not retryable.
+    pub const INVALID_INPUT: &str = "invalid_input";
+    /// A quota or plan limit is exhausted. Not retryable.
+    pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
+    /// Credentials were refused (HTTP 401/403). Not retryable.
+    pub const INVALID_CREDENTIALS: &str = "invalid_credentials";
+    /// A content policy refused the input. Not retryable.
+    pub const CONTENT_POLICY: &str = "content_policy";
+    /// The thing asked for does not exist (HTTP 404). Not retryable.
+    pub const NOT_FOUND: &str = "not_found";
+}
+
+impl ErrorClass {
+    /// The class Warren gives a code when the step does not say: the codes of things retrying
+    /// cannot fix are fatal; everything else, unclassified codes included, is retryable.
+    pub fn of_code(code: &str) -> ErrorClass {
+        match code {
+            code::INVALID_INPUT
+            | code::QUOTA_EXCEEDED
+            | code::INVALID_CREDENTIALS
+            | code::CONTENT_POLICY
+            | code::NOT_FOUND => ErrorClass::Fatal,
+            _ => ErrorClass::Retryable,
+        }
+    }
+}
+
+/// A step's failure: a class that decides what happens next, a stable code and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct StepError {
+    /// Retryable or not.
+    pub class: ErrorClass,
+    /// Stable, machine-readable code (`timeout`, `not_found`, ...).
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl StepError {
+    /// A failure classified by its code (see [`ErrorClass::of_code`]).
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        let code = code.into();
+        StepError {
+            class: ErrorClass::of_code(&code),
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The failure an HTTP answer with this status means: 429 rate limited and 5xx upstream
+    /// errors are retryable; 401/403 credentials, 402 quota, 404 not found and other 4xx
+    /// invalid input are not.
+    pub fn from_http_status(status: u16, message: impl Into<String>) -> Self {
+        let code = match status {
+            429 => code::RATE_LIMITED,
+            401 | 403 => code::INVALID_CREDENTIALS,
+            402 => code::QUOTA_EXCEEDED,
+            404 => code::NOT_FOUND,
+            408 => code::TIMEOUT,
+            400..=499 => code::INVALID_INPUT,
+            _ => code::UPSTREAM,
+        };
+        StepError::new(code, message)
+    }
+
+    /// A step that overran its time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        StepError::retryable(code::TIMEOUT, message)
+    }
+
+    /// A failure that may succeed if tried again.
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Retryable,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A failure that will not go away by retrying.
+    pub fn fatal(code: impl Into<String>, message: impl Into<String>) -> Self {
+        StepError {
+            class: ErrorClass::Fatal,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What a step returns.
+pub type StepResult = Result<StepOutcome, StepError>;
+
+/// Classifies any error in one word at the call site:
+/// `fetch(url).await.retryable("network")?`, `parse(doc).fatal("invalid_input")?`.
+pub trait StepResultExt<T> {
+    /// A failure here is retryable, with this code.
+    fn retryable(self, code: &str) -> Result<T, StepError>;
+    /// A failure here is not retryable, with this code.
+    fn fatal(self, code: &str) -> Result<T, StepError>;
+}
+
+impl<T, E: std::fmt::Display> StepResultExt<T> for Result<T, E> {
+    fn retryable(self, code: &str) -> Result<T, StepError> {
+        self.map_err(|e| StepError::retryable(code, e.to_string()))
+    }
+
+    fn fatal(self, code: &str) -> Result<T, StepError> {
+        self.map_err(|e| StepError::fatal(code, e.to_string()))
+    }
+}
+
+/// A unit of work in a task's pipeline.
+pub trait Step<I>: Send + Sync + 'static {
+    /// Runs the step once.
+    fn run(&self, ctx: StepContext<I>) -> BoxFuture<'static, StepResult>;
+}
+
+impl<I, F, Fut> Step<I> for F
+where
+    F: Fn(StepContext<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = StepResult> + Send + 'static,
+{
+    fn run(&self, ctx: StepContext<I>) -> BoxFuture<'static, StepResult> {
+        Box::pin(self(ctx))
+    }
+}
+
+/// A named step of a pipeline, with the stage a run reaches when it completes.
+pub struct StepDef<I> {
+    pub(crate) name: String,
+    pub(crate) stage: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) step: Box<dyn Step<I>>,
+}
+
+impl<I> StepDef<I> {
+    /// Names the stage (e.g. `TRANSCRIBED`) the run reaches when this step completes.
+    pub fn stage(mut self, stage: impl Into<String>) -> Self {
+        self.stage = Some(stage.into());
+        self
+    }
+
+    /// Cancels the step when it runs longer than `timeout`: a retryable `timeout` failure.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// A step named `name` that runs `step`.
+pub fn step<I>(name: impl Into<String>, step: impl Step<I>) -> StepDef<I> {
+    StepDef {
+        name: name.into(),
+        stage: None,
+        timeout: None,
+        step: Box::new(step),
+    }
+}
+
+/// A step that only waits: the run goes on with the next step after `duration`, holding no
+/// worker meanwhile.
+pub fn wait_step<I: Send + Sync + 'static>(
+    name: impl Into<String>,
+    duration: Duration,
+) -> StepDef<I> {
+    step(name, move |_ctx: StepContext<I>| async move {
+        Ok(StepOutcome::wait_for(duration, Value::Null))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unclassified_codes_are_retryable_and_hopeless_ones_are_fatal() {
+        for retryable in [
+            code::TIMEOUT,
+            code::NETWORK,
+            code::RATE_LIMITED,
+            code::UPSTREAM,
+            "weird",
+        ] {
+            assert_eq!(
+                StepError::new(retryable, "").class,
+                ErrorClass::Retryable,
+                "{retryable}"
+            );
+        }
+        for fatal in [
+            code::INVALID_INPUT,
+            code::QUOTA_EXCEEDED,
+            code::INVALID_CREDENTIALS,
+            code::CONTENT_POLICY,
+        ] {
+            assert_eq!(
+                StepError::new(fatal, "").class,
+                ErrorClass::Fatal,
+                "{fatal}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_statuses_map_to_error_classes() {
+        let class = |status| StepError::from_http_status(status, "").class;
+        assert_eq!(class(429), ErrorClass::Retryable);
+        assert_eq!(class(503), ErrorClass::Retryable);
+        assert_eq!(class(401), ErrorClass::Fatal);
+        assert_eq!(class(402), ErrorClass::Fatal);
+        assert_eq!(class(422), ErrorClass::Fatal);
+        assert_eq!(StepError::from_http_status(404, "").code, code::NOT_FOUND);
+    }
+
+    #[test]
+    fn results_are_classified_at_the_call_site() {
+        let failed: Result<(), &str> = Err("connection reset");
+        let err = failed.retryable(code::NETWORK).unwrap_err();
+        assert_eq!(
+            (err.class, err.code.as_str()),
+            (ErrorClass::Retryable, "network")
+        );
+        assert_eq!(err.message, "connection reset");
+        let err = failed.fatal(code::INVALID_INPUT).unwrap_err();
+        assert_eq!(err.class, ErrorClass::Fatal);
+    }
+}

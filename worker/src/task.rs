@@ -1,0 +1,289 @@
+//! Tasks: a typed input, the events that trigger it, a concurrency, and an ordered pipeline.
+
+use crate::step::{ErrorClass, StepContext, StepDef, StepError, StepResult};
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+use warren_shared::retry::RetryPolicy;
+
+/// How many runs of a task one replica executes at once unless the task says otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// How long one attempt of a run may take unless the task says otherwise: under RabbitMQ's
+/// default `consumer_timeout` (30 min), which would otherwise close the channel under it.
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(25 * 60);
+
+/// What a failure handler learns about the run that died.
+#[derive(Debug, Clone)]
+pub struct FailedRun {
+    /// The run.
+    pub run_id: Uuid,
+    /// The task.
+    pub task: String,
+    /// The message.
+    pub message_id: String,
+    /// The event.
+    pub event: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The final error's code.
+    pub code: String,
+    /// The final error's message.
+    pub message: String,
+    /// The run's input, as sent.
+    pub input: Option<Value>,
+}
+
+/// Runs once for each death of one of the task's runs (alerts, cleanup).
+pub type FailureHandler = Arc<dyn Fn(FailedRun) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Decides whether an error is worth retrying, for tasks that know better than the error.
+pub type Classifier = Arc<dyn Fn(&StepError) -> ErrorClass + Send + Sync>;
+
+/// A task definition. `I` is its input type: a message whose payload does not deserialize into
+/// `I` is an `invalid_input` failure that goes to the dead-letter queue, never a panic.
+pub struct Task<I> {
+    id: String,
+    events: Vec<String>,
+    concurrency: usize,
+    steps: Vec<StepDef<I>>,
+    retry: Option<RetryPolicy>,
+    max_duration: Duration,
+    classifier: Option<Classifier>,
+    on_failure: Option<FailureHandler>,
+}
+
+impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
+    /// A task named `id`, triggered by the event of the same name until [`Task::on`] says
+    /// otherwise.
+    pub fn new(id: impl Into<String>) -> Self {
+        Task {
+            id: id.into(),
+            events: Vec::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            steps: Vec::new(),
+            retry: None,
+            max_duration: DEFAULT_MAX_DURATION,
+            classifier: None,
+            on_failure: None,
+        }
+    }
+
+    /// This task's retry policy (otherwise the replica's default).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The longest one attempt may take; the running step is cancelled when it is over, as a
+    /// retryable `timeout` failure.
+    pub fn max_duration(mut self, max: Duration) -> Self {
+        self.max_duration = max;
+        self
+    }
+
+    /// Classifies this task's errors (otherwise each error's own class decides).
+    pub fn classify(
+        mut self,
+        classifier: impl Fn(&StepError) -> ErrorClass + Send + Sync + 'static,
+    ) -> Self {
+        self.classifier = Some(Arc::new(classifier));
+        self
+    }
+
+    /// Runs `handler` once each time one of this task's runs is dead-lettered.
+    pub fn on_failure<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(FailedRun) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.on_failure = Some(Arc::new(move |run| Box::pin(handler(run))));
+        self
+    }
+
+    /// Adds an event that triggers this task.
+    pub fn on(mut self, event: impl Into<String>) -> Self {
+        self.events.push(event.into());
+        self
+    }
+
+    /// How many runs of this task one replica executes at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Appends a step to the pipeline.
+    pub fn step(mut self, step: StepDef<I>) -> Self {
+        self.steps.push(step);
+        self
+    }
+}
+
+/// A step's name, the stage it reaches, and its time limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepInfo {
+    /// Step name.
+    pub name: String,
+    /// Stage reached when it completes.
+    pub stage: Option<String>,
+    /// Its own time limit, if any.
+    pub timeout: Option<Duration>,
+}
+
+/// A decoded task input, type-erased so that the runtime can hold tasks of any input type.
+pub struct TaskInput(Arc<dyn Any + Send + Sync>);
+
+/// What the runtime needs of a task, whatever its input type.
+pub trait TaskRunner: Send + Sync + 'static {
+    /// The task id.
+    fn id(&self) -> &str;
+    /// The events that trigger it (the id itself when none were named).
+    fn events(&self) -> Vec<String>;
+    /// Runs of this task one replica executes at once.
+    fn concurrency(&self) -> usize;
+    /// The pipeline.
+    fn steps(&self) -> Vec<StepInfo>;
+    /// Parses a payload into the task's input type.
+    fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String>;
+    /// The task's own retry policy, if it has one.
+    fn retry_policy(&self) -> Option<RetryPolicy>;
+    /// The longest one attempt may take.
+    fn max_duration(&self) -> Duration;
+    /// Whether an error is worth retrying.
+    fn classify(&self, error: &StepError) -> ErrorClass;
+    /// The failure handler, if the task has one.
+    fn failure_handler(&self) -> Option<FailureHandler>;
+    /// Runs step `index` with the earlier outputs.
+    fn run_step(
+        &self,
+        index: usize,
+        run_id: Uuid,
+        attempt: u32,
+        input: &TaskInput,
+        outputs: Arc<BTreeMap<String, Value>>,
+    ) -> BoxFuture<'static, StepResult>;
+}
+
+impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn events(&self) -> Vec<String> {
+        if self.events.is_empty() {
+            vec![self.id.clone()]
+        } else {
+            self.events.clone()
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn steps(&self) -> Vec<StepInfo> {
+        self.steps
+            .iter()
+            .map(|s| StepInfo {
+                name: s.name.clone(),
+                stage: s.stage.clone(),
+                timeout: s.timeout,
+            })
+            .collect()
+    }
+
+    fn retry_policy(&self) -> Option<RetryPolicy> {
+        self.retry
+    }
+
+    fn max_duration(&self) -> Duration {
+        self.max_duration
+    }
+
+    fn classify(&self, error: &StepError) -> ErrorClass {
+        match &self.classifier {
+            Some(classify) => classify(error),
+            None => error.class,
+        }
+    }
+
+    fn failure_handler(&self) -> Option<FailureHandler> {
+        self.on_failure.clone()
+    }
+
+    fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String> {
+        serde_json::from_str::<I>(payload.get())
+            .map(|input| TaskInput(Arc::new(input)))
+            .map_err(|e| e.to_string())
+    }
+
+    fn run_step(
+        &self,
+        index: usize,
+        run_id: Uuid,
+        attempt: u32,
+        input: &TaskInput,
+        outputs: Arc<BTreeMap<String, Value>>,
+    ) -> BoxFuture<'static, StepResult> {
+        let (Some(step), Ok(input)) = (self.steps.get(index), Arc::clone(&input.0).downcast::<I>())
+        else {
+            let err = StepError::fatal(
+                "internal",
+                format!("task {} has no step {index} for this input", self.id),
+            );
+            return Box::pin(async move { Err(err) });
+        };
+        step.step
+            .run(StepContext::new(run_id, attempt, input, outputs))
+    }
+}
+
+/// The tasks a worker knows, by id.
+#[derive(Clone, Default)]
+pub struct Registry {
+    tasks: BTreeMap<String, Arc<dyn TaskRunner>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a task (replacing one with the same id).
+    pub fn register(mut self, task: impl TaskRunner) -> Self {
+        self.tasks.insert(task.id().to_owned(), Arc::new(task));
+        self
+    }
+
+    /// Every task, by id.
+    pub fn tasks(&self) -> impl Iterator<Item = &Arc<dyn TaskRunner>> {
+        self.tasks.values()
+    }
+
+    /// The task with this id.
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn TaskRunner>> {
+        self.tasks.get(id)
+    }
+
+    /// Keeps only the named tasks; names that are not registered are returned as the error.
+    pub fn only(mut self, ids: &[String]) -> Result<Self, Vec<String>> {
+        let unknown: Vec<String> = ids
+            .iter()
+            .filter(|id| !self.tasks.contains_key(*id))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(unknown);
+        }
+        self.tasks.retain(|id, _| ids.contains(id));
+        Ok(self)
+    }
+}

@@ -1,0 +1,176 @@
+//! The state writes a run makes, as values the group-commit writer can batch. Each one owns its
+//! data and calls one function of `warren_shared::store`, where the SQL lives.
+
+use crate::state_writer::Write;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use futures::future::BoxFuture;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use uuid::Uuid;
+use warren_shared::store::{
+    self, AfterFailure, Change, Claim, Failure, NewRun, StepDone, StepEnd, StoreError,
+};
+
+/// What a run knows about itself from its message; shared by all of its writes.
+#[derive(Debug)]
+pub(crate) struct RunFields {
+    pub(crate) id: Uuid,
+    pub(crate) message_id: String,
+    pub(crate) task: Arc<str>,
+    pub(crate) event: String,
+    pub(crate) input: Option<Box<RawValue>>,
+    pub(crate) attempt: i32,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) published_at: Option<DateTime<Utc>>,
+    pub(crate) worker: Arc<str>,
+    pub(crate) wake: Option<String>,
+    pub(crate) first_failed_at: Option<DateTime<Utc>>,
+    pub(crate) idempotency_window: std::time::Duration,
+}
+
+impl RunFields {
+    fn new_run(&self) -> NewRun<'_> {
+        NewRun {
+            id: self.id,
+            message_id: &self.message_id,
+            task: &self.task,
+            event: &self.event,
+            input: self.input.as_deref(),
+            attempt: self.attempt,
+            idempotency_key: self.idempotency_key.as_deref(),
+            tenant: self.tenant.as_deref(),
+            published_at: self.published_at,
+            worker: &self.worker,
+            wake: self.wake.as_deref(),
+            idempotency_window: self.idempotency_window,
+        }
+    }
+}
+
+/// Create or take over the run.
+pub(crate) struct ClaimRun(pub(crate) Arc<RunFields>);
+
+impl Write for ClaimRun {
+    type Output = Claim;
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async move { store::claim(tx, &self.0.new_run()).await })
+    }
+}
+
+/// How a completed step ends the run, owned.
+#[derive(Debug, Clone)]
+pub(crate) enum End {
+    Continue,
+    Succeed,
+    Halt(String),
+    /// Wait, to be woken by a message carrying this token, due at this time.
+    Wait(String, DateTime<Utc>),
+}
+
+/// A step finished: store its checkpoint and stage, and the run's end if it is the last.
+pub(crate) struct CompleteStep {
+    pub(crate) run: Arc<RunFields>,
+    pub(crate) step: String,
+    pub(crate) position: i32,
+    pub(crate) stage: Option<String>,
+    pub(crate) output: Value,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) end: End,
+}
+
+impl Write for CompleteStep {
+    type Output = ();
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let end = match &self.end {
+                End::Continue => StepEnd::Continue,
+                End::Succeed => StepEnd::Succeed,
+                End::Halt(outcome) => StepEnd::Halt { outcome },
+                End::Wait(token, until) => StepEnd::Wait {
+                    token,
+                    until: *until,
+                },
+            };
+            let reason = format!("step {} succeeded", self.step);
+            let change = Change {
+                attempt: self.run.attempt,
+                worker: &self.run.worker,
+                reason: &reason,
+                step: Some(&self.step),
+                stage: self.stage.as_deref(),
+            };
+            let done = StepDone {
+                run: self.run.id,
+                step: &self.step,
+                position: self.position,
+                output: &self.output,
+                started_at: self.started_at,
+                end,
+            };
+            store::complete_step(tx, &done, &change).await
+        })
+    }
+}
+
+/// The run's attempt failed: record the error and move it to `dead` or `retrying`.
+pub(crate) struct FailRun {
+    pub(crate) run: Arc<RunFields>,
+    pub(crate) after: AfterFailure,
+    pub(crate) code: String,
+    pub(crate) message: String,
+    pub(crate) step: Option<(String, i32)>,
+    pub(crate) step_started_at: Option<DateTime<Utc>>,
+}
+
+impl Write for FailRun {
+    type Output = ();
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let reason = format!("{}: {}", self.code, self.message);
+            let change = Change {
+                attempt: self.run.attempt,
+                worker: &self.run.worker,
+                reason: &reason,
+                step: self.step.as_ref().map(|(s, _)| s.as_str()),
+                stage: None,
+            };
+            let failure = Failure {
+                code: &self.code,
+                message: &self.message,
+                step: self.step.as_ref().map(|(s, p)| (s.as_str(), *p)),
+                step_started_at: self.step_started_at,
+            };
+            store::fail_run(tx, self.run.id, self.after, &failure, &change).await
+        })
+    }
+}
+
+/// A run whose message can never run: record it as dead right away.
+pub(crate) struct DeadOnArrival {
+    pub(crate) run: Arc<RunFields>,
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
+impl Write for DeadOnArrival {
+    /// Whether the failure handler already ran.
+    type Output = bool;
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            store::dead_on_arrival(tx, &self.run.new_run(), &self.code, &self.message).await
+        })
+    }
+}
+
+/// The task's failure handler ran for the run's death.
+pub(crate) struct MarkFailureHandled(pub(crate) Uuid);
+
+impl Write for MarkFailureHandled {
+    type Output = ();
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(store::mark_failure_handled(tx, self.0))
+    }
+}
