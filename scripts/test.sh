@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+scripts/clean-test-leftovers.sh
 
 # The polyglot test publishes with Python's pika, in a virtualenv of its own.
 venv=target/pyenv

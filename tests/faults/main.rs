@@ -11,12 +11,12 @@
 use rand::Rng;
 use serde_json::json;
 use std::collections::HashMap;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use warren_producer::PublishOptions;
 use warren_shared::state::{self, RunStatus};
 use warren_shared::topology::inspect_queue;
-use warren_tests::{TestEnv, close_broker_connections};
+use warren_tests::{TestEnv, TestWorker, close_broker_connections};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_warren-test-worker");
 const LEDGER_TASKS: [&str; 3] = ["ledger.2", "ledger.3", "ledger.4"];
@@ -27,7 +27,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Three replicas, restarted as they die, each incarnation with a fresh id.
 struct Fleet<'a> {
     env: &'a TestEnv,
-    slots: Vec<(String, Child)>,
+    slots: Vec<(String, TestWorker)>,
     started: usize,
     faults: HashMap<&'static str, usize>,
 }
@@ -47,7 +47,7 @@ impl<'a> Fleet<'a> {
         fleet
     }
 
-    fn spawn(&mut self) -> (String, Child) {
+    fn spawn(&mut self) -> (String, TestWorker) {
         self.started += 1;
         let id = format!("fault-{}", self.started);
         let child = self.env.spawn_test_worker(
@@ -115,7 +115,8 @@ impl<'a> Fleet<'a> {
         for (_, child) in &mut self.slots {
             let _ = child.wait();
         }
-        self.faults
+        self.slots.clear();
+        std::mem::take(&mut self.faults)
     }
 }
 
@@ -134,8 +135,31 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// Waits until a replica consumes from every ledger queue, so that the first publishes route.
+async fn wait_fleet_consuming(env: &TestEnv) {
+    let connection = warren_shared::amqp::connect(&env.amqp_url, "fault-suite")
+        .await
+        .unwrap();
+    let topology = env.topology();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for task in LEDGER_TASKS {
+        loop {
+            let channel = connection.create_channel().await.unwrap();
+            let stats = inspect_queue(&channel, &topology.task_queue(task))
+                .await
+                .unwrap();
+            if stats.is_some_and(|s| s.consumers > 0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no replica consumes {task}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    warren_shared::amqp::close(&connection, "done").await;
+}
+
 async fn publish_jobs(env: &TestEnv, count: usize) {
-    // Wait until the fleet has declared the ledger queues.
+    wait_fleet_consuming(env).await;
     let producer = env.producer().await;
     warren_tests::publish_when_declared(
         &producer,
@@ -326,6 +350,10 @@ async fn wait_all_terminal(env: &TestEnv, jobs: i64, within: Duration) {
                     row.get::<_, String>(4)
                 );
             }
+            eprintln!(
+                "queues (name, ready, unacked, consumers):\n{}",
+                queue_report(env)
+            );
             panic!(
                 "only {} of {jobs} jobs finished in {within:?}",
                 terminal_runs(env).await
@@ -341,6 +369,27 @@ async fn wait_all_terminal(env: &TestEnv, jobs: i64, within: Duration) {
     while messages_in_flight(env) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Every queue of the namespace with its ready and unacked messages and its consumers.
+fn queue_report(env: &TestEnv) -> String {
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let prefix = format!("{}.", env.namespace);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Messages in the namespace's task and delay queues, ready or delivered but not yet acked

@@ -3,18 +3,18 @@
 //! tools.
 
 use serde_json::json;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use warren_producer::PublishOptions;
 use warren_shared::store::RunDetail;
-use warren_tests::{TestEnv, video_payload};
+use warren_tests::{TestEnv, TestWorker, video_payload};
 use warren_worker::demo::{self, player, video};
 
-fn spawn_worker(env: &TestEnv, id: &str, extra: &[&str]) -> Child {
+fn spawn_worker(env: &TestEnv, id: &str, extra: &[&str]) -> TestWorker {
     env.spawn_test_worker(env!("CARGO_BIN_EXE_warren-test-worker"), id, extra)
 }
 
-fn signal(child: &Child, signal: &str) {
+fn signal(child: &TestWorker, signal: &str) {
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -22,7 +22,7 @@ fn signal(child: &Child, signal: &str) {
     assert!(status.success());
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+fn wait_exit(child: &mut TestWorker, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

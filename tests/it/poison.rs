@@ -2,13 +2,13 @@
 //! after a bounded number of deliveries, and the fleet goes on.
 
 use serde_json::json;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 use warren_producer::PublishOptions;
-use warren_tests::TestEnv;
+use warren_tests::{TestEnv, TestWorker};
 use warren_worker::dlq::DeadLetter;
 
-fn start_worker(env: &TestEnv) -> Child {
+fn start_worker(env: &TestEnv) -> TestWorker {
     env.spawn_test_worker(
         env!("CARGO_BIN_EXE_warren-test-worker"),
         "poison-worker",

@@ -220,7 +220,7 @@ impl TestEnv {
     }
 
     /// Runs the `warren-test-worker` binary at `binary` as replica `id` of this test.
-    pub fn spawn_test_worker(&self, binary: &str, id: &str, extra: &[&str]) -> std::process::Child {
+    pub fn spawn_test_worker(&self, binary: &str, id: &str, extra: &[&str]) -> TestWorker {
         for task in TEST_WORKER_TASKS {
             self.declared(task);
         }
@@ -241,6 +241,7 @@ impl TestEnv {
                 Err(_) => std::process::Stdio::null(),
             })
             .spawn()
+            .map(TestWorker)
             .expect("the test worker binary starts")
     }
 
@@ -248,6 +249,33 @@ impl TestEnv {
     /// cleanup removes them too.
     pub fn declared(&self, task: &str) {
         self.tasks.lock().unwrap().push(task.to_owned());
+    }
+}
+
+/// A worker process started by a test. Killed when dropped, so that a test that fails leaves no
+/// replica running into the tests after it.
+#[derive(Debug)]
+pub struct TestWorker(std::process::Child);
+
+impl std::ops::Deref for TestWorker {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for TestWorker {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
