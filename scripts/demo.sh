@@ -31,9 +31,12 @@ stop_workers() {
 }
 trap stop_workers EXIT
 
+port=9464
 for replica in a b; do
-  "$warren" worker --worker-id "demo-$replica" >"$logs/worker-$replica.log" 2>&1 &
+  "$warren" worker --worker-id "demo-$replica" --http-addr "127.0.0.1:$port" \
+    >"$logs/worker-$replica.log" 2>&1 &
   pids+=($!)
+  port=$((port + 1))
 done
 # Wait until both replicas consume.
 for _ in $(seq 1 60); do
@@ -68,6 +71,12 @@ echo; echo "== one video run"
 "$warren" runs show demo-video-1
 echo; echo "== tasks"
 "$warren" tasks
+
+echo; echo "== replica demo-a's metrics (http://127.0.0.1:9464/metrics), an excerpt"
+if command -v curl >/dev/null; then
+  curl -fsS http://127.0.0.1:9464/readyz || true
+  curl -fsS http://127.0.0.1:9464/metrics | grep -E '^warren_runs_(received|succeeded|halted|dead_lettered)_total' || true
+fi
 
 echo; echo "== stopping the replicas"
 stop_workers

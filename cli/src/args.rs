@@ -176,6 +176,23 @@ pub(crate) struct WorkerArgs {
     /// queues created by this replica).
     #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = warren_shared::topology::DEFAULT_DELIVERY_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
     pub(crate) delivery_limit: i64,
+    /// Where to serve /metrics, /healthz and /readyz (host:port; port 0 picks a free one; "off"
+    /// serves nothing).
+    #[arg(long, env = "WARREN_HTTP_ADDR", default_value = "0.0.0.0:9464", value_parser = parse_http_addr)]
+    pub(crate) http_addr: HttpAddr,
+}
+
+/// The worker's HTTP address, or none.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpAddr(pub(crate) Option<std::net::SocketAddr>);
+
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(HttpAddr(None));
+    }
+    s.parse()
+        .map(|addr| HttpAddr(Some(addr)))
+        .map_err(|e| format!("{e} (expected host:port such as 0.0.0.0:9464, or off)"))
 }
 
 #[derive(Args, Debug)]
@@ -300,23 +317,5 @@ pub(crate) fn report_usage_error(error: clap::Error) -> ExitCode {
             eprintln!("{first} (see 'warren --help')");
             ExitCode::from(2)
         }
-    }
-}
-
-/// Logs to standard error; `RUST_LOG` filters (default: info for the worker, warn otherwise).
-pub(crate) fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
-    let default = match cli.command {
-        Command::Worker(_) => "info",
-        _ => "warn,lapin=error",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.global.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }

@@ -13,6 +13,7 @@
 mod args;
 mod commands;
 mod output;
+mod telemetry;
 
 use args::{Cli, Command};
 use clap::Parser;
@@ -26,7 +27,7 @@ pub fn main(registry: Registry) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return args::report_usage_error(e),
     };
-    args::init_logging(&cli);
+    let telemetry = telemetry::init(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,7 +38,10 @@ pub fn main(registry: Registry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, registry)) {
+    let result = runtime.block_on(run(cli, registry));
+    drop(runtime);
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

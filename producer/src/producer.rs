@@ -4,7 +4,9 @@ use crate::publisher::{PendingConfirm, PublishError, Publisher};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 use warren_shared::contract::{self, Outgoing, header};
+use warren_shared::trace_context;
 use warren_shared::topology::{DelayLevels, Destination, Topology};
 
 /// Optional metadata of a publish; every field has a sensible default.
@@ -126,7 +128,17 @@ impl Producer {
         }
         outgoing.idempotency_key = options.idempotency_key;
         outgoing.tenant = options.tenant;
-        outgoing.traceparent = options.traceparent;
+        // The caller's trace context, or else this publish's own span (when traces are
+        // exported): the worker's run span becomes its child.
+        let span = tracing::info_span!("publish", event, message_id = %outgoing.message_id);
+        match (options.traceparent, trace_context::of_span(&span)) {
+            (Some(traceparent), _) => outgoing.traceparent = Some(traceparent),
+            (None, Some(ours)) => {
+                outgoing.traceparent = Some(ours.traceparent);
+                outgoing.tracestate = ours.tracestate;
+            }
+            (None, None) => {}
+        }
         for (name, value) in options.headers {
             outgoing = outgoing.with_header(name, value);
         }
@@ -139,13 +151,21 @@ impl Producer {
                 self.delay_levels
                     .ensure(&self.topology, publisher.channel(), &route.0)
                     .await?;
-                outgoing = outgoing.with_header(header::EVENT, event);
+                let due = chrono::Utc::now()
+                    + options
+                        .delay
+                        .and_then(|d| chrono::Duration::from_std(d).ok())
+                        .unwrap_or_default();
+                outgoing = outgoing
+                    .with_header(header::EVENT, event)
+                    .with_header(header::DUE_AT, contract::format_time(due));
                 route
             }
             None => (self.topology.events_exchange(), event.to_owned()),
         };
         let pending = publisher
             .start(&exchange, &routing_key, body, outgoing.properties())
+            .instrument(span)
             .await?;
         Ok((
             Published {

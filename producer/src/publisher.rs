@@ -4,6 +4,8 @@ use lapin::PublisherConfirm;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use std::sync::Arc;
+use std::time::Instant;
+use warren_shared::metrics as names;
 
 /// Why a publish did not succeed. The message may or may not have reached the broker unless the
 /// variant says otherwise; publishing again with the same message id is safe (runs are keyed by it).
@@ -55,25 +57,32 @@ pub struct PendingConfirm {
     exchange: String,
     routing_key: String,
     message_id: String,
+    sent: Instant,
 }
 
 impl PendingConfirm {
     /// Waits for the broker's answer: `Ok` only for an ack of a routed message.
     pub async fn wait(self) -> Result<(), PublishError> {
         let confirmation = self.confirm.await?;
+        let label = [metrics::Label::new("routing_key", self.routing_key.clone())];
+        metrics::histogram!(names::PUBLISH_CONFIRM_LATENCY, label.to_vec())
+            .record(self.sent.elapsed().as_secs_f64());
         if confirmation.is_nack() {
+            metrics::counter!(names::PUBLISH_NACKS, label.to_vec()).increment(1);
             return Err(PublishError::Nacked {
                 message_id: self.message_id,
                 routing_key: self.routing_key,
             });
         }
         if confirmation.take_message().is_some() {
+            metrics::counter!(names::PUBLISH_RETURNS, label.to_vec()).increment(1);
             return Err(PublishError::Unroutable {
                 exchange: self.exchange,
                 routing_key: self.routing_key,
                 message_id: self.message_id,
             });
         }
+        metrics::counter!(names::PUBLISH_CONFIRMS, label.to_vec()).increment(1);
         Ok(())
     }
 }
@@ -130,11 +139,13 @@ impl Publisher {
                 properties,
             )
             .await?;
+        metrics::counter!(names::PUBLISHES, "routing_key" => routing_key.to_owned()).increment(1);
         Ok(PendingConfirm {
             confirm,
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
             message_id,
+            sent: Instant::now(),
         })
     }
 

@@ -44,6 +44,10 @@ pub mod header {
     pub const WAKE: &str = "warren-wake";
     /// On retries: when the run's first attempt in this budget failed (RFC 3339).
     pub const FIRST_FAILED_AT: &str = "warren-first-failed-at";
+    /// When a message that went through the delay queues was due (RFC 3339): a retry, a
+    /// wake-up or a delayed publish. Queue wait is measured from here rather than from the
+    /// publish. Set by Warren; producers need not set it.
+    pub const DUE_AT: &str = "warren-due-at";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace context vendor state.
@@ -140,6 +144,8 @@ pub struct Envelope {
     pub wake: Option<String>,
     /// When the first failed attempt of the current retry budget failed.
     pub first_failed_at: Option<DateTime<Utc>>,
+    /// When a message that went through the delay queues was due.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 /// Is `name` usable as an event name (a topic routing key without wildcards)?
@@ -197,6 +203,7 @@ pub fn decode(
             tracestate: string_header(headers, header::TRACESTATE)?,
             wake: None,
             first_failed_at: None,
+            due_at: None,
         },
         Some(CONTENT_TYPE_CLOUDEVENTS) => decode_cloudevent(routing_key, headers, body)?,
         Some(other) => return Err(ContractError::UnsupportedContentType(other.to_owned())),
@@ -204,6 +211,7 @@ pub fn decode(
     validate_event_name(&envelope.event)?;
     envelope.wake = string_header(headers, header::WAKE)?;
     envelope.first_failed_at = time_header(headers, header::FIRST_FAILED_AT)?;
+    envelope.due_at = time_header(headers, header::DUE_AT)?;
     if let Some(attempt) = int_header(headers, header::ATTEMPT)? {
         envelope.attempt = u32::try_from(attempt)
             .ok()
@@ -294,6 +302,7 @@ fn decode_cloudevent(
             .or(string_header(headers, header::TRACESTATE)?),
         wake: None,
         first_failed_at: None,
+        due_at: None,
     })
 }
 
@@ -405,7 +414,11 @@ pub fn forwarded_properties(
             let n = name.as_str();
             let broker_history =
                 n == "x-death" || n.starts_with("x-first-death") || n.starts_with("x-last-death");
-            if !broker_history && !n.starts_with("warren-dead-") && n != header::WAKE {
+            if !broker_history
+                && !n.starts_with("warren-dead-")
+                && n != header::WAKE
+                && n != header::DUE_AT
+            {
                 headers.insert(name.clone(), value.clone());
             }
         }

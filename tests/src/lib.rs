@@ -215,6 +215,7 @@ impl TestEnv {
             .env("WARREN_AMQP_URL", &self.amqp_url)
             .env("WARREN_DATABASE_URL", &self.database_url)
             .env("WARREN_NAMESPACE", &self.namespace)
+            .env("WARREN_HTTP_ADDR", "127.0.0.1:0")
             .env_remove("RUST_LOG");
         command
     }
@@ -231,6 +232,7 @@ impl TestEnv {
             .env("WARREN_DATABASE_URL", &self.database_url)
             .env("WARREN_NAMESPACE", &self.namespace)
             .env("WARREN_WORKER_ID", id)
+            .env("WARREN_HTTP_ADDR", "127.0.0.1:0")
             .stdout(std::process::Stdio::null())
             .stderr(match std::env::var("WARREN_TEST_WORKER_LOG") {
                 Ok(path) => std::fs::OpenOptions::new()

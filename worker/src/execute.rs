@@ -12,7 +12,8 @@
 use crate::dead_letter::{self, DeadLetter};
 use crate::run_locks::RunLocks;
 use crate::state_writer::{StateWriter, WriteError};
-use crate::step::{ErrorClass, StepError, StepOutcome, code};
+use crate::step::{ErrorClass, Outbox, StepError, StepOutcome, code};
+use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
 use crate::writes::{
     ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, RunFields,
@@ -26,9 +27,11 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
 use warren_producer::{PublishError, Publisher};
-use warren_shared::contract::{self, Envelope, format_time, header};
+use warren_shared::contract::{self, Envelope, Outgoing, format_time, header};
+use warren_shared::trace_context::{self, TraceHeaders};
 use warren_shared::retry::RetryPolicy;
 use warren_shared::store::{self, AfterFailure, Claim, StoreError};
 use warren_shared::topology::{DelayLevels, Destination, Topology};
@@ -43,6 +46,14 @@ const BUSY_POLL: Duration = Duration::from_secs(1);
 /// When a run is still busy elsewhere after one owner lease, its message comes back this much
 /// later.
 const BUSY_RECHECK: Duration = Duration::from_secs(30);
+
+/// One attempt at a run: the run, when the attempt claimed it, and where its retry budget
+/// started.
+struct Attempt<'a> {
+    run: &'a Arc<RunFields>,
+    started: Instant,
+    attempt_base: i32,
+}
 
 /// Why a message goes back to the queue instead of being settled.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +80,21 @@ pub(crate) struct Executor {
     pub(crate) retry: RetryPolicy,
     pub(crate) delay_levels: Arc<DelayLevels>,
     pub(crate) idempotency_window: Duration,
+    pub(crate) metrics: TaskMetrics,
 }
 
 impl Executor {
     /// Processes a delivery and settles it. Never panics, whatever the message or the step does.
     pub(crate) async fn handle(&self, delivery: Delivery) {
-        match self.process(&delivery).await {
+        let _in_flight = self.metrics.received();
+        let span = tracing::info_span!(
+            "run",
+            task = %self.task_id,
+            run_id = tracing::field::Empty,
+            event = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        );
+        match self.process(&delivery).instrument(span).await {
             Ok(()) => {
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                     // The broker will redeliver it; the run's state makes that a no-op.
@@ -109,6 +129,16 @@ impl Executor {
                     .await;
             }
         };
+        let span = tracing::Span::current();
+        if let Some(traceparent) = &envelope.traceparent {
+            let headers = TraceHeaders {
+                traceparent: traceparent.clone(),
+                tracestate: envelope.tracestate.clone(),
+            };
+            trace_context::follow(&span, &headers);
+        }
+        span.record("event", envelope.event.as_str());
+        span.record("attempt", envelope.attempt);
         if !self.events.contains(&envelope.event) {
             let message = format!(
                 "task {} does not handle event {:?} (it handles: {})",
@@ -121,7 +151,9 @@ impl Executor {
                 .await;
         }
         let decoded = self.task.decode_input(&envelope.payload);
+        let waited_since = envelope.due_at.or(envelope.published_at);
         let run = Arc::new(self.run_fields(envelope));
+        span.record("run_id", tracing::field::display(run.id));
         let input = match decoded {
             Ok(input) => input,
             Err(e) => return self.dead_on_arrival(delivery, run, e).await,
@@ -133,7 +165,14 @@ impl Executor {
                 attempt_base,
                 checkpoints,
             } => {
-                self.run_steps(delivery, &run, &input, checkpoints, attempt_base)
+                let waited = waited_since.and_then(|at| (Utc::now() - at).to_std().ok());
+                self.metrics.started(waited);
+                let attempt = Attempt {
+                    run: &run,
+                    started: Instant::now(),
+                    attempt_base,
+                };
+                self.run_steps(delivery, &attempt, &input, checkpoints)
                     .await
             }
             Claim::Finished {
@@ -143,6 +182,7 @@ impl Executor {
                 error_message,
             } => {
                 tracing::debug!(run = %run.id, %status, "duplicate of a finished run; acknowledged");
+                self.metrics.duplicate();
                 if status == warren_shared::state::RunStatus::Dead && !failure_handled {
                     // A crash came between the run's death and its failure handler.
                     let code = error_code.unwrap_or_default();
@@ -153,10 +193,12 @@ impl Executor {
             }
             Claim::Duplicate { original } => {
                 tracing::info!(run = %run.id, %original, "idempotency key already used; no new run");
+                self.metrics.duplicate();
                 Ok(())
             }
             Claim::Stale { current } => {
                 tracing::debug!(run = %run.id, current, "superseded copy; acknowledged");
+                self.metrics.duplicate();
                 Ok(())
             }
             Claim::Busy { owner } => {
@@ -195,30 +237,39 @@ impl Executor {
     async fn run_steps(
         &self,
         delivery: &Delivery,
-        run: &Arc<RunFields>,
+        attempt: &Attempt<'_>,
         input: &TaskInput,
         checkpoints: Vec<store::Checkpoint>,
-        attempt_base: i32,
     ) -> Result<(), Requeue> {
+        let run = attempt.run;
         let steps = &self.steps;
         let mut outputs: BTreeMap<String, Value> = checkpoints
             .into_iter()
             .map(|c| (c.step, c.output))
             .collect();
-        let attempt = u32::try_from(run.attempt).unwrap_or(1);
+        let attempt_no = u32::try_from(run.attempt).unwrap_or(1);
         let deadline = tokio::time::Instant::now() + self.task.max_duration();
         for (index, info) in steps.iter().enumerate() {
             if outputs.contains_key(&info.name) {
                 continue;
             }
             let started_at = Utc::now();
+            let step_started = Instant::now();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let limit = info.timeout.map_or(left, |t| t.min(left));
-            let future =
-                self.task
-                    .run_step(index, run.id, attempt, input, Arc::new(outputs.clone()));
-            let result =
-                match tokio::time::timeout(limit, AssertUnwindSafe(future).catch_unwind()).await {
+            let outbox = Outbox::default();
+            let step_span = tracing::info_span!("step", step = %info.name, index);
+            let future = self.task.run_step(
+                index,
+                run.id,
+                attempt_no,
+                input,
+                Arc::new(outputs.clone()),
+                outbox.clone(),
+            );
+            let guarded = AssertUnwindSafe(future).catch_unwind();
+            let mut result =
+                match tokio::time::timeout(limit, guarded.instrument(step_span.clone())).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(panic)) => Err(StepError::retryable(code::PANIC, panic_message(&panic))),
                     Err(_) => Err(StepError::timeout(format!(
@@ -227,6 +278,14 @@ impl Executor {
                         limit.as_secs_f64()
                     ))),
                 };
+            if result.is_ok() {
+                // What the step emitted goes out, confirmed, before its checkpoint commits.
+                if let Err(error) = self.publish_emitted(run, info, outbox, &step_span).await? {
+                    result = Err(error);
+                }
+            }
+            self.metrics
+                .step(index, result.is_ok(), step_started.elapsed());
             let position = i32::try_from(index).unwrap_or(i32::MAX);
             let last = index + 1 == steps.len();
             let (output, end) = match result {
@@ -248,7 +307,7 @@ impl Executor {
                         let properties = contract::forwarded_properties(
                             &delivery.properties,
                             &run.event,
-                            attempt,
+                            attempt_no,
                             &wake,
                         );
                         self.send_later(duration, &delivery.data, properties)
@@ -261,11 +320,17 @@ impl Executor {
                 Err(error) => {
                     let step = (info.name.clone(), position);
                     return self
-                        .fail(delivery, run, step, started_at, error, attempt_base)
+                        .fail(delivery, attempt, step, started_at, error)
                         .await;
                 }
             };
             let goes_on = matches!(end, End::Continue);
+            let ended = match &end {
+                End::Continue => None,
+                End::Succeed => Some((AttemptEnd::Succeeded, None)),
+                End::Halt(outcome) => Some((AttemptEnd::Halted, Some(outcome.clone()))),
+                End::Wait(..) => Some((AttemptEnd::Waiting, None)),
+            };
             let write = CompleteStep {
                 run: Arc::clone(run),
                 step: info.name.clone(),
@@ -283,6 +348,10 @@ impl Executor {
                 }
                 Err(e) => return Err(e.into()),
             }
+            if let Some((end, detail)) = ended {
+                self.metrics
+                    .ended(end, attempt.started.elapsed(), detail.as_deref());
+            }
             if !goes_on {
                 return Ok(());
             }
@@ -291,17 +360,63 @@ impl Executor {
         Ok(())
     }
 
+    /// Publishes the events a step emitted, pipelined, and waits for every confirm. Each gets
+    /// the message id `{run}/{step}/{n}`, so a step executed again publishes the same ids and
+    /// the downstream tasks make one run of each. An event no task listens to fails the step
+    /// (not retryable: a retry cannot create the listener); a broker failure hands the message
+    /// back, and the step runs again.
+    async fn publish_emitted(
+        &self,
+        run: &RunFields,
+        step: &StepInfo,
+        outbox: Outbox,
+        span: &tracing::Span,
+    ) -> Result<Result<(), StepError>, Requeue> {
+        let emitted = outbox.take();
+        if emitted.is_empty() {
+            return Ok(Ok(()));
+        }
+        let trace = trace_context::of_span(span);
+        let exchange = self.topology.events_exchange();
+        let mut pending = Vec::with_capacity(emitted.len());
+        for (n, event) in emitted.iter().enumerate() {
+            let mut outgoing = Outgoing::new();
+            outgoing.message_id = format!("{}/{}/{n}", run.id, step.name);
+            outgoing.tenant = run.tenant.clone();
+            if let Some(trace) = &trace {
+                outgoing.traceparent = Some(trace.traceparent.clone());
+                outgoing.tracestate = trace.tracestate.clone();
+            }
+            let confirm = self
+                .publisher
+                .start(&exchange, &event.event, &event.body, outgoing.properties())
+                .await?;
+            pending.push(confirm);
+        }
+        for confirm in pending {
+            match confirm.wait().await {
+                Ok(()) => {}
+                Err(e @ PublishError::Unroutable { .. }) => {
+                    return Ok(Err(StepError::fatal("unroutable_event", e.to_string())));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Ok(()))
+    }
+
     /// A step failed: retry later while the budget lasts and the error is worth it, otherwise
     /// dead-letter the message and mark the run dead.
     async fn fail(
         &self,
         delivery: &Delivery,
-        run: &Arc<RunFields>,
+        attempt: &Attempt<'_>,
         step: (String, i32),
         started_at: DateTime<Utc>,
         error: StepError,
-        attempt_base: i32,
     ) -> Result<(), Requeue> {
+        let run = attempt.run;
+        let attempt_base = attempt.attempt_base;
         let retryable = self.task.classify(&error) == ErrorClass::Retryable;
         let used = u32::try_from(run.attempt - attempt_base)
             .unwrap_or(1)
@@ -350,6 +465,12 @@ impl Executor {
             Err(WriteError::Store(StoreError::Conflict { .. })) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+        let end = match after {
+            AfterFailure::Dead => AttemptEnd::Dead,
+            AfterFailure::Retry { .. } => AttemptEnd::Retried,
+        };
+        self.metrics
+            .ended(end, attempt.started.elapsed(), Some(&error.code));
         if matches!(after, AfterFailure::Dead) {
             self.handle_failure(run, &error.code, &error.message)
                 .await?;
@@ -432,8 +553,19 @@ impl Executor {
             .ensure(&self.topology, self.publisher.channel(), &exchange)
             .await
             .map_err(PublishError::from)?;
+        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            header::DUE_AT.into(),
+            lapin::types::AMQPValue::LongString(format_time(due).into_bytes().into()),
+        );
         self.publisher
-            .send(&exchange, &routing_key, body, properties)
+            .send(
+                &exchange,
+                &routing_key,
+                body,
+                properties.with_headers(headers),
+            )
             .await?;
         Ok(())
     }
@@ -449,6 +581,7 @@ impl Executor {
                 properties,
             )
             .await?;
+        self.metrics.dead_lettered(&letter.code);
         Ok(())
     }
 

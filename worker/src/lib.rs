@@ -44,8 +44,11 @@ pub mod task;
 mod dead_letter;
 mod execute;
 mod fleet;
+mod http;
+mod queue_gauges;
 mod run_locks;
 mod state_writer;
+mod task_metrics;
 mod writes;
 
 pub use runtime::{RunningWorker, Worker, WorkerConfig, WorkerError};

@@ -3,6 +3,8 @@
 
 use crate::execute::Executor;
 use crate::fleet;
+use crate::http::Health;
+use crate::task_metrics::TaskMetrics;
 use crate::run_locks::RunLocks;
 use crate::state_writer::StateWriter;
 use crate::task::Registry;
@@ -11,6 +13,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -49,6 +52,9 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// How long an idempotency key makes later publishes with the same key duplicates.
     pub idempotency_window: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0 picks a free port); `None`
+    /// serves nothing.
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -70,6 +76,7 @@ impl WorkerConfig {
             db_pool_size: 4,
             retry: RetryPolicy::default(),
             idempotency_window: Duration::from_secs(24 * 60 * 60),
+            http_addr: None,
         }
     }
 }
@@ -102,6 +109,14 @@ pub enum WorkerError {
     /// No task to run.
     #[error("no tasks to run")]
     NoTasks,
+    /// The HTTP endpoint could not listen.
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A consumer ended without being asked to (connection lost).
     #[error("consumer of task {task} stopped: {reason}")]
     ConsumerLost {
@@ -121,6 +136,7 @@ pub struct Worker {
 /// A started replica.
 pub struct RunningWorker {
     id: String,
+    http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     done: JoinHandle<Result<(), WorkerError>>,
 }
@@ -138,11 +154,12 @@ struct Shared {
     /// Run slots per task, shared by every session so that runs still finishing from a lost
     /// connection count against the concurrency of the next one.
     slots: BTreeMap<String, Arc<Semaphore>>,
+    health: Arc<Health>,
 }
 
 /// One broker connection and the consumers on it.
 struct Session {
-    connection: Option<Connection>,
+    connection: Option<Arc<Connection>>,
     consumers: Vec<JoinHandle<Result<(), WorkerError>>>,
     /// Stops this session's consumers (a child of the replica's shutdown token).
     stop: CancellationToken,
@@ -161,6 +178,16 @@ impl Worker {
         if registry.tasks().next().is_none() {
             return Err(WorkerError::NoTasks);
         }
+        // Before any metric handle is registered, so that they all record into it.
+        crate::http::prometheus();
+        let listener = match config.http_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| WorkerError::Http { addr, source })?,
+            ),
+            None => None,
+        };
         let pool = db::prepare(&config.database_url, config.db_pool_size).await?;
         let task_ids: Vec<String> = registry.tasks().map(|t| t.id().to_owned()).collect();
         fleet::register(&pool, &config.worker_id, &task_ids).await?;
@@ -175,11 +202,13 @@ impl Worker {
                 (task.id().to_owned(), Arc::new(Semaphore::new(concurrency)))
             })
             .collect();
+        let health = Arc::new(Health::new(writer.clone()));
         let shared = Arc::new(Shared {
             worker_id: Arc::from(config.worker_id.as_str()),
             config,
             registry,
             pool: pool.clone(),
+            health: Arc::clone(&health),
             writer,
             run_locks: Arc::new(RunLocks::default()),
             delay_levels: Arc::new(DelayLevels::default()),
@@ -187,6 +216,19 @@ impl Worker {
             slots,
         });
         let shutdown = CancellationToken::new();
+        let stop_http = CancellationToken::new();
+        let http_addr = match listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                tokio::spawn(crate::http::serve(
+                    listener,
+                    Arc::clone(&health),
+                    stop_http.clone(),
+                ));
+                addr
+            }
+            None => None,
+        };
         // A replica that starts while the broker restarts or drops connections tries again a
         // few times before giving up.
         let mut backoff = Backoff::new();
@@ -199,10 +241,13 @@ impl Worker {
                     tracing::warn!(error = %e, "could not start consuming; trying again");
                     tokio::time::sleep(backoff.next()).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    stop_http.cancel();
+                    return Err(e);
+                }
             }
         };
-        tracing::info!(worker = %shared.worker_id, tasks = session.consumers.len(), "worker consuming");
+        tracing::info!(worker = %shared.worker_id, tasks = session.consumers.len(), ?http_addr, "worker consuming");
 
         let stop_heartbeat = CancellationToken::new();
         let heartbeat = tokio::spawn(fleet::heartbeat(
@@ -217,8 +262,14 @@ impl Worker {
             shutdown.clone(),
             writer_task,
             (stop_heartbeat, heartbeat),
+            stop_http,
         ));
-        Ok(RunningWorker { id, shutdown, done })
+        Ok(RunningWorker {
+            id,
+            http_addr,
+            shutdown,
+            done,
+        })
     }
 }
 
@@ -234,12 +285,23 @@ async fn open_session(
         &format!("warren-worker {}", config.worker_id),
     )
     .await?;
+    let connection = Arc::new(connection);
     match attach(shared, &connection, shutdown).await {
-        Ok((consumers, stop)) => Ok(Session {
-            connection: Some(connection),
-            consumers,
-            stop,
-        }),
+        Ok((consumers, stop)) => {
+            let tasks = shared.registry.tasks().map(|t| t.id().to_owned()).collect();
+            let poller = Arc::clone(&connection);
+            let topology = config.topology.clone();
+            let stop_polling = stop.clone();
+            tokio::spawn(async move {
+                crate::queue_gauges::poll(&poller, topology, tasks, stop_polling).await;
+            });
+            shared.health.set_consuming(true);
+            Ok(Session {
+                connection: Some(connection),
+                consumers,
+                stop,
+            })
+        }
         Err(e) => {
             warren_shared::amqp::close(&connection, "setup failed").await;
             Err(e)
@@ -301,6 +363,7 @@ async fn attach(
             retry: task.retry_policy().unwrap_or(config.retry),
             delay_levels: Arc::clone(&shared.delay_levels),
             idempotency_window: config.idempotency_window,
+            metrics: TaskMetrics::new(task.id(), &task.steps()),
         });
         consumers.push(tokio::spawn(consume(
             consumer,
@@ -319,6 +382,11 @@ impl RunningWorker {
     /// This replica's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Where the HTTP endpoints listen, if they do.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// A token that starts the drain when cancelled (for signal handlers).
@@ -443,9 +511,11 @@ async fn supervise(
     shutdown: CancellationToken,
     writer_task: JoinHandle<()>,
     (stop_heartbeat, heartbeat): (CancellationToken, JoinHandle<()>),
+    stop_http: CancellationToken,
 ) -> Result<(), WorkerError> {
     loop {
         let lost = wait_for_loss(&mut session).await;
+        shared.health.set_consuming(false);
         session.stop.cancel();
         for consumer in session.consumers.drain(..) {
             let _ = consumer.await;
@@ -490,6 +560,7 @@ async fn supervise(
         }
     }
 
+    shared.health.set_draining();
     let tracker = &shared.tracker;
     let grace = shared.config.grace_period;
     tracker.close();
@@ -509,6 +580,7 @@ async fn supervise(
     }
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
+    stop_http.cancel();
     let drained = tracker.is_empty();
     drop(shared);
     // The writer stops once the last handle (held by finished runs) is gone.

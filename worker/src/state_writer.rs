@@ -16,6 +16,7 @@
 use deadpool_postgres::{Pool, Transaction};
 use futures::future::{BoxFuture, join_all};
 use tokio::sync::{mpsc, oneshot, watch};
+use warren_shared::metrics as names;
 use warren_shared::store::StoreError;
 
 /// The most writes one transaction carries.
@@ -99,6 +100,11 @@ impl StateWriter {
         let (health, healthy) = watch::channel(true);
         let task = tokio::spawn(run(pool, receiver, health));
         (StateWriter { queue, healthy }, task)
+    }
+
+    /// Is Postgres reachable, as far as the last commit knows?
+    pub(crate) fn is_healthy(&self) -> bool {
+        *self.healthy.borrow()
     }
 
     /// Returns once Postgres is reachable (at once, unless the last commit found it down).
@@ -221,6 +227,7 @@ async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), Commit
         .await
         .map_err(|e| CommitError::Unreachable(e.to_string()))?;
     let tx = client.transaction().await.map_err(CommitError::from_db)?;
+    let writes = batch.len() as u64;
     // The writes are independent: issue them together so tokio-postgres pipelines them.
     let results = join_all(batch.iter_mut().map(|entry| entry.apply(&tx))).await;
     if results.iter().any(Result::is_err) {
@@ -232,5 +239,8 @@ async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), Commit
             CommitError::Refused("a write in the batch failed".into())
         });
     }
-    tx.commit().await.map_err(CommitError::from_db)
+    tx.commit().await.map_err(CommitError::from_db)?;
+    metrics::counter!(names::STATE_COMMITS).increment(1);
+    metrics::counter!(names::STATE_WRITES).increment(writes);
+    Ok(())
 }

@@ -22,6 +22,7 @@ pub struct StepContext<I> {
     pub attempt: u32,
     input: Arc<I>,
     outputs: Arc<BTreeMap<String, Value>>,
+    outbox: Outbox,
 }
 
 impl<I> Clone for StepContext<I> {
@@ -31,7 +32,35 @@ impl<I> Clone for StepContext<I> {
             attempt: self.attempt,
             input: Arc::clone(&self.input),
             outputs: Arc::clone(&self.outputs),
+            outbox: self.outbox.clone(),
         }
+    }
+}
+
+/// An event a step asked to publish.
+#[derive(Debug, Clone)]
+pub(crate) struct Emitted {
+    pub(crate) event: String,
+    pub(crate) body: Vec<u8>,
+}
+
+/// The events a step emits. The runtime publishes them, and waits for the broker's confirms,
+/// only after the step returned successfully and before its checkpoint commits: an event is
+/// never lost, and a step that runs again (a crash before its checkpoint) emits the same
+/// message ids, so the tasks downstream make one run of each.
+#[derive(Debug, Clone, Default)]
+pub struct Outbox(Arc<std::sync::Mutex<Vec<Emitted>>>);
+
+impl Outbox {
+    pub(crate) fn take(&self) -> Vec<Emitted> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn push(&self, emitted: Emitted) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(emitted);
     }
 }
 
@@ -41,13 +70,34 @@ impl<I> StepContext<I> {
         attempt: u32,
         input: Arc<I>,
         outputs: Arc<BTreeMap<String, Value>>,
+        outbox: Outbox,
     ) -> Self {
         StepContext {
             run_id,
             attempt,
             input,
             outputs,
+            outbox,
         }
+    }
+
+    /// Publishes `payload` as event `event` once this step succeeds (see the protocol doc for
+    /// the message id it gets: `{run id}/{step}/{n}`, stable across re-executions). The run's
+    /// trace context goes with it, so the downstream run joins the same trace.
+    pub fn emit<T: serde::Serialize + ?Sized>(
+        &self,
+        event: &str,
+        payload: &T,
+    ) -> Result<(), StepError> {
+        warren_shared::contract::validate_event_name(event)
+            .map_err(|e| StepError::fatal("invalid_event", e.to_string()))?;
+        let body = serde_json::to_vec(payload)
+            .map_err(|e| StepError::fatal("invalid_event", e.to_string()))?;
+        self.outbox.push(Emitted {
+            event: event.to_owned(),
+            body,
+        });
+        Ok(())
     }
 
     /// The run's input, as the task's type.

@@ -1,6 +1,6 @@
 //! Tasks: a typed input, the events that trigger it, a concurrency, and an ordered pipeline.
 
-use crate::step::{ErrorClass, StepContext, StepDef, StepError, StepResult};
+use crate::step::{ErrorClass, Outbox, StepContext, StepDef, StepError, StepResult};
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -168,6 +168,7 @@ pub trait TaskRunner: Send + Sync + 'static {
         attempt: u32,
         input: &TaskInput,
         outputs: Arc<BTreeMap<String, Value>>,
+        outbox: Outbox,
     ) -> BoxFuture<'static, StepResult>;
 }
 
@@ -231,6 +232,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
         attempt: u32,
         input: &TaskInput,
         outputs: Arc<BTreeMap<String, Value>>,
+        outbox: Outbox,
     ) -> BoxFuture<'static, StepResult> {
         let (Some(step), Ok(input)) = (self.steps.get(index), Arc::clone(&input.0).downcast::<I>())
         else {
@@ -241,7 +243,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
             return Box::pin(async move { Err(err) });
         };
         step.step
-            .run(StepContext::new(run_id, attempt, input, outputs))
+            .run(StepContext::new(run_id, attempt, input, outputs, outbox))
     }
 }
 

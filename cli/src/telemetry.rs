@@ -1,0 +1,105 @@
+//! Logs and traces. Logs go to standard error, human-readable or JSON (`--log-format`,
+//! `WARREN_LOG_FORMAT`), filtered by `RUST_LOG`. Spans are exported over OTLP/HTTP when the
+//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with
+//! the standard variables for the rest (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` = `http/protobuf` (default) or `http/json`, headers, timeouts,
+//! `OTEL_BSP_*` batching); when neither is set nothing is exported and no exporter is built.
+
+use crate::args::{Cli, Command, LogFormat};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Flushes exported spans when the program ends.
+pub(crate) struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is still buffered. Call outside the async runtime (the exporter's HTTP
+    /// client is a blocking one).
+    pub(crate) fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: could not export the last spans: {e}");
+        }
+    }
+}
+
+/// Installs the log subscriber and, when configured, the OTLP trace exporter.
+pub(crate) fn init(cli: &Cli) -> Telemetry {
+    let default = match cli.command {
+        Command::Worker(_) => "info",
+        _ => "warn,lapin=error",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let fmt = match cli.global.log_format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let (provider, otel_error) = match otlp_provider() {
+        Ok(provider) => (provider, None),
+        Err(e) => (None, Some(e)),
+    };
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("warren"))
+            .with_filter(EnvFilter::new("info,lapin=off,h2=off,hyper=off,reqwest=off"))
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .init();
+    if let Some(error) = otel_error {
+        tracing::warn!(%error, "traces will not be exported");
+    }
+    Telemetry { provider }
+}
+
+fn otlp_provider() -> Result<Option<SdkTracerProvider>, String> {
+    let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    if !configured {
+        return Ok(None);
+    }
+    let protocol = match std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .as_deref()
+    {
+        Ok("http/json") => Protocol::HttpJson,
+        Ok("http/protobuf") | Err(_) => Protocol::HttpBinary,
+        Ok(other) => {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported: use http/protobuf or http/json"
+            ));
+        }
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol)
+        .build()
+        .map_err(|e| e.to_string())?;
+    // The service name comes from OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES when set.
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    let mut resource = Resource::builder();
+    if !named {
+        resource = resource.with_service_name("warren");
+    }
+    let resource = resource.build();
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    ))
+}

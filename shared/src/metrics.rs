@@ -1,0 +1,187 @@
+//! Every metric Warren exports, in one catalog: its name, kind, labels and meaning.
+//!
+//! Code records through the `metrics` facade with these constants, never with string literals,
+//! so that `docs/metrics.md`, the Grafana dashboard and the alert rules can be checked against
+//! this list (a test does). Names follow Prometheus conventions: base units in the name
+//! (`_seconds`), `_total` on counters, and labels with a bounded set of values only (task, step,
+//! event, reason codes, outcomes; never run or message ids).
+
+/// The kind of a metric, as Prometheus shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+/// One entry of the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The full name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its label names.
+    pub labels: &'static [&'static str],
+    /// What it means.
+    pub help: &'static str,
+}
+
+macro_rules! catalog {
+    ($( $(#[$doc:meta])* $constant:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal; )*) => {
+        $( $(#[$doc])* pub const $constant: &str = $name; )*
+        /// The whole catalog, in documentation order.
+        pub const ALL: &[Metric] = &[
+            $( Metric { name: $name, kind: Kind::$kind, labels: &[$($label),*], help: $help }, )*
+        ];
+    };
+}
+
+catalog! {
+    /// Deliveries taken from a task queue.
+    RUNS_RECEIVED = "warren_runs_received_total", Counter, ["task"],
+        "Messages a replica took from the task's queue (first deliveries, redeliveries, retries and wake-ups).";
+    /// Attempts that started running steps.
+    RUNS_STARTED = "warren_runs_started_total", Counter, ["task"],
+        "Run attempts that claimed their run and started (or resumed) its steps.";
+    /// Runs that reached `succeeded`.
+    RUNS_SUCCEEDED = "warren_runs_succeeded_total", Counter, ["task"],
+        "Runs that completed their last step.";
+    /// Runs that ended early in a named outcome.
+    RUNS_HALTED = "warren_runs_halted_total", Counter, ["task", "outcome"],
+        "Runs a step ended early in a named outcome that is not an error (e.g. NEEDS_USER_INPUT).";
+    /// Failed attempts.
+    RUNS_FAILED = "warren_runs_failed_total", Counter, ["task", "reason"],
+        "Run attempts that failed, by error code (each is then retried or dead-lettered).";
+    /// Failed attempts sent to a later retry.
+    RUNS_RETRIED = "warren_runs_retried_total", Counter, ["task", "reason"],
+        "Failed attempts scheduled for a retry through the delay queues, by error code.";
+    /// Messages sent to a dead-letter queue.
+    RUNS_DEAD_LETTERED = "warren_runs_dead_lettered_total", Counter, ["task", "reason"],
+        "Messages sent to the task's dead-letter queue, by reason code.";
+    /// Redeliveries that found their work done.
+    DUPLICATES = "warren_duplicate_deliveries_total", Counter, ["task"],
+        "Deliveries acknowledged without running anything: their run had finished or moved on, or their idempotency key was used.";
+    /// Runs being executed.
+    RUNS_IN_FLIGHT = "warren_runs_in_flight", Gauge, ["task"],
+        "Deliveries a replica is processing right now.";
+    /// One attempt's duration.
+    RUN_DURATION = "warren_run_duration_seconds", Histogram, ["task", "outcome"],
+        "Time from claiming a run to the end of the attempt (outcome: succeeded, halted, waiting, retried, dead).";
+    /// One step execution's duration.
+    STEP_DURATION = "warren_step_duration_seconds", Histogram, ["task", "step", "outcome"],
+        "Time one step execution took (outcome: ok or error).";
+    /// Publish-to-start latency.
+    QUEUE_WAIT = "warren_queue_wait_seconds", Histogram, ["task"],
+        "Time from the publish (or the due time of a retry or wake-up) to the start of the attempt.";
+    /// Task queue depth, polled.
+    QUEUE_MESSAGES = "warren_queue_messages", Gauge, ["task"],
+        "Messages ready in the task's queue (polled from the broker).";
+    /// Task queue consumers, polled.
+    QUEUE_CONSUMERS = "warren_queue_consumers", Gauge, ["task"],
+        "Consumers attached to the task's queue, all replicas together (polled from the broker).";
+    /// Dead-letter queue depth, polled.
+    DEAD_LETTER_MESSAGES = "warren_dead_letter_queue_messages", Gauge, ["task"],
+        "Messages waiting in the task's dead-letter queue (polled from the broker).";
+    /// Group-commit transactions.
+    STATE_COMMITS = "warren_state_commits_total", Counter, [],
+        "Postgres transactions the state writer committed (each carries a batch of state writes).";
+    /// State writes committed.
+    STATE_WRITES = "warren_state_writes_total", Counter, [],
+        "State writes (claims, checkpoints, failures) committed; writes per commit is the group-commit factor.";
+    /// Publishes sent.
+    PUBLISHES = "warren_publishes_total", Counter, ["routing_key"],
+        "Messages published with a publisher confirm requested (events, retries, wake-ups, dead letters).";
+    /// Publishes confirmed and routed.
+    PUBLISH_CONFIRMS = "warren_publish_confirms_total", Counter, ["routing_key"],
+        "Publishes the broker confirmed and routed to a queue.";
+    /// Publishes refused.
+    PUBLISH_NACKS = "warren_publish_nacks_total", Counter, ["routing_key"],
+        "Publishes the broker refused (negative confirm).";
+    /// Publishes returned unroutable.
+    PUBLISH_RETURNS = "warren_publish_returns_total", Counter, ["routing_key"],
+        "Publishes returned as unroutable: no queue is bound to the event.";
+    /// Publish confirm latency.
+    PUBLISH_CONFIRM_LATENCY = "warren_publish_confirm_seconds", Histogram, ["routing_key"],
+        "Time from a publish to its confirm (ack, nack or return).";
+    /// Replica readiness.
+    WORKER_READY = "warren_worker_ready", Gauge, [],
+        "1 while the replica is connected to the broker and the database and consuming, else 0.";
+}
+
+/// Histogram buckets, in seconds: from sub-millisecond queue waits to half-hour runs. The
+/// exporter renders histograms as summaries unless it is given buckets.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 1800.0,
+];
+
+/// Registers every metric's help text with the installed recorder (call once, after installing
+/// it), so that `/metrics` shows `# HELP` lines even before the first observation.
+pub fn describe_all() {
+    for metric in ALL {
+        match metric.kind {
+            Kind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            Kind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            Kind::Histogram => metrics::describe_histogram!(
+                metric.name,
+                metrics::Unit::Seconds,
+                metric.help
+            ),
+        }
+    }
+}
+
+/// Is `name` (as it appears in a query: maybe with `_bucket`, `_sum` or `_count`) one of ours?
+pub fn is_exported(name: &str) -> bool {
+    ALL.iter().any(|m| {
+        m.name == name
+            || (m.kind == Kind::Histogram
+                && ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix) == Some(m.name)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        for m in ALL {
+            assert!(m.name.starts_with("warren_"), "{}", m.name);
+            match m.kind {
+                Kind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                Kind::Histogram => assert!(m.name.ends_with("_seconds"), "{}", m.name),
+                Kind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+            for label in m.labels {
+                assert!(
+                    !["run", "run_id", "message_id", "id"].contains(label),
+                    "{} has an unbounded label {label}",
+                    m.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = ALL.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+
+    #[test]
+    fn histogram_series_count_as_exported() {
+        assert!(is_exported("warren_run_duration_seconds_bucket"));
+        assert!(is_exported("warren_runs_received_total"));
+        assert!(!is_exported("warren_runs_received_total_bucket"));
+        assert!(!is_exported("warren_nonexistent_total"));
+    }
+}
