@@ -52,7 +52,9 @@ pub(crate) fn init(cli: &Cli) -> Telemetry {
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("warren"))
-            .with_filter(EnvFilter::new("info,lapin=off,h2=off,hyper=off,reqwest=off"))
+            .with_filter(EnvFilter::new(
+                "info,lapin=off,h2=off,hyper=off,reqwest=off",
+            ))
     });
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
@@ -65,9 +67,12 @@ pub(crate) fn init(cli: &Cli) -> Telemetry {
 }
 
 fn otlp_provider() -> Result<Option<SdkTracerProvider>, String> {
-    let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    let configured = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
     if !configured {
         return Ok(None);
     }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 use warren_shared::contract::{self, Outgoing, header};
-use warren_shared::trace_context;
 use warren_shared::topology::{DelayLevels, Destination, Topology};
+use warren_shared::trace_context;
 
 /// Optional metadata of a publish; every field has a sensible default.
 #[derive(Debug, Clone, Default)]

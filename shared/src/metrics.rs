@@ -126,11 +126,9 @@ pub fn describe_all() {
         match metric.kind {
             Kind::Counter => metrics::describe_counter!(metric.name, metric.help),
             Kind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
-            Kind::Histogram => metrics::describe_histogram!(
-                metric.name,
-                metrics::Unit::Seconds,
-                metric.help
-            ),
+            Kind::Histogram => {
+                metrics::describe_histogram!(metric.name, metrics::Unit::Seconds, metric.help)
+            }
         }
     }
 }

@@ -135,31 +135,8 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
-/// Waits until a replica consumes from every ledger queue, so that the first publishes route.
-async fn wait_fleet_consuming(env: &TestEnv) {
-    let connection = warren_shared::amqp::connect(&env.amqp_url, "fault-suite")
-        .await
-        .unwrap();
-    let topology = env.topology();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for task in LEDGER_TASKS {
-        loop {
-            let channel = connection.create_channel().await.unwrap();
-            let stats = inspect_queue(&channel, &topology.task_queue(task))
-                .await
-                .unwrap();
-            if stats.is_some_and(|s| s.consumers > 0) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no replica consumes {task}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    warren_shared::amqp::close(&connection, "done").await;
-}
-
 async fn publish_jobs(env: &TestEnv, count: usize) {
-    wait_fleet_consuming(env).await;
+    env.wait_consuming(&LEDGER_TASKS).await;
     let producer = env.producer().await;
     warren_tests::publish_when_declared(
         &producer,

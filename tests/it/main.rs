@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod failures;
 mod fleet;
+mod observability;
 mod pipelines;
 mod poison;
 mod polyglot;

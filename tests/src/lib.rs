@@ -16,10 +16,12 @@ use warren_shared::topology::{QueueType, Topology};
 use warren_worker::{Registry, RunningWorker, Worker, WorkerConfig};
 
 /// The tasks of the `warren-test-worker` binary (for cleanup of what it declares).
-pub const TEST_WORKER_TASKS: [&str; 6] = [
+pub const TEST_WORKER_TASKS: [&str; 8] = [
     "video.process",
     "player.dump",
     "poison.pill",
+    "chain.first",
+    "chain.second",
     "ledger.2",
     "ledger.3",
     "ledger.4",
@@ -222,6 +224,17 @@ impl TestEnv {
 
     /// Runs the `warren-test-worker` binary at `binary` as replica `id` of this test.
     pub fn spawn_test_worker(&self, binary: &str, id: &str, extra: &[&str]) -> TestWorker {
+        self.spawn_test_worker_with_env(binary, id, extra, &[])
+    }
+
+    /// Like [`TestEnv::spawn_test_worker`], with more environment variables.
+    pub fn spawn_test_worker_with_env(
+        &self,
+        binary: &str,
+        id: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> TestWorker {
         for task in TEST_WORKER_TASKS {
             self.declared(task);
         }
@@ -233,6 +246,7 @@ impl TestEnv {
             .env("WARREN_NAMESPACE", &self.namespace)
             .env("WARREN_WORKER_ID", id)
             .env("WARREN_HTTP_ADDR", "127.0.0.1:0")
+            .envs(envs.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(match std::env::var("WARREN_TEST_WORKER_LOG") {
                 Ok(path) => std::fs::OpenOptions::new()
@@ -404,6 +418,44 @@ pub async fn publish_when_declared(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+impl TestEnv {
+    /// Waits until a replica consumes from each task's queue (for tests that start the real
+    /// binary, which declares and consumes on its own), so that publishes route.
+    pub async fn wait_consuming(&self, tasks: &[&str]) {
+        let connection = warren_shared::amqp::connect(&self.amqp_url, "warren-tests")
+            .await
+            .unwrap();
+        let topology = self.topology();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for task in tasks {
+            loop {
+                let channel = connection.create_channel().await.unwrap();
+                let stats =
+                    warren_shared::topology::inspect_queue(&channel, &topology.task_queue(task))
+                        .await
+                        .unwrap();
+                if stats.is_some_and(|s| s.consumers > 0) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no replica consumes {task} within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        warren_shared::amqp::close(&connection, "done").await;
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
 }
 
 /// Drops a test database, disconnecting whoever still uses it.

@@ -13,8 +13,8 @@ use crate::dead_letter::{self, DeadLetter};
 use crate::run_locks::RunLocks;
 use crate::state_writer::{StateWriter, WriteError};
 use crate::step::{ErrorClass, Outbox, StepError, StepOutcome, code};
-use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
+use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::writes::{
     ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, RunFields,
 };
@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 use warren_producer::{PublishError, Publisher};
 use warren_shared::contract::{self, Envelope, Outgoing, format_time, header};
-use warren_shared::trace_context::{self, TraceHeaders};
 use warren_shared::retry::RetryPolicy;
 use warren_shared::store::{self, AfterFailure, Claim, StoreError};
 use warren_shared::topology::{DelayLevels, Destination, Topology};
+use warren_shared::trace_context::{self, TraceHeaders};
 
 /// How long a worker waits before handing back a message it could not settle, so that an outage
 /// does not turn into a tight redelivery loop.
@@ -87,6 +87,12 @@ impl Executor {
     /// Processes a delivery and settles it. Never panics, whatever the message or the step does.
     pub(crate) async fn handle(&self, delivery: Delivery) {
         let _in_flight = self.metrics.received();
+        let decoded = contract::decode(
+            delivery.routing_key.as_str(),
+            &delivery.properties,
+            &delivery.data,
+            self.max_message_bytes,
+        );
         let span = tracing::info_span!(
             "run",
             task = %self.task_id,
@@ -94,7 +100,19 @@ impl Executor {
             event = tracing::field::Empty,
             attempt = tracing::field::Empty,
         );
-        match self.process(&delivery).instrument(span).await {
+        if let Ok(envelope) = &decoded {
+            // Before the span is first entered: a started span cannot take a parent.
+            if let Some(traceparent) = &envelope.traceparent {
+                let headers = TraceHeaders {
+                    traceparent: traceparent.clone(),
+                    tracestate: envelope.tracestate.clone(),
+                };
+                trace_context::follow(&span, &headers);
+            }
+            span.record("event", envelope.event.as_str());
+            span.record("attempt", envelope.attempt);
+        }
+        match self.process(&delivery, decoded).instrument(span).await {
             Ok(()) => {
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                     // The broker will redeliver it; the run's state makes that a no-op.
@@ -115,13 +133,12 @@ impl Executor {
         }
     }
 
-    async fn process(&self, delivery: &Delivery) -> Result<(), Requeue> {
-        let envelope = match contract::decode(
-            delivery.routing_key.as_str(),
-            &delivery.properties,
-            &delivery.data,
-            self.max_message_bytes,
-        ) {
+    async fn process(
+        &self,
+        delivery: &Delivery,
+        decoded: Result<Envelope, contract::ContractError>,
+    ) -> Result<(), Requeue> {
+        let envelope = match decoded {
             Ok(envelope) => envelope,
             Err(e) => {
                 return self
@@ -129,16 +146,6 @@ impl Executor {
                     .await;
             }
         };
-        let span = tracing::Span::current();
-        if let Some(traceparent) = &envelope.traceparent {
-            let headers = TraceHeaders {
-                traceparent: traceparent.clone(),
-                tracestate: envelope.tracestate.clone(),
-            };
-            trace_context::follow(&span, &headers);
-        }
-        span.record("event", envelope.event.as_str());
-        span.record("attempt", envelope.attempt);
         if !self.events.contains(&envelope.event) {
             let message = format!(
                 "task {} does not handle event {:?} (it handles: {})",
@@ -153,7 +160,7 @@ impl Executor {
         let decoded = self.task.decode_input(&envelope.payload);
         let waited_since = envelope.due_at.or(envelope.published_at);
         let run = Arc::new(self.run_fields(envelope));
-        span.record("run_id", tracing::field::display(run.id));
+        tracing::Span::current().record("run_id", tracing::field::display(run.id));
         let input = match decoded {
             Ok(input) => input,
             Err(e) => return self.dead_on_arrival(delivery, run, e).await,
@@ -319,9 +326,7 @@ impl Executor {
                 }
                 Err(error) => {
                     let step = (info.name.clone(), position);
-                    return self
-                        .fail(delivery, attempt, step, started_at, error)
-                        .await;
+                    return self.fail(delivery, attempt, step, started_at, error).await;
                 }
             };
             let goes_on = matches!(end, End::Continue);

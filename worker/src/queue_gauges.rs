@@ -40,7 +40,8 @@ pub(crate) async fn poll(
                 let Some(open) = &channel else { break };
                 match inspect_queue(open, &queue).await {
                     Ok(Some(stats)) => {
-                        metrics::gauge!(depth, "task" => task.clone()).set(f64::from(stats.messages));
+                        metrics::gauge!(depth, "task" => task.clone())
+                            .set(f64::from(stats.messages));
                         if let Some(consumers) = consumers {
                             metrics::gauge!(consumers, "task" => task.clone())
                                 .set(f64::from(stats.consumers));

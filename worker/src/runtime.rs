@@ -4,10 +4,10 @@
 use crate::execute::Executor;
 use crate::fleet;
 use crate::http::Health;
-use crate::task_metrics::TaskMetrics;
 use crate::run_locks::RunLocks;
 use crate::state_writer::StateWriter;
 use crate::task::Registry;
+use crate::task_metrics::TaskMetrics;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;

@@ -52,9 +52,7 @@ pub(crate) struct TaskMetrics {
 impl TaskMetrics {
     pub(crate) fn new(task: &str, steps: &[StepInfo]) -> Self {
         let t = task.to_owned();
-        let step = |name: &str, outcome: &'static str| {
-            histogram!(names::STEP_DURATION, "task" => t.clone(), "step" => name.to_owned(), "outcome" => outcome)
-        };
+        let step = |name: &str, outcome: &'static str| histogram!(names::STEP_DURATION, "task" => t.clone(), "step" => name.to_owned(), "outcome" => outcome);
         TaskMetrics {
             received: counter!(names::RUNS_RECEIVED, "task" => t.clone()),
             started: counter!(names::RUNS_STARTED, "task" => t.clone()),

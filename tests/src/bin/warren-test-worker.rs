@@ -1,6 +1,7 @@
 //! `warren` with the demo tasks plus test fixtures that cannot live in-process: a task whose
 //! message kills the worker process, and the fault suite's ledger tasks, whose every step
-//! execution appends a row to a side-effect ledger in the run's own database.
+//! execution appends a row to a side-effect ledger in the run's own database, and a chain of two
+//! tasks joined by an event the first one's step emits.
 
 use deadpool_postgres::Pool;
 use serde::Deserialize;
@@ -83,8 +84,22 @@ fn main() -> std::process::ExitCode {
             Ok(StepOutcome::next(json!("harmless")))
         },
     ));
+    // A chain of tasks: the first one's step publishes the event that starts the second.
+    let first = Task::<Value>::new("chain.first")
+        .on("chain.start")
+        .step(step("hand_off", |ctx: StepContext<Value>| async move {
+            ctx.emit("chain.next", &json!({ "from": ctx.run_id }))?;
+            Ok(StepOutcome::next(json!("handed off")))
+        }));
+    let second = Task::<Value>::new("chain.second")
+        .on("chain.next")
+        .step(step("finish", |_ctx: StepContext<Value>| async move {
+            Ok(StepOutcome::next(json!("done")))
+        }));
     let registry: Registry = warren_worker::demo::registry()
         .register(poison)
+        .register(first)
+        .register(second)
         .register(ledger_task(2))
         .register(ledger_task(3))
         .register(ledger_task(4));
