@@ -20,6 +20,15 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pika' 2>/dev/n
 fi
 export WARREN_TEST_PYTHON="$PWD/$venv/bin/python"
 
+# The observability tests scrape a worker with a real Prometheus server, and the deploy checks
+# run promtool: both come from Debian's prometheus package.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "test: installing Prometheus (Debian package prometheus)" >&2
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # Integration tests drive the real `warren` binary too.
 cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -1,0 +1,170 @@
+//! The deployment files (`deploy/`) are checked with what runs here, since no container engine
+//! or cluster does: every manifest parses, Prometheus's own tool accepts the configuration and
+//! the alert rules, the dashboard and rules only use metrics the worker exports, every exported
+//! metric is documented, and the Kubernetes grace period outlasts the worker's drain.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use warren_shared::metrics::{ALL, is_exported};
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository root")
+        .to_path_buf()
+}
+
+fn files_under(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path, extensions));
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| extensions.contains(&e))
+        {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml(path: &Path) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&read(path))
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
+}
+
+/// Every `warren_...` identifier in `text`.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("warren_") {
+        let preceded_by_ident = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        if !preceded_by_ident {
+            names.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn every_manifest_parses() {
+    let deploy = repo().join("deploy");
+    let yamls = files_under(&deploy, &["yml", "yaml"]);
+    assert!(yamls.len() >= 10, "{yamls:?}");
+    for path in &yamls {
+        assert!(!yaml(path).is_empty(), "{} is empty", path.display());
+    }
+    let dashboards = files_under(&deploy.join("grafana"), &["json"]);
+    assert!(!dashboards.is_empty());
+    for path in dashboards {
+        let dashboard: serde_json::Value = serde_json::from_str(&read(&path))
+            .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
+        assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 8));
+    }
+}
+
+#[test]
+fn promtool_accepts_the_prometheus_config_and_alert_rules() {
+    let prometheus = repo().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["check", "config", "prometheus.yml"],
+    ] {
+        let output = Command::new("promtool")
+            .args(args)
+            .current_dir(&prometheus)
+            .output()
+            .expect("promtool runs (Debian package prometheus; scripts/test.sh installs it)");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn dashboards_and_alerts_use_only_metrics_the_worker_exports() {
+    let deploy = repo().join("deploy");
+    let mut used = 0;
+    for path in files_under(&deploy, &["json", "yml", "yaml"]) {
+        for name in metric_names(&read(&path)) {
+            used += 1;
+            assert!(
+                is_exported(&name),
+                "{} uses {name}, which the worker does not export",
+                path.display()
+            );
+        }
+    }
+    assert!(used > 30, "only {used} metric references found");
+}
+
+#[test]
+fn every_exported_metric_is_documented() {
+    let doc = read(&repo().join("docs/metrics.md"));
+    for metric in ALL {
+        assert!(
+            doc.contains(&format!("`{}`", metric.name)),
+            "docs/metrics.md does not list {}",
+            metric.name
+        );
+    }
+}
+
+#[test]
+fn kubernetes_waits_longer_than_the_worker_drains() {
+    let k8s = repo().join("deploy/k8s");
+    let config = &yaml(&k8s.join("config.yaml"))[0];
+    let grace = config["data"]["WARREN_GRACE_PERIOD"]
+        .as_str()
+        .and_then(|g| g.strip_suffix('s'))
+        .and_then(|g| g.parse::<i64>().ok())
+        .expect("WARREN_GRACE_PERIOD in seconds");
+    let deployment = &yaml(&k8s.join("worker.yaml"))[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let termination = pod["terminationGracePeriodSeconds"]
+        .as_i64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        termination > grace + 5,
+        "the kubelet kills after {termination} s, the drain may take {grace} s"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert!(!container["resources"]["requests"].is_badvalue());
+}
+
+#[test]
+fn metric_names_are_found_in_expressions() {
+    assert_eq!(
+        metric_names("sum(rate(warren_runs_failed_total{task=~\"$task\"}[5m])) / warren_x"),
+        ["warren_runs_failed_total", "warren_x"]
+    );
+    assert!(metric_names("my_warren_thing").is_empty());
+}
