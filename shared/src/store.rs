@@ -180,13 +180,18 @@ pub async fn register_worker(
 }
 
 /// Records that a replica is still alive.
-pub async fn heartbeat(client: &impl GenericClient, worker: &str) -> Result<(), StoreError> {
+pub async fn heartbeat(
+    client: &impl GenericClient,
+    worker: &str,
+    in_flight: i32,
+) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached(
-            "UPDATE workers SET last_heartbeat = now() WHERE id = $1 AND stopped_at IS NULL",
+            "UPDATE workers SET last_heartbeat = now(), in_flight = $2
+             WHERE id = $1 AND stopped_at IS NULL",
         )
         .await?;
-    client.execute(&stmt, &[&worker]).await?;
+    client.execute(&stmt, &[&worker, &in_flight]).await?;
     Ok(())
 }
 
@@ -226,7 +231,7 @@ pub async fn list_workers(
                     CASE WHEN w.stopped_at IS NOT NULL THEN 'stopped'
                          WHEN w.last_heartbeat > now() - make_interval(secs => $1) THEN 'alive'
                          ELSE 'stale' END,
-                    (SELECT count(*) FROM runs r WHERE r.worker = w.id AND r.status = 'running')
+                    CASE WHEN w.stopped_at IS NULL THEN w.in_flight::bigint ELSE 0 END
              FROM workers w
              WHERE $2 OR w.stopped_at IS NULL
              ORDER BY w.started_at DESC",

@@ -342,15 +342,21 @@ impl TestEnv {
 
 /// The `warren` binary built next to this test binary (`cargo build --bins` builds it).
 pub fn warren_binary() -> PathBuf {
+    workspace_binary("warren")
+}
+
+/// A binary of another workspace package, built next to this test binary (`cargo build
+/// --workspace --bins` builds them, as scripts/test.sh does).
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target directory");
-    let binary = dir.join("warren");
+    let binary = dir.join(name);
     assert!(
         binary.exists(),
-        "{} is missing: build it first (cargo build --bins), as scripts/test.sh does",
+        "{} is missing: build it first (cargo build --workspace --bins), as scripts/test.sh does",
         binary.display()
     );
     binary

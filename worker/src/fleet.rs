@@ -3,6 +3,7 @@
 
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warren_shared::store::{self, HEARTBEAT_INTERVAL, StoreError, WorkerInfo};
 
 /// Registers the replica.
@@ -28,9 +29,15 @@ pub(crate) async fn register(pool: &Pool, id: &str, tasks: &[String]) -> Result<
     .await
 }
 
-/// Heartbeats until `stop` is cancelled, then marks the replica stopped. A failed heartbeat
+/// Heartbeats, with the runs in flight (`in_flight`'s tasks), until `stop` is cancelled, then
+/// marks the replica stopped. A failed heartbeat
 /// is logged and tried again next time: the lease is several intervals long.
-pub(crate) async fn heartbeat(pool: Pool, id: String, stop: CancellationToken) {
+pub(crate) async fn heartbeat(
+    pool: Pool,
+    id: String,
+    in_flight: TaskTracker,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -39,7 +46,10 @@ pub(crate) async fn heartbeat(pool: Pool, id: String, stop: CancellationToken) {
             _ = ticks.tick() => {}
         }
         let result = match pool.get().await {
-            Ok(client) => store::heartbeat(&client, &id).await,
+            Ok(client) => {
+                let runs = i32::try_from(in_flight.len()).unwrap_or(i32::MAX);
+                store::heartbeat(&client, &id, runs).await
+            }
             Err(e) => Err(StoreError::Connection(e.to_string())),
         };
         if let Err(e) = result {

@@ -73,7 +73,7 @@ impl WorkerConfig {
             prefetch: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             grace_period: Duration::from_secs(30),
-            db_pool_size: 4,
+            db_pool_size: 6,
             retry: RetryPolicy::default(),
             idempotency_window: Duration::from_secs(24 * 60 * 60),
             http_addr: None,
@@ -253,6 +253,7 @@ impl Worker {
         let heartbeat = tokio::spawn(fleet::heartbeat(
             pool,
             shared.config.worker_id.clone(),
+            shared.tracker.clone(),
             stop_heartbeat.clone(),
         ));
         let id = shared.config.worker_id.clone();

@@ -6,6 +6,10 @@
 //! nothing waits for company; at high load one commit serves hundreds of runs. A message is acked
 //! only after the batch holding its write has committed.
 //!
+//! A few committers share the queue, each with its own connection: while one transaction is on
+//! its way to the disk, the next batch is already being applied on another backend. Writes of
+//! one run never race each other (a run awaits each write before it makes the next).
+//!
 //! If a batch fails, each of its writes is retried alone, so one bad write fails only its own run.
 //!
 //! If Postgres cannot be reached, the writer holds its batch and tries again with backoff until
@@ -15,12 +19,16 @@
 
 use deadpool_postgres::{Pool, Transaction};
 use futures::future::{BoxFuture, join_all};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use warren_shared::metrics as names;
 use warren_shared::store::StoreError;
 
 /// The most writes one transaction carries.
 pub(crate) const MAX_BATCH: usize = 512;
+
+/// Transactions in progress at once (each on its own pooled connection).
+pub(crate) const COMMITTERS: usize = 3;
 
 /// Why a write did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +102,24 @@ pub(crate) struct StateWriter {
 }
 
 impl StateWriter {
-    /// Starts the writer task on `pool`. It stops when every handle is dropped.
+    /// Starts the committers on `pool`. They stop when every handle is dropped.
     pub(crate) fn start(pool: Pool) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, receiver) = mpsc::unbounded_channel();
         let (health, healthy) = watch::channel(true);
-        let task = tokio::spawn(run(pool, receiver, health));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let health = Arc::new(health);
+        let committers: Vec<_> = (0..COMMITTERS)
+            .map(|_| {
+                tokio::spawn(run(
+                    pool.clone(),
+                    Arc::clone(&receiver),
+                    Arc::clone(&health),
+                ))
+            })
+            .collect();
+        let task = tokio::spawn(async move {
+            join_all(committers).await;
+        });
         (StateWriter { queue, healthy }, task)
     }
 
@@ -129,11 +150,16 @@ impl StateWriter {
 
 async fn run(
     pool: Pool,
-    mut receiver: mpsc::UnboundedReceiver<Box<dyn Queued>>,
-    health: watch::Sender<bool>,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Box<dyn Queued>>>>,
+    health: Arc<watch::Sender<bool>>,
 ) {
     let mut batch: Vec<Box<dyn Queued>> = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        // Whoever holds the receiver takes what has queued up; the others are committing.
+        let taken = receiver.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        if taken == 0 {
+            break;
+        }
         let size = batch.len();
         let mut pause = OUTAGE_FIRST_PAUSE;
         let outcome = loop {

@@ -1,0 +1,231 @@
+//! `warren-bench`: Warren measured against the broker's own ceiling, in one run, on the real
+//! RabbitMQ and Postgres of this machine.
+//!
+//! ```sh
+//! cargo run --release -p warren-bench                 # the full run (a few minutes)
+//! cargo run --release -p warren-bench -- --quick      # under a minute, small numbers
+//! cargo run --release -p warren-bench -- --help
+//! ```
+//!
+//! It prints throughput, the ratio of each throughput to the ceiling measured in the same run,
+//! publish-to-start and publish-to-finish latency percentiles, worker CPU seconds per 1,000
+//! jobs, peak worker memory, and Postgres transactions and rows per job. Speed is judged here,
+//! by ratios, never by timed assertions in tests. `docs/benchmarks.md` holds a full run.
+//!
+//! The binary is also a complete `warren` with the benchmark's tasks: the worker replicas it
+//! measures are its own `worker` command, started as processes.
+
+mod ceiling;
+mod measure;
+mod report;
+mod scenario;
+mod tasks;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use scenario::{Outcome, Scenario, Setup};
+use std::process::ExitCode;
+use std::time::Duration;
+use warren_shared::topology::QueueType;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "warren-bench",
+    version,
+    about = "Warren against the broker's own ceiling, in one run"
+)]
+pub(crate) struct Args {
+    /// Small numbers, finishing in under a minute (checks that the benchmark runs; its figures
+    /// mean little).
+    #[arg(long)]
+    quick: bool,
+    /// Jobs per Warren scenario (default 50,000; 2,000 with --quick).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Jobs of the I/O-bound scenario (default 30,000; 2,000 with --quick).
+    #[arg(long)]
+    io_jobs: Option<usize>,
+    /// Messages through the raw broker for the ceiling (default 100,000; 5,000 with --quick).
+    #[arg(long)]
+    ceiling_messages: Option<usize>,
+    /// Size of each message body in bytes (a JSON object padded to this size).
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Queue type, for the ceiling and for Warren's task queues.
+    #[arg(long, default_value = "quorum", value_parser = parse_queue_type)]
+    queue_type: QueueType,
+    /// Runs each replica executes at once in the no-op scenarios.
+    #[arg(long, default_value_t = 256)]
+    concurrency: u32,
+    /// Prefetch per consumer, for the ceiling and the no-op scenarios (default: the concurrency).
+    #[arg(long)]
+    prefetch: Option<u16>,
+    /// Runs one replica executes at once in the I/O-bound scenario.
+    #[arg(long, default_value_t = 1000)]
+    io_concurrency: u32,
+    /// Replicas in the scaling scenario.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Also write the results as a Markdown section to this file (appended).
+    #[arg(long)]
+    markdown: Option<std::path::PathBuf>,
+    /// The broker.
+    #[arg(long, env = "WARREN_AMQP_URL", default_value = warren_shared::config::DEFAULT_AMQP_URL)]
+    amqp_url: String,
+    /// The Postgres server (without a database: each scenario creates and drops its own).
+    #[arg(
+        long,
+        env = "WARREN_BENCH_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pg_url: String,
+}
+
+fn parse_queue_type(s: &str) -> Result<QueueType, String> {
+    match s {
+        "quorum" => Ok(QueueType::Quorum),
+        "classic" => Ok(QueueType::Classic),
+        other => Err(format!("{other:?} is not a queue type (quorum or classic)")),
+    }
+}
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("worker") {
+        return warren_cli::main(tasks::registry());
+    }
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A JSON object of exactly `bytes` bytes (at least the braces and one field).
+fn payload(bytes: usize) -> Vec<u8> {
+    let frame = r#"{"pad":""}"#.len();
+    format!(r#"{{"pad":"{}"}}"#, "x".repeat(bytes.saturating_sub(frame))).into_bytes()
+}
+
+async fn run(args: Args) -> Result<()> {
+    let quick = args.quick;
+    let jobs = args.jobs.unwrap_or(if quick { 2_000 } else { 50_000 });
+    let io_jobs = args.io_jobs.unwrap_or(if quick { 2_000 } else { 30_000 });
+    let ceiling_messages = args
+        .ceiling_messages
+        .unwrap_or(if quick { 5_000 } else { 100_000 });
+    let prefetch = args
+        .prefetch
+        .unwrap_or_else(|| u16::try_from(args.concurrency).unwrap_or(u16::MAX));
+    let body = payload(args.payload_bytes);
+    let setup = Setup {
+        amqp_url: args.amqp_url.clone(),
+        pg_url: args.pg_url.clone(),
+        queue_type: args.queue_type,
+        body: body.clone(),
+        concurrency: args.concurrency,
+        prefetch,
+        exe: std::env::current_exe().context("cannot find this program's path")?,
+        idle_window: Duration::from_secs(if quick { 1 } else { 5 }),
+    };
+    let mut report = report::Report::new(&args, jobs, io_jobs, ceiling_messages, prefetch);
+    report.header();
+
+    let ceiling = ceiling::measure(ceiling::Ceiling {
+        url: &args.amqp_url,
+        queue: format!(
+            "bench-ceiling-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        ),
+        queue_type: args.queue_type,
+        messages: ceiling_messages,
+        body: &body,
+        prefetch,
+    })
+    .await
+    .context("the ceiling measurement failed")?;
+    report.ceiling(ceiling);
+
+    let single = |name: &str, task, jobs, replicas| Scenario {
+        name: name.to_owned(),
+        task,
+        jobs,
+        replicas,
+        rate: None,
+        concurrency: None,
+        measure_idle: false,
+    };
+    let mut noop = single("1-step no-op, 1 replica", tasks::NOOP, jobs, 1);
+    noop.measure_idle = true;
+    let max = measure(&setup, &noop, &mut report).await?;
+    measure(
+        &setup,
+        &single("3-step no-op, 1 replica", tasks::THREE_STEPS, jobs, 1),
+        &mut report,
+    )
+    .await?;
+    measure(
+        &setup,
+        &single(
+            &format!("1-step no-op, {} replicas", args.replicas),
+            tasks::NOOP,
+            jobs,
+            args.replicas,
+        ),
+        &mut report,
+    )
+    .await?;
+    let half = max.jobs_per_sec / 2.0;
+    let mut open_loop = single(
+        &format!("1-step no-op at half rate ({half:.0}/s), 1 replica"),
+        tasks::NOOP,
+        jobs,
+        1,
+    );
+    open_loop.rate = Some(half);
+    measure(&setup, &open_loop, &mut report).await?;
+    let mut io = single(
+        &format!(
+            "I/O-bound ({} ms step), concurrency {}, 1 replica",
+            tasks::IO_WAIT.as_millis(),
+            args.io_concurrency
+        ),
+        tasks::IO,
+        io_jobs,
+        1,
+    );
+    io.concurrency = Some(args.io_concurrency);
+    measure(&setup, &io, &mut report).await?;
+
+    report.footer();
+    if let Some(path) = &args.markdown {
+        report
+            .write_markdown(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn measure(
+    setup: &Setup,
+    scenario: &Scenario,
+    report: &mut report::Report,
+) -> Result<Outcome> {
+    let outcome = scenario::run(setup, scenario)
+        .await
+        .with_context(|| format!("scenario {:?} failed", scenario.name))?;
+    report.scenario(&scenario.name, &outcome);
+    Ok(outcome)
+}

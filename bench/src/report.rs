@@ -1,0 +1,162 @@
+//! The benchmark's report: a table on standard output as the scenarios finish, and the same as
+//! Markdown (with the date, the machine and the exact command) for `docs/benchmarks.md`.
+
+use crate::Args;
+use crate::scenario::Outcome;
+use std::fmt::Write as _;
+
+pub(crate) struct Report {
+    ceiling: f64,
+    context: Vec<String>,
+    rows: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let broker = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "version"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || "RabbitMQ (version unknown)".to_owned(),
+            |v| format!("RabbitMQ {v}"),
+        );
+    format!(
+        "{cores} cores, {memory_gib:.0} GiB, Linux {}, {broker}; broker, Postgres, workers and publisher all on this machine",
+        kernel.trim()
+    )
+}
+
+fn ms(p: &crate::measure::Percentiles) -> String {
+    format!("{:.1} / {:.1} / {:.1} / {:.0}", p.p50, p.p95, p.p99, p.max)
+}
+
+impl Report {
+    pub(crate) fn new(
+        args: &Args,
+        jobs: usize,
+        io_jobs: usize,
+        ceiling_messages: usize,
+        prefetch: u16,
+    ) -> Self {
+        let command: Vec<String> = std::env::args().collect();
+        let context = vec![
+            format!(
+                "Run {} on {}.",
+                chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+                machine()
+            ),
+            format!("Command: `{}`", command.join(" ")),
+            format!(
+                "{} queues, {}-byte JSON bodies, persistent, publisher confirms pipelined (1,000 outstanding); \
+                 {jobs} jobs per Warren scenario ({io_jobs} I/O-bound), {ceiling_messages} messages for the ceiling; \
+                 concurrency {} and prefetch {prefetch} per replica (I/O-bound: {}). Warren records every run, \
+                 step checkpoint and transition in Postgres and acks after the commit.",
+                args.queue_type, args.payload_bytes, args.concurrency, args.io_concurrency
+            ),
+        ];
+        Report {
+            ceiling: 0.0,
+            context,
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn header(&self) {
+        for line in &self.context {
+            println!("{line}");
+        }
+        println!();
+    }
+
+    pub(crate) fn ceiling(&mut self, rate: f64) {
+        self.ceiling = rate;
+        println!(
+            "ceiling (raw broker: publish with confirms + consume with acks, at once): {rate:.0} msg/s"
+        );
+        self.rows.push(format!(
+            "| ceiling: raw broker, no job system | {rate:.0} | 100 % | | | | | | |"
+        ));
+    }
+
+    pub(crate) fn scenario(&mut self, name: &str, o: &Outcome) {
+        let ratio = if self.ceiling > 0.0 {
+            o.jobs_per_sec / self.ceiling * 100.0
+        } else {
+            0.0
+        };
+        let tx = match o.state_commits_per_job {
+            Some(state) => format!("{:.3} ({:.3} state)", o.transactions_per_job, state),
+            None => format!("{:.3}", o.transactions_per_job),
+        };
+        println!(
+            "{name}: {:.0} jobs/s ({ratio:.0} % of the ceiling); publish-to-start ms p50/p95/p99/max {}; \
+             publish-to-finish {}; {:.2} CPU s per 1,000 jobs; peak RSS {:.1} MiB; \
+             Postgres {tx} transactions and {:.1} rows per job",
+            o.jobs_per_sec,
+            ms(&o.queue_wait),
+            ms(&o.finish),
+            o.cpu_seconds_per_1000,
+            o.peak_rss_mib,
+            o.rows_per_job
+        );
+        if let Some(idle) = o.idle_cpu_percent {
+            println!("  idle worker afterwards: {idle:.2} % of a core");
+            self.notes.push(format!(
+                "Idle worker (after the first scenario): {idle:.2} % of a core."
+            ));
+        }
+        self.rows.push(format!(
+            "| {name} | {:.0} | {ratio:.0} % | {} | {} | {:.2} | {:.1} | {tx} | {:.1} |",
+            o.jobs_per_sec,
+            ms(&o.queue_wait),
+            ms(&o.finish),
+            o.cpu_seconds_per_1000,
+            o.peak_rss_mib,
+            o.rows_per_job
+        ));
+    }
+
+    pub(crate) fn footer(&self) {
+        println!();
+        println!("done");
+    }
+
+    pub(crate) fn write_markdown(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut md = String::new();
+        let _ = writeln!(md);
+        for line in &self.context {
+            let _ = writeln!(md, "{line}\n");
+        }
+        let _ = writeln!(
+            md,
+            "| scenario | jobs/s | of ceiling | publish→start ms p50 / p95 / p99 / max | publish→finish ms p50 / p95 / p99 / max | worker CPU s per 1,000 jobs | peak worker RSS MiB | Postgres transactions per job (state commits) | rows written per job |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for row in &self.rows {
+            let _ = writeln!(md, "{row}");
+        }
+        let _ = writeln!(md);
+        for note in &self.notes {
+            let _ = writeln!(md, "{note}\n");
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        std::io::Write::write_all(&mut file, md.as_bytes())
+    }
+}

@@ -1,0 +1,345 @@
+//! One Warren measurement: real worker processes (this binary's `worker` command) consume a
+//! task's queue and record everything in a fresh Postgres database, while the Warren producer
+//! publishes N jobs, either as fast as confirms allow or at a fixed rate (open loop). Throughput
+//! and latencies come from the runs' own timestamps in Postgres; CPU and memory from `/proc`;
+//! transactions and rows from Postgres's statistics for the database.
+
+use crate::ceiling::CONFIRM_WINDOW;
+use crate::measure::{self, Percentiles, PgCounters};
+use anyhow::{Context, Result};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use warren_producer::{Producer, PublishOptions};
+use warren_shared::topology::{QueueType, Topology, inspect_queue};
+
+/// What every scenario shares.
+pub(crate) struct Setup {
+    pub(crate) amqp_url: String,
+    pub(crate) pg_url: String,
+    pub(crate) queue_type: QueueType,
+    pub(crate) body: Vec<u8>,
+    pub(crate) concurrency: u32,
+    pub(crate) prefetch: u16,
+    pub(crate) exe: PathBuf,
+    pub(crate) idle_window: Duration,
+}
+
+/// One scenario.
+pub(crate) struct Scenario {
+    pub(crate) name: String,
+    pub(crate) task: &'static str,
+    pub(crate) jobs: usize,
+    pub(crate) replicas: usize,
+    /// Publish at this many jobs per second instead of as fast as possible.
+    pub(crate) rate: Option<f64>,
+    pub(crate) concurrency: Option<u32>,
+    pub(crate) measure_idle: bool,
+}
+
+/// What a scenario measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outcome {
+    pub(crate) jobs_per_sec: f64,
+    pub(crate) queue_wait: Percentiles,
+    pub(crate) finish: Percentiles,
+    pub(crate) cpu_seconds_per_1000: f64,
+    pub(crate) peak_rss_mib: f64,
+    pub(crate) idle_cpu_percent: Option<f64>,
+    pub(crate) transactions_per_job: f64,
+    pub(crate) state_commits_per_job: Option<f64>,
+    pub(crate) rows_per_job: f64,
+}
+
+struct Replica {
+    child: Child,
+    metrics_port: u16,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub(crate) async fn run(setup: &Setup, scenario: &Scenario) -> Result<Outcome> {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let namespace = format!("bench{id}");
+    let database = format!("warren_bench_{id}");
+    let database_url = format!("{}/{database}", setup.pg_url);
+    let topology = Topology::new(namespace.clone(), setup.queue_type);
+    let pool = warren_shared::db::prepare(&database_url, 2)
+        .await
+        .context("cannot prepare the benchmark database")?;
+    let (admin, connection) =
+        tokio_postgres::connect(&format!("{}/postgres", setup.pg_url), tokio_postgres::NoTls)
+            .await?;
+    tokio::spawn(connection);
+
+    let result = measure_scenario(
+        setup,
+        scenario,
+        &topology,
+        &pool,
+        &admin,
+        &database,
+        &database_url,
+    )
+    .await;
+
+    cleanup(setup, &topology, scenario.task).await;
+    pool.close();
+    let _ = admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+        ))
+        .await;
+    result
+}
+
+async fn measure_scenario(
+    setup: &Setup,
+    scenario: &Scenario,
+    topology: &Topology,
+    pool: &deadpool_postgres::Pool,
+    admin: &tokio_postgres::Client,
+    database: &str,
+    database_url: &str,
+) -> Result<Outcome> {
+    let concurrency = scenario.concurrency.unwrap_or(setup.concurrency);
+    let prefetch = if scenario.concurrency.is_some() {
+        u16::try_from(concurrency).unwrap_or(u16::MAX)
+    } else {
+        setup.prefetch
+    };
+    let mut replicas = Vec::new();
+    for i in 0..scenario.replicas {
+        let port = free_port()?;
+        let child = Command::new(&setup.exe)
+            .args(["worker", "--worker-id", &format!("bench-{i}")])
+            .args(["--tasks", scenario.task])
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(["--prefetch", &prefetch.to_string()])
+            .args(["--queue-type", setup.queue_type.as_str()])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .env("WARREN_AMQP_URL", &setup.amqp_url)
+            .env("WARREN_DATABASE_URL", database_url)
+            .env("WARREN_NAMESPACE", topology.namespace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start a worker replica")?;
+        replicas.push(Replica {
+            child,
+            metrics_port: port,
+        });
+    }
+    wait_consumers(setup, topology, scenario.task, scenario.replicas).await?;
+
+    let cpu_before = total_cpu(&replicas)?;
+    let pg_before = measure::pg_counters(admin, database).await?;
+    let producer =
+        Producer::connect_named(&setup.amqp_url, topology.clone(), "warren-bench producer").await?;
+    publish(&producer, scenario, &setup.body).await?;
+    wait_done(pool, scenario.jobs).await?;
+    let cpu_after = total_cpu(&replicas)?;
+
+    let idle_cpu_percent = if scenario.measure_idle {
+        let start = total_cpu(&replicas)?;
+        tokio::time::sleep(setup.idle_window).await;
+        let used = total_cpu(&replicas)?.saturating_sub(start);
+        Some(used.as_secs_f64() / setup.idle_window.as_secs_f64() * 100.0 / replicas.len() as f64)
+    } else {
+        None
+    };
+    let peak_rss_mib = replicas
+        .iter()
+        .map(|r| measure::peak_rss_mib(r.child.id()))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .fold(0.0, f64::max);
+    let state_commits = replicas
+        .iter()
+        .map(|r| scrape_counter(r.metrics_port, warren_shared::metrics::STATE_COMMITS))
+        .sum::<Option<f64>>();
+
+    // Stopped replicas have flushed their statistics to Postgres.
+    for replica in &mut replicas {
+        let _ = Command::new("kill")
+            .args(["-TERM", &replica.child.id().to_string()])
+            .status();
+    }
+    for replica in &mut replicas {
+        let _ = replica.child.wait();
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pg_after = measure::pg_counters(admin, database).await?;
+
+    let (span, queue_wait, finish) = latencies(pool).await?;
+    let jobs = scenario.jobs as f64;
+    Ok(Outcome {
+        jobs_per_sec: jobs / span,
+        queue_wait,
+        finish,
+        cpu_seconds_per_1000: cpu_after.saturating_sub(cpu_before).as_secs_f64() / jobs * 1000.0,
+        peak_rss_mib,
+        idle_cpu_percent,
+        transactions_per_job: (pg_after.commits - pg_before.commits) as f64 / jobs,
+        state_commits_per_job: state_commits.map(|c| c / jobs),
+        rows_per_job: rows(pg_before, pg_after) / jobs,
+    })
+}
+
+fn rows(before: PgCounters, after: PgCounters) -> f64 {
+    (after.rows_written - before.rows_written) as f64
+}
+
+fn total_cpu(replicas: &[Replica]) -> Result<Duration> {
+    replicas
+        .iter()
+        .map(|r| measure::cpu_time(r.child.id()))
+        .sum()
+}
+
+async fn wait_consumers(
+    setup: &Setup,
+    topology: &Topology,
+    task: &str,
+    replicas: usize,
+) -> Result<()> {
+    let connection = warren_shared::amqp::connect(&setup.amqp_url, "warren-bench").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let channel = connection.create_channel().await?;
+        let stats = inspect_queue(&channel, &topology.task_queue(task)).await?;
+        if stats.is_some_and(|s| s.consumers as usize >= replicas) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker replicas did not start consuming within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    warren_shared::amqp::close(&connection, "done").await;
+    Ok(())
+}
+
+/// Publishes the scenario's jobs with the Warren producer, keeping up to [`CONFIRM_WINDOW`]
+/// confirms outstanding; at a fixed rate, each job is sent at its due time (open loop: a slow
+/// consumer does not slow the publisher down).
+async fn publish(producer: &Producer, scenario: &Scenario, body: &[u8]) -> Result<()> {
+    let start = tokio::time::Instant::now();
+    let mut pending = VecDeque::with_capacity(CONFIRM_WINDOW);
+    for i in 0..scenario.jobs {
+        if let Some(rate) = scenario.rate {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
+        let options = PublishOptions {
+            message_id: Some(format!("job-{i}")),
+            ..PublishOptions::default()
+        };
+        let (_, confirm) = producer.start_json(scenario.task, body, options).await?;
+        pending.push_back(confirm);
+        if pending.len() >= CONFIRM_WINDOW
+            && let Some(oldest) = pending.pop_front()
+        {
+            oldest.wait().await?;
+        }
+    }
+    for confirm in pending {
+        confirm.wait().await?;
+    }
+    Ok(())
+}
+
+async fn wait_done(pool: &deadpool_postgres::Pool, jobs: usize) -> Result<()> {
+    let client = pool.get().await?;
+    let deadline = Instant::now() + Duration::from_secs(120 + jobs as u64 / 100);
+    loop {
+        let done: i64 = client
+            .query_one("SELECT count(*) FROM runs WHERE status = 'succeeded'", &[])
+            .await?
+            .get(0);
+        if done as usize >= jobs {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {jobs} jobs finished in time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The whole run's span (first publish to last finish, seconds) and the per-job latencies
+/// (milliseconds), from the runs' timestamps.
+async fn latencies(pool: &deadpool_postgres::Pool) -> Result<(f64, Percentiles, Percentiles)> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT extract(epoch FROM started_at - published_at)::float8 * 1000,
+                    extract(epoch FROM finished_at - published_at)::float8 * 1000
+             FROM runs",
+            &[],
+        )
+        .await?;
+    let span: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM max(finished_at) - min(published_at))::float8 FROM runs",
+            &[],
+        )
+        .await?
+        .get(0);
+    let wait = rows.iter().map(|r| r.get::<_, f64>(0)).collect();
+    let finish = rows.iter().map(|r| r.get::<_, f64>(1)).collect();
+    Ok((span, Percentiles::of(wait), Percentiles::of(finish)))
+}
+
+/// Reads one counter (summed over its series) from a replica's `/metrics`.
+fn scrape_counter(port: u16, name: &str) -> Option<f64> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Deletes the scenario's queues and exchanges.
+async fn cleanup(setup: &Setup, topology: &Topology, task: &str) {
+    let Ok(connection) =
+        warren_shared::amqp::connect(&setup.amqp_url, "warren-bench cleanup").await
+    else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        for queue in topology.all_queues([task]) {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        for exchange in topology.all_exchanges() {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
+        }
+    }
+    warren_shared::amqp::close(&connection, "done").await;
+}
