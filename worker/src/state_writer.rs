@@ -17,6 +17,7 @@
 //! retry budget is spent), and [`StateWriter::healthy`] tells the consumers to take no new
 //! messages meanwhile.
 
+use crate::writes::Batchable;
 use deadpool_postgres::{Pool, Transaction};
 use futures::future::{BoxFuture, join_all};
 use std::sync::Arc;
@@ -51,11 +52,28 @@ pub(crate) trait Write: Send + 'static {
         &'a self,
         tx: &'a Transaction<'a>,
     ) -> BoxFuture<'a, Result<Self::Output, StoreError>>;
+
+    /// The write as one of the set-based forms of the hot path, if it has one.
+    fn batchable(&self) -> Option<Batchable<'_>> {
+        None
+    }
+
+    /// Its output once the set-based form has recorded it.
+    fn batched_output(&self) -> Option<Self::Output> {
+        None
+    }
 }
 
 /// A queued write with its reply channel, type-erased so one queue carries every kind.
 trait Queued: Send {
     fn apply<'a>(&'a mut self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), ()>>;
+    fn batchable(&self) -> Option<Batchable<'_>>;
+    /// The set-based form recorded it.
+    fn batched(&mut self);
+    /// Recorded in this transaction already.
+    fn settled(&self) -> bool;
+    /// Forgets what a rolled-back transaction recorded.
+    fn reset(&mut self);
     fn committed(self: Box<Self>);
     fn failed(self: Box<Self>, error: WriteError);
 }
@@ -74,6 +92,22 @@ impl<W: Write> Queued for Entry<W> {
             self.result = Some(result);
             if ok { Ok(()) } else { Err(()) }
         })
+    }
+
+    fn batchable(&self) -> Option<Batchable<'_>> {
+        self.write.batchable()
+    }
+
+    fn batched(&mut self) {
+        self.result = self.write.batched_output().map(Ok);
+    }
+
+    fn settled(&self) -> bool {
+        self.result.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.result = None;
     }
 
     fn committed(self: Box<Self>) {
@@ -254,8 +288,59 @@ async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), Commit
         .map_err(|e| CommitError::Unreachable(e.to_string()))?;
     let tx = client.transaction().await.map_err(CommitError::from_db)?;
     let writes = batch.len() as u64;
-    // The writes are independent: issue them together so tokio-postgres pipelines them.
-    let results = join_all(batch.iter_mut().map(|entry| entry.apply(&tx))).await;
+    batch.iter_mut().for_each(|entry| entry.reset());
+    // The hot path's set-based forms first; a single write takes the plain path, so that its
+    // own error (a conflict, say) reaches it as such.
+    if batch.len() > 1 {
+        let recorded = {
+            let mut claims = Vec::new();
+            let mut steps = Vec::new();
+            for (i, entry) in batch.iter().enumerate() {
+                match entry.batchable() {
+                    Some(Batchable::Claim(run)) => claims.push((i, run)),
+                    Some(Batchable::Step(step)) => steps.push((i, step)),
+                    None => {}
+                }
+            }
+            if claims.is_empty() && steps.is_empty() {
+                Ok(Vec::new())
+            } else {
+                let runs: Vec<_> = claims.iter().map(|(_, run)| *run).collect();
+                let done: Vec<_> = steps.iter().map(|(_, step)| *step).collect();
+                crate::writes::apply_batched(&tx, &runs, &done)
+                    .await
+                    .map(|inserted| {
+                        let claimed = claims
+                            .iter()
+                            .zip(inserted)
+                            .filter(|(_, inserted)| *inserted)
+                            .map(|((i, _), _)| *i);
+                        claimed
+                            .chain(steps.iter().map(|(i, _)| *i))
+                            .collect::<Vec<_>>()
+                    })
+            }
+        };
+        match recorded {
+            Ok(indices) => indices.into_iter().for_each(|i| batch[i].batched()),
+            Err(_) => {
+                let lost = tx.rollback().await.is_err();
+                return Err(if lost {
+                    CommitError::Unreachable("the connection was lost mid-transaction".into())
+                } else {
+                    CommitError::Refused("a write in the batch failed".into())
+                });
+            }
+        }
+    }
+    // The other writes are independent: issue them together so tokio-postgres pipelines them.
+    let results = join_all(
+        batch
+            .iter_mut()
+            .filter(|entry| !entry.settled())
+            .map(|entry| entry.apply(&tx)),
+    )
+    .await;
     if results.iter().any(Result::is_err) {
         // A rollback that fails too means the connection itself is gone.
         let lost = tx.rollback().await.is_err();

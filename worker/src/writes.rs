@@ -58,6 +58,54 @@ impl Write for ClaimRun {
     fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
         Box::pin(async move { store::claim(tx, &self.0.new_run()).await })
     }
+
+    /// A run without an idempotency key to reserve starts in the set-based form when it is new.
+    fn batchable(&self) -> Option<Batchable<'_>> {
+        self.0
+            .idempotency_key
+            .is_none()
+            .then_some(Batchable::Claim(&self.0))
+    }
+
+    fn batched_output(&self) -> Option<Claim> {
+        Some(Claim::Run {
+            attempt_base: 0,
+            checkpoints: Vec::new(),
+        })
+    }
+}
+
+/// A write in one of the set-based forms of the hot path.
+pub(crate) enum Batchable<'a> {
+    /// The first claim of a run that may not exist yet.
+    Claim(&'a RunFields),
+    /// A completed step.
+    Step(&'a CompleteStep),
+}
+
+/// Records a group commit's claims and completed steps in the set-based forms. Returns, for
+/// each claim, whether it started a new run (the others need the full claim).
+pub(crate) async fn apply_batched(
+    tx: &Transaction<'_>,
+    claims: &[&RunFields],
+    steps: &[&CompleteStep],
+) -> Result<Vec<bool>, StoreError> {
+    let inserted = if claims.is_empty() {
+        Vec::new()
+    } else {
+        let runs: Vec<NewRun<'_>> = claims.iter().map(|run| run.new_run()).collect();
+        store::start_new_runs(tx, &runs).await?
+    };
+    if !steps.is_empty() {
+        let reasons: Vec<String> = steps.iter().map(|s| s.reason()).collect();
+        let parts: Vec<(StepDone<'_>, Change<'_>)> = steps
+            .iter()
+            .zip(&reasons)
+            .map(|(step, reason)| step.parts(reason))
+            .collect();
+        store::complete_steps(tx, &parts).await?;
+    }
+    Ok(inserted)
 }
 
 /// How a completed step ends the run, owned.
@@ -81,37 +129,57 @@ pub(crate) struct CompleteStep {
     pub(crate) end: End,
 }
 
+impl CompleteStep {
+    fn reason(&self) -> String {
+        format!("step {} succeeded", self.step)
+    }
+
+    /// The store's view of this write, with `reason` (from [`CompleteStep::reason`]).
+    fn parts<'a>(&'a self, reason: &'a str) -> (StepDone<'a>, Change<'a>) {
+        let end = match &self.end {
+            End::Continue => StepEnd::Continue,
+            End::Succeed => StepEnd::Succeed,
+            End::Halt(outcome) => StepEnd::Halt { outcome },
+            End::Wait(token, until) => StepEnd::Wait {
+                token,
+                until: *until,
+            },
+        };
+        let change = Change {
+            attempt: self.run.attempt,
+            worker: &self.run.worker,
+            reason,
+            step: Some(&self.step),
+            stage: self.stage.as_deref(),
+        };
+        let done = StepDone {
+            run: self.run.id,
+            step: &self.step,
+            position: self.position,
+            output: &self.output,
+            started_at: self.started_at,
+            end,
+        };
+        (done, change)
+    }
+}
+
 impl Write for CompleteStep {
     type Output = ();
     fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let end = match &self.end {
-                End::Continue => StepEnd::Continue,
-                End::Succeed => StepEnd::Succeed,
-                End::Halt(outcome) => StepEnd::Halt { outcome },
-                End::Wait(token, until) => StepEnd::Wait {
-                    token,
-                    until: *until,
-                },
-            };
-            let reason = format!("step {} succeeded", self.step);
-            let change = Change {
-                attempt: self.run.attempt,
-                worker: &self.run.worker,
-                reason: &reason,
-                step: Some(&self.step),
-                stage: self.stage.as_deref(),
-            };
-            let done = StepDone {
-                run: self.run.id,
-                step: &self.step,
-                position: self.position,
-                output: &self.output,
-                started_at: self.started_at,
-                end,
-            };
+            let reason = self.reason();
+            let (done, change) = self.parts(&reason);
             store::complete_step(tx, &done, &change).await
         })
+    }
+
+    fn batchable(&self) -> Option<Batchable<'_>> {
+        Some(Batchable::Step(self))
+    }
+
+    fn batched_output(&self) -> Option<()> {
+        Some(())
     }
 }
 

@@ -4,6 +4,10 @@
 //! Each write checks the state machine ([`crate::state::check`]) and fences on the row's current
 //! status, so a write based on a stale view of a run changes nothing and says so.
 
+mod batch;
+
+pub use batch::{complete_steps, start_new_runs};
+
 use crate::state::{self, IllegalTransition, RunStatus};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -600,15 +604,7 @@ pub async fn complete_step(
             ],
         )
         .await?;
-    // A halting step did not reach its stage: the run stops where it was.
-    let (to, outcome, stage, wake) = match done.end {
-        StepEnd::Continue => (RunStatus::Running, None, change.stage, None),
-        StepEnd::Succeed => (RunStatus::Succeeded, None, change.stage, None),
-        StepEnd::Halt { outcome } => (RunStatus::Halted, Some(outcome), None, None),
-        StepEnd::Wait { token, until } => {
-            (RunStatus::Waiting, None, change.stage, Some((token, until)))
-        }
-    };
+    let (to, outcome, stage, wake) = step_end(done.end, change.stage);
     let update = client
         .prepare_cached(
             "UPDATE runs SET status = $2, stage = coalesce($3, stage), outcome = $4,
@@ -649,17 +645,40 @@ pub async fn complete_step(
     .await?;
     if to != RunStatus::Running {
         let end = Change {
-            reason: match done.end {
-                StepEnd::Halt { outcome } => outcome,
-                StepEnd::Wait { .. } => "waiting",
-                _ => "all steps succeeded",
-            },
+            reason: end_reason(done.end),
             stage: None,
             ..*change
         };
         log_transition(client, done.run, Some(RunStatus::Running), to, &end).await?;
     }
     Ok(())
+}
+
+/// What a completed step makes of its run: the run's new status, its outcome, the stage it
+/// reaches (a halting step did not reach its stage: the run stops where it was), and the wait.
+type RunAfterStep<'a> = (
+    RunStatus,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<(&'a str, DateTime<Utc>)>,
+);
+
+fn step_end<'a>(end: StepEnd<'a>, stage: Option<&'a str>) -> RunAfterStep<'a> {
+    match end {
+        StepEnd::Continue => (RunStatus::Running, None, stage, None),
+        StepEnd::Succeed => (RunStatus::Succeeded, None, stage, None),
+        StepEnd::Halt { outcome } => (RunStatus::Halted, Some(outcome), None, None),
+        StepEnd::Wait { token, until } => (RunStatus::Waiting, None, stage, Some((token, until))),
+    }
+}
+
+/// The reason logged when a step ends its run.
+fn end_reason(end: StepEnd<'_>) -> &str {
+    match end {
+        StepEnd::Halt { outcome } => outcome,
+        StepEnd::Wait { .. } => "waiting",
+        _ => "all steps succeeded",
+    }
 }
 
 /// A failure to record: the error class and where it happened.
