@@ -16,7 +16,7 @@ use crate::step::{ErrorClass, Outbox, StepError, StepOutcome, code};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
 use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::writes::{
-    ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, RunFields,
+    ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, ReleaseRun, RunFields,
 };
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -179,8 +179,18 @@ impl Executor {
                     started: Instant::now(),
                     attempt_base,
                 };
-                self.run_steps(delivery, &attempt, &input, checkpoints)
-                    .await
+                let result = self
+                    .run_steps(delivery, &attempt, &input, checkpoints)
+                    .await;
+                if result.is_err() {
+                    // The message goes back: let the next replica take the run over at once.
+                    // Best effort; without it, the run waits for this replica to get the
+                    // message again or for its lease to lapse.
+                    if let Err(e) = self.writer.write(ReleaseRun(Arc::clone(&run))).await {
+                        tracing::debug!(run = %run.id, error = %e, "could not release the run");
+                    }
+                }
+                result
             }
             Claim::Finished {
                 status,

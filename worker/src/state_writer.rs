@@ -213,6 +213,18 @@ async fn run(
             tracing::info!("Postgres reachable again: consuming");
             let _ = health.send(true);
         }
+        if let Err(CommitError::Ambiguous(reason)) = &outcome {
+            // The transaction may have committed: applying it again would record its writes
+            // twice. Its runs hand their messages back instead, and their redeliveries find
+            // whatever Postgres holds (a committed checkpoint is never run again).
+            tracing::warn!(%reason, size, "commit outcome unknown; the batch's messages go back to the queue");
+            let error =
+                WriteError::Unavailable(format!("the commit's outcome is unknown: {reason}"));
+            batch
+                .drain(..)
+                .for_each(|entry| entry.failed(error.clone_for_reply()));
+            continue;
+        }
         match outcome.map_err(|e| WriteError::Unavailable(e.to_string())) {
             Ok(()) => batch.drain(..).for_each(|entry| entry.committed()),
             Err(error) if size == 1 => {
@@ -259,6 +271,10 @@ enum CommitError {
     /// Postgres could not be reached or dropped the connection: try the same batch again later.
     #[error("{0}")]
     Unreachable(String),
+    /// The connection was lost during the COMMIT itself: the transaction may or may not have
+    /// committed, so it must not be applied again.
+    #[error("{0}")]
+    Ambiguous(String),
     /// Postgres refused a write: commit the writes one by one to find it.
     #[error("{0}")]
     Refused(String),
@@ -350,7 +366,12 @@ async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), Commit
             CommitError::Refused("a write in the batch failed".into())
         });
     }
-    tx.commit().await.map_err(CommitError::from_db)?;
+    tx.commit()
+        .await
+        .map_err(|e| match CommitError::from_db(e) {
+            CommitError::Unreachable(reason) => CommitError::Ambiguous(reason),
+            other => other,
+        })?;
     metrics::counter!(names::STATE_COMMITS).increment(1);
     metrics::counter!(names::STATE_WRITES).increment(writes);
     Ok(())

@@ -236,6 +236,16 @@ impl Write for DeadOnArrival {
 /// The task's failure handler ran for the run's death.
 pub(crate) struct MarkFailureHandled(pub(crate) Uuid);
 
+/// The replica hands the run's message back: give up ownership (see `store::release_run`).
+pub(crate) struct ReleaseRun(pub(crate) Arc<RunFields>);
+
+impl Write for ReleaseRun {
+    type Output = ();
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(store::release_run(tx, self.0.id, &self.0.worker))
+    }
+}
+
 impl Write for MarkFailureHandled {
     type Output = ();
     fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), StoreError>> {

@@ -140,17 +140,15 @@ pub async fn complete_steps(
     }
     let upsert = client
         .prepare_cached(
-            "INSERT INTO run_steps (run_id, step, position, status, attempt, output, worker,
-                                    started_at, finished_at)
-             SELECT run_id, step, position, status, attempt, output, worker, started_at, now()
-             FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::jsonb[],
-                         $7::text[], $8::timestamptz[])
-                  AS u(run_id, step, position, status, attempt, output, worker, started_at)
-             ON CONFLICT (run_id, step) DO UPDATE SET
-                status = excluded.status, attempt = excluded.attempt, output = excluded.output,
-                worker = excluded.worker, started_at = excluded.started_at,
-                finished_at = excluded.finished_at, error_code = NULL, error_message = NULL,
-                executions = run_steps.executions + 1",
+            concat!(
+                "INSERT INTO run_steps (run_id, step, position, status, attempt, output, worker,
+                                        started_at, finished_at)
+                 SELECT run_id, step, position, status, attempt, output, worker, started_at, now()
+                 FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::jsonb[],
+                             $7::text[], $8::timestamptz[])
+                      AS u(run_id, step, position, status, attempt, output, worker, started_at) ",
+                step_checkpoint_upsert!()
+            ),
         )
         .await?;
     client

@@ -4,6 +4,18 @@
 //! Each write checks the state machine ([`crate::state::check`]) and fences on the row's current
 //! status, so a write based on a stale view of a run changes nothing and says so.
 
+/// What a step's checkpoint row becomes when it already exists (the step ran again before its
+/// checkpoint committed, or after a failed attempt): shared by the one-write and set-based forms.
+macro_rules! step_checkpoint_upsert {
+    () => {
+        "ON CONFLICT (run_id, step) DO UPDATE SET
+            status = excluded.status, attempt = excluded.attempt, output = excluded.output,
+            worker = excluded.worker, started_at = excluded.started_at,
+            finished_at = excluded.finished_at, error_code = NULL, error_message = NULL,
+            executions = run_steps.executions + 1"
+    };
+}
+
 mod batch;
 
 pub use batch::{complete_steps, start_new_runs};
@@ -580,13 +592,11 @@ pub async fn complete_step(
     };
     let upsert = client
         .prepare_cached(
-            "INSERT INTO run_steps (run_id, step, position, status, attempt, output, worker, started_at, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
-             ON CONFLICT (run_id, step) DO UPDATE SET
-                status = excluded.status, attempt = excluded.attempt, output = excluded.output,
-                worker = excluded.worker, started_at = excluded.started_at,
-                finished_at = excluded.finished_at, error_code = NULL, error_message = NULL,
-                executions = run_steps.executions + 1",
+            concat!(
+                "INSERT INTO run_steps (run_id, step, position, status, attempt, output, worker, started_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) ",
+                step_checkpoint_upsert!()
+            ),
         )
         .await?;
     client
@@ -779,6 +789,23 @@ pub async fn fail_run(
         });
     }
     log_transition(client, run, Some(RunStatus::Running), to, change).await
+}
+
+/// A replica that hands a claimed run's message back (it could not record or send what the run
+/// did) gives up its ownership, so that whichever replica the message reaches next takes the
+/// run over at once instead of waiting for this live replica's lease to run out.
+pub async fn release_run(
+    client: &impl GenericClient,
+    run: Uuid,
+    worker: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE runs SET worker = NULL WHERE id = $1 AND worker = $2 AND status = 'running'",
+            &[&run, &worker],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Records that the task's failure handler ran for the run's current death.
