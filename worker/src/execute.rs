@@ -167,7 +167,16 @@ impl Executor {
         };
 
         let _exclusive = self.run_locks.lock(run.id).await;
-        match self.claim(&run).await? {
+        let claimed = match self.claim(&run).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // The claim may have committed after all (its commit's outcome unknown): do
+                // not keep a run this replica is not going to work on.
+                self.release(&run).await;
+                return Err(e);
+            }
+        };
+        match claimed {
             Claim::Run {
                 attempt_base,
                 checkpoints,
@@ -183,12 +192,7 @@ impl Executor {
                     .run_steps(delivery, &attempt, &input, checkpoints)
                     .await;
                 if result.is_err() {
-                    // The message goes back: let the next replica take the run over at once.
-                    // Best effort; without it, the run waits for this replica to get the
-                    // message again or for its lease to lapse.
-                    if let Err(e) = self.writer.write(ReleaseRun(Arc::clone(&run))).await {
-                        tracing::debug!(run = %run.id, error = %e, "could not release the run");
-                    }
+                    self.release(&run).await;
                 }
                 result
             }
@@ -232,6 +236,15 @@ impl Executor {
                 self.send_later(BUSY_RECHECK, &delivery.data, properties)
                     .await
             }
+        }
+    }
+
+    /// The message goes back to the queue: give up the run, so that the next replica takes it
+    /// over at once. Best effort; without it, the run waits for this replica to get the
+    /// message again or for its lease to lapse.
+    async fn release(&self, run: &Arc<RunFields>) {
+        if let Err(e) = self.writer.write(ReleaseRun(Arc::clone(run))).await {
+            tracing::debug!(run = %run.id, error = %e, "could not release the run");
         }
     }
 
@@ -376,8 +389,8 @@ impl Executor {
     }
 
     /// Publishes the events a step emitted, pipelined, and waits for every confirm. Each gets
-    /// the message id `{run}/{step}/{n}`, so a step executed again publishes the same ids and
-    /// the downstream tasks make one run of each. An event no task listens to fails the step
+    /// the message id `{run}/{step}/{event}/{n}` (the n-th of that event by the step), so a step
+    /// executed again publishes the same ids and the downstream tasks make one run of each. An event no task listens to fails the step
     /// (not retryable: a retry cannot create the listener); a broker failure hands the message
     /// back, and the step runs again.
     async fn publish_emitted(
@@ -394,9 +407,12 @@ impl Executor {
         let trace = trace_context::of_span(span);
         let exchange = self.topology.events_exchange();
         let mut pending = Vec::with_capacity(emitted.len());
-        for (n, event) in emitted.iter().enumerate() {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for event in &emitted {
+            let n = seen.entry(event.event.as_str()).or_default();
             let mut outgoing = Outgoing::new();
-            outgoing.message_id = format!("{}/{}/{n}", run.id, step.name);
+            outgoing.message_id = format!("{}/{}/{}/{n}", run.id, step.name, event.event);
+            *n += 1;
             outgoing.tenant = run.tenant.clone();
             if let Some(trace) = &trace {
                 outgoing.traceparent = Some(trace.traceparent.clone());

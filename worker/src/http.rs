@@ -5,7 +5,6 @@
 //! Liveness deliberately ignores the broker and the database: a replica waiting for them to come
 //! back is healthy, and restarting it would not bring them back sooner.
 
-use crate::state_writer::StateWriter;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -14,6 +13,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use warren_shared::metrics as names;
 
@@ -21,15 +21,16 @@ use warren_shared::metrics as names;
 pub(crate) struct Health {
     consuming: AtomicBool,
     draining: AtomicBool,
-    writer: StateWriter,
+    /// The state writer's view of Postgres (not the writer itself, which must be free to stop).
+    database: watch::Receiver<bool>,
 }
 
 impl Health {
-    pub(crate) fn new(writer: StateWriter) -> Self {
+    pub(crate) fn new(database: watch::Receiver<bool>) -> Self {
         Health {
             consuming: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            writer,
+            database,
         }
     }
 
@@ -46,7 +47,7 @@ impl Health {
     pub(crate) fn ready(&self) -> bool {
         self.consuming.load(Ordering::Relaxed)
             && !self.draining.load(Ordering::Relaxed)
-            && self.writer.is_healthy()
+            && *self.database.borrow()
     }
 }
 

@@ -35,11 +35,13 @@ pub(crate) async fn poll(
                 ),
             ] {
                 if channel.is_none() {
-                    channel = connection.create_channel().await.ok();
+                    channel = bounded(&stop, connection.create_channel())
+                        .await
+                        .and_then(Result::ok);
                 }
                 let Some(open) = &channel else { break };
-                match inspect_queue(open, &queue).await {
-                    Ok(Some(stats)) => {
+                match bounded(&stop, inspect_queue(open, &queue)).await {
+                    Some(Ok(Some(stats))) => {
                         metrics::gauge!(depth, "task" => task.clone())
                             .set(f64::from(stats.messages));
                         if let Some(consumers) = consumers {
@@ -48,7 +50,7 @@ pub(crate) async fn poll(
                         }
                     }
                     // A missing queue closed the channel; open another next time.
-                    Ok(None) | Err(_) => channel = None,
+                    _ => channel = None,
                 }
             }
         }
@@ -57,7 +59,17 @@ pub(crate) async fn poll(
             _ = tokio::time::sleep(POLL_EVERY) => {}
         }
     }
+    // (The channel, if any, is closed below; the session closes the connection.)
     if let Some(channel) = channel {
         warren_shared::amqp::close_channel(&channel, "done").await;
+    }
+}
+
+/// Awaits `work` unless the session stops or the broker takes longer than a poll interval to
+/// answer: a poller must never keep a dead session's connection alive.
+async fn bounded<T>(stop: &CancellationToken, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        result = tokio::time::timeout(POLL_EVERY, work) => result.ok(),
     }
 }

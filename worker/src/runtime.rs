@@ -202,7 +202,7 @@ impl Worker {
                 (task.id().to_owned(), Arc::new(Semaphore::new(concurrency)))
             })
             .collect();
-        let health = Arc::new(Health::new(writer.clone()));
+        let health = Arc::new(Health::new(writer.health()));
         let shared = Arc::new(Shared {
             worker_id: Arc::from(config.worker_id.as_str()),
             config,

@@ -157,9 +157,10 @@ impl StateWriter {
         (StateWriter { queue, healthy }, task)
     }
 
-    /// Is Postgres reachable, as far as the last commit knows?
-    pub(crate) fn is_healthy(&self) -> bool {
-        *self.healthy.borrow()
+    /// Whether Postgres is reachable, as far as the last commit knows, for readers that must
+    /// not keep the writer alive (the writer stops when the last `StateWriter` is dropped).
+    pub(crate) fn health(&self) -> watch::Receiver<bool> {
+        self.healthy.clone()
     }
 
     /// Returns once Postgres is reachable (at once, unless the last commit found it down).
@@ -298,13 +299,14 @@ impl CommitError {
 
 /// Applies every write of the batch in one transaction and commits it.
 async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), CommitError> {
+    // Whatever an earlier, rolled-back try recorded is void.
+    batch.iter_mut().for_each(|entry| entry.reset());
     let mut client = pool
         .get()
         .await
         .map_err(|e| CommitError::Unreachable(e.to_string()))?;
     let tx = client.transaction().await.map_err(CommitError::from_db)?;
     let writes = batch.len() as u64;
-    batch.iter_mut().for_each(|entry| entry.reset());
     // The hot path's set-based forms first; a single write takes the plain path, so that its
     // own error (a conflict, say) reaches it as such.
     if batch.len() > 1 {

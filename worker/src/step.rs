@@ -81,8 +81,10 @@ impl<I> StepContext<I> {
         }
     }
 
-    /// Publishes `payload` as event `event` once this step succeeds (see the protocol doc for
-    /// the message id it gets: `{run id}/{step}/{n}`, stable across re-executions). The run's
+    /// Publishes `payload` as event `event` once this step succeeds. Its message id,
+    /// `{run id}/{step}/{event}/{n}` (the n-th `event` this step emits), is the same when the
+    /// step runs again, so downstream tasks make one run of it: emit the same events in the
+    /// same order each time (the protocol doc has the details). The run's
     /// trace context goes with it, so the downstream run joins the same trace.
     pub fn emit<T: serde::Serialize + ?Sized>(
         &self,
