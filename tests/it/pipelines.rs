@@ -234,3 +234,91 @@ async fn an_idempotency_key_makes_one_run_unless_that_run_died() {
     );
     worker.shutdown().await.unwrap();
 }
+
+/// Under load, the group commit records many runs per transaction with its set-based writes.
+/// The trail each run leaves must be the one it leaves alone (one write per transaction): the
+/// same transitions in the same order, the same checkpoints, the same ending.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_recorded_together_leave_the_trail_they_leave_alone() {
+    let env = TestEnv::new().await;
+    let mut config = env.worker_config();
+    config.concurrency = Some(64);
+    let worker = env.start_worker_with(config, demo::registry()).await;
+    let producer = env.producer().await;
+    let low = json!({ "transcript_quality": "low" });
+
+    // The trails of a run that succeeds and one that halts, each recorded on its own.
+    let mut alone = Vec::new();
+    for (id, extra) in [("alone-ok", json!({})), ("alone-low", low.clone())] {
+        let options = PublishOptions {
+            message_id: Some(id.into()),
+            ..PublishOptions::default()
+        };
+        producer
+            .publish(video::TASK, &video_payload(extra), options)
+            .await
+            .unwrap();
+        alone.push(trail(&env.wait_finished(id).await));
+    }
+
+    // 120 more at once, a quarter of them halting.
+    let mut pending = Vec::new();
+    for i in 0..120 {
+        let extra = if i % 4 == 0 { low.clone() } else { json!({}) };
+        let options = PublishOptions {
+            message_id: Some(format!("together-{i}")),
+            ..PublishOptions::default()
+        };
+        let body = serde_json::to_vec(&video_payload(extra)).unwrap();
+        pending.push(
+            producer
+                .start_json(video::TASK, &body, options)
+                .await
+                .unwrap()
+                .1,
+        );
+    }
+    for confirm in pending {
+        confirm.wait().await.unwrap();
+    }
+    env.wait_for_finished_runs(122, std::time::Duration::from_secs(60))
+        .await;
+
+    for i in 0..120 {
+        let run = env.wait_finished(&format!("together-{i}")).await;
+        let expected = &alone[usize::from(i % 4 == 0)];
+        assert_eq!(&trail(&run), expected, "run together-{i}");
+    }
+    // And they were recorded together: fewer transactions wrote the checkpoints than there are.
+    let client = env.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT s.xmin::text) FROM run_steps s JOIN runs r ON r.id = s.run_id
+             WHERE r.message_id LIKE 'together-%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (checkpoints, transactions): (i64, i64) = (row.get(0), row.get(1));
+    assert!(
+        transactions < checkpoints,
+        "{checkpoints} checkpoints in {transactions} transactions: nothing was batched"
+    );
+    worker.shutdown().await.unwrap();
+}
+
+/// What a run leaves in Postgres, without times and ids: its status, outcome and stage, its
+/// checkpoints, and its transitions in order.
+fn trail(run: &warren_shared::store::RunDetail) -> serde_json::Value {
+    json!({
+        "status": run.summary.status,
+        "outcome": run.summary.outcome,
+        "stage": run.summary.stage,
+        "steps": run.steps.iter().map(|s| (&s.step, &s.status, s.executions)).collect::<Vec<_>>(),
+        "transitions": run
+            .transitions
+            .iter()
+            .map(|t| json!([t.from_status, t.to_status, t.stage, t.step, t.attempt, t.reason]))
+            .collect::<Vec<_>>(),
+    })
+}

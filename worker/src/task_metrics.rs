@@ -104,20 +104,21 @@ impl TaskMetrics {
             .position(|e| *e == end)
             .unwrap_or_default();
         self.run_duration[index].record(took.as_secs_f64());
-        let detail = detail.unwrap_or("").to_owned();
+        // Labelled by a detail: looked up per call, which the common case (success) skips.
+        let detail = || detail.unwrap_or("").to_owned();
         match end {
             AttemptEnd::Succeeded => self.succeeded.increment(1),
             AttemptEnd::Halted => {
-                counter!(names::RUNS_HALTED, "task" => self.task.clone(), "outcome" => detail)
+                counter!(names::RUNS_HALTED, "task" => self.task.clone(), "outcome" => detail())
                     .increment(1);
             }
             AttemptEnd::Waiting => {}
             AttemptEnd::Retried => {
-                self.failed(&detail);
-                counter!(names::RUNS_RETRIED, "task" => self.task.clone(), "reason" => detail)
+                self.failed(&detail());
+                counter!(names::RUNS_RETRIED, "task" => self.task.clone(), "reason" => detail())
                     .increment(1);
             }
-            AttemptEnd::Dead => self.failed(&detail),
+            AttemptEnd::Dead => self.failed(&detail()),
         }
     }
 
