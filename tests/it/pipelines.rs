@@ -35,6 +35,12 @@ async fn video_process_reaches_every_stage_in_order() {
         .collect();
     assert_eq!(statuses.first(), Some(&(None, "running")));
     assert_eq!(statuses.last(), Some(&(Some("running"), "succeeded")));
+    // One transition per step; the last step's is the run's success.
+    assert_eq!(statuses.len(), 1 + video::STAGES.len());
+    assert_eq!(
+        run.transitions.last().and_then(|t| t.step.as_deref()),
+        run.steps.last().map(|s| s.step.as_str())
+    );
     assert_eq!(run.steps.len(), 7);
     assert!(
         run.steps
@@ -86,9 +92,23 @@ async fn a_low_quality_transcript_halts_with_needs_user_input() {
             ("transcribe", "halted")
         ]
     );
+    // The halting step's one transition ends the run and names no stage.
+    let last = run.transitions.last().map(|t| {
+        (
+            t.to_status.as_str(),
+            t.step.as_deref(),
+            t.stage.as_deref(),
+            t.reason.as_deref(),
+        )
+    });
     assert_eq!(
-        run.transitions.last().map(|t| t.to_status.as_str()),
-        Some("halted")
+        last,
+        Some((
+            "halted",
+            Some("transcribe"),
+            None,
+            Some(video::NEEDS_USER_INPUT)
+        ))
     );
     assert!(env.take_dead_letters(video::TASK).await.is_empty());
     worker.shutdown().await.unwrap();

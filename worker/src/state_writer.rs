@@ -1,14 +1,19 @@
 //! Group commit: the state writes of many concurrent runs share one Postgres transaction.
 //!
-//! Every run hands its writes (claim, step checkpoint, failure) to one writer task and awaits the
-//! commit. The writer takes whatever has queued up while the previous transaction committed, up
-//! to a batch limit, and commits it as one transaction. At low load a batch is a single write and
-//! nothing waits for company; at high load one commit serves hundreds of runs. A message is acked
-//! only after the batch holding its write has committed.
+//! Every run hands its writes (claim, step checkpoint, failure) to one writer and awaits the
+//! commit. A committer takes whatever has queued up, up to a batch limit, applies it in one
+//! transaction and commits it. At low load a batch is a single write and nothing waits for
+//! company; at high load one commit serves hundreds of runs. A message is acked only after the
+//! batch holding its write has committed.
 //!
-//! A few committers share the queue, each with its own connection: while one transaction is on
-//! its way to the disk, the next batch is already being applied on another backend. Writes of
-//! one run never race each other (a run awaits each write before it makes the next).
+//! A few committers, each with its own connection, take turns: the committer holding the turn
+//! takes a batch and keeps the turn until its statements are applied, then hands it on while
+//! its commit travels to the disk. So commits overlap the next batch's work, but batches are
+//! applied one at a time, each holding everything that queued up during the one before: the
+//! busier the worker, the larger the batches and the fewer the transactions (one per hundreds
+//! of writes at full load, where committers that each grabbed what was there made one per
+//! dozen and spent Postgres's time on per-transaction overhead). Writes of one run never race
+//! each other (a run awaits each write before it makes the next).
 //!
 //! If a batch fails, each of its writes is retried alone, so one bad write fails only its own run.
 //!
@@ -28,7 +33,8 @@ use warren_shared::store::StoreError;
 /// The most writes one transaction carries.
 pub(crate) const MAX_BATCH: usize = 512;
 
-/// Transactions in progress at once (each on its own pooled connection).
+/// Committers taking turns (each on its own pooled connection): one applying a batch, the
+/// others committing theirs.
 pub(crate) const COMMITTERS: usize = 3;
 
 /// Why a write did not commit.
@@ -190,15 +196,17 @@ async fn run(
 ) {
     let mut batch: Vec<Box<dyn Queued>> = Vec::with_capacity(MAX_BATCH);
     loop {
-        // Whoever holds the receiver takes what has queued up; the others are committing.
-        let taken = receiver.lock().await.recv_many(&mut batch, MAX_BATCH).await;
-        if taken == 0 {
+        // Whoever holds the receiver takes what has queued up, and keeps it (the turn) until
+        // its batch's statements are applied.
+        let mut queue = receiver.lock().await;
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
             break;
         }
+        let mut turn = Some(queue);
         let size = batch.len();
         let mut pause = OUTAGE_FIRST_PAUSE;
         let outcome = loop {
-            match commit(&pool, &mut batch).await {
+            match commit(&pool, &mut batch, turn.take()).await {
                 Err(CommitError::Unreachable(reason)) => {
                     if *health.borrow() {
                         tracing::error!(%reason, "Postgres unreachable: holding {size} write(s) and pausing consumption");
@@ -237,7 +245,7 @@ async fn run(
                 tracing::debug!(size, %error, "batch failed; committing its writes one by one");
                 for entry in batch.drain(..) {
                     let mut single = vec![entry];
-                    match commit(&pool, &mut single)
+                    match commit(&pool, &mut single, None)
                         .await
                         .map_err(|e| WriteError::Unavailable(e.to_string()))
                     {
@@ -297,8 +305,16 @@ impl CommitError {
     }
 }
 
-/// Applies every write of the batch in one transaction and commits it.
-async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), CommitError> {
+/// The receiver, held by the committer whose turn it is to take a batch.
+type Turn<'a> = tokio::sync::MutexGuard<'a, mpsc::UnboundedReceiver<Box<dyn Queued>>>;
+
+/// Applies every write of the batch in one transaction and commits it, handing the `turn` on
+/// once the statements are applied (before the commit's round trip and flush).
+async fn commit(
+    pool: &Pool,
+    batch: &mut [Box<dyn Queued>],
+    turn: Option<Turn<'_>>,
+) -> Result<(), CommitError> {
     // Whatever an earlier, rolled-back try recorded is void.
     batch.iter_mut().for_each(|entry| entry.reset());
     let mut client = pool
@@ -307,59 +323,59 @@ async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), Commit
         .map_err(|e| CommitError::Unreachable(e.to_string()))?;
     let tx = client.transaction().await.map_err(CommitError::from_db)?;
     let writes = batch.len() as u64;
-    // The hot path's set-based forms first; a single write takes the plain path, so that its
-    // own error (a conflict, say) reaches it as such.
-    if batch.len() > 1 {
-        let recorded = {
-            let mut claims = Vec::new();
-            let mut steps = Vec::new();
-            for (i, entry) in batch.iter().enumerate() {
-                match entry.batchable() {
-                    Some(Batchable::Claim(run)) => claims.push((i, run)),
-                    Some(Batchable::Step(step)) => steps.push((i, step)),
-                    None => {}
-                }
-            }
-            if claims.is_empty() && steps.is_empty() {
-                Ok(Vec::new())
-            } else {
-                let runs: Vec<_> = claims.iter().map(|(_, run)| *run).collect();
-                let done: Vec<_> = steps.iter().map(|(_, step)| *step).collect();
-                crate::writes::apply_batched(&tx, &runs, &done)
-                    .await
-                    .map(|inserted| {
-                        let claimed = claims
-                            .iter()
-                            .zip(inserted)
-                            .filter(|(_, inserted)| *inserted)
-                            .map(|((i, _), _)| *i);
-                        claimed
-                            .chain(steps.iter().map(|(i, _)| *i))
-                            .collect::<Vec<_>>()
-                    })
-            }
-        };
-        match recorded {
-            Ok(indices) => indices.into_iter().for_each(|i| batch[i].batched()),
-            Err(_) => {
-                let lost = tx.rollback().await.is_err();
-                return Err(if lost {
-                    CommitError::Unreachable("the connection was lost mid-transaction".into())
-                } else {
-                    CommitError::Refused("a write in the batch failed".into())
-                });
+    // Every write at once, so that tokio-postgres pipelines the statements: the hot path's
+    // set-based forms, and the plain form for the rest. A single write takes the plain path, so
+    // that its own error (a conflict, say) reaches it as such.
+    let sets = batch.len() > 1;
+    let (recorded, mut failed) = {
+        let (set_based, mut plain): (Vec<_>, Vec<_>) = batch
+            .iter_mut()
+            .enumerate()
+            .partition(|(_, entry)| sets && entry.batchable().is_some());
+        let mut claims = Vec::new();
+        let mut steps = Vec::new();
+        for (i, entry) in &set_based {
+            match entry.batchable() {
+                Some(Batchable::Claim(run)) => claims.push((*i, run)),
+                Some(Batchable::Step(step)) => steps.push((*i, step)),
+                None => {}
             }
         }
+        let runs: Vec<_> = claims.iter().map(|(_, run)| *run).collect();
+        let done: Vec<_> = steps.iter().map(|(_, step)| *step).collect();
+        let (recorded, plain_results) = futures::join!(
+            crate::writes::apply_batched(&tx, &runs, &done),
+            join_all(plain.iter_mut().map(|(_, entry)| entry.apply(&tx))),
+        );
+        // The entries the set-based forms recorded: new runs' claims, and every step.
+        let recorded = recorded.map(|inserted| {
+            let claimed = claims
+                .iter()
+                .zip(inserted)
+                .filter(|(_, inserted)| *inserted)
+                .map(|((i, _), _)| *i);
+            claimed
+                .chain(steps.iter().map(|(i, _)| *i))
+                .collect::<Vec<_>>()
+        });
+        (recorded, plain_results.iter().any(Result::is_err))
+    };
+    match recorded {
+        Ok(indices) => indices.into_iter().for_each(|i| batch[i].batched()),
+        Err(_) => failed = true,
     }
-    // The other writes are independent: issue them together so tokio-postgres pipelines them.
-    let results = join_all(
-        batch
-            .iter_mut()
-            .filter(|entry| !entry.settled())
-            .map(|entry| entry.apply(&tx)),
-    )
-    .await;
-    if results.iter().any(Result::is_err) {
+    if !failed {
+        // Claims whose run was there already take the full claim.
+        let results = join_all(
+            batch
+                .iter_mut()
+                .filter(|entry| !entry.settled())
+                .map(|entry| entry.apply(&tx)),
+        )
+        .await;
+        failed = results.iter().any(Result::is_err);
+    }
+    if failed {
         // A rollback that fails too means the connection itself is gone.
         let lost = tx.rollback().await.is_err();
         return Err(if lost {
@@ -368,6 +384,7 @@ async fn commit(pool: &Pool, batch: &mut [Box<dyn Queued>]) -> Result<(), Commit
             CommitError::Refused("a write in the batch failed".into())
         });
     }
+    drop(turn);
     tx.commit()
         .await
         .map_err(|e| match CommitError::from_db(e) {

@@ -83,28 +83,36 @@ pub(crate) enum Batchable<'a> {
     Step(&'a CompleteStep),
 }
 
-/// Records a group commit's claims and completed steps in the set-based forms. Returns, for
-/// each claim, whether it started a new run (the others need the full claim).
+/// Records a group commit's claims and completed steps in the set-based forms, the two
+/// statements pipelined. Returns, for each claim, whether it started a new run (the others
+/// need the full claim).
 pub(crate) async fn apply_batched(
     tx: &Transaction<'_>,
     claims: &[&RunFields],
     steps: &[&CompleteStep],
 ) -> Result<Vec<bool>, StoreError> {
-    let inserted = if claims.is_empty() {
-        Vec::new()
-    } else {
-        let runs: Vec<NewRun<'_>> = claims.iter().map(|run| run.new_run()).collect();
-        store::start_new_runs(tx, &runs).await?
+    let runs: Vec<NewRun<'_>> = claims.iter().map(|run| run.new_run()).collect();
+    let reasons: Vec<String> = steps.iter().map(|s| s.reason()).collect();
+    let parts: Vec<(StepDone<'_>, Change<'_>)> = steps
+        .iter()
+        .zip(&reasons)
+        .map(|(step, reason)| step.parts(reason))
+        .collect();
+    let start = async {
+        if runs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            store::start_new_runs(tx, &runs).await
+        }
     };
-    if !steps.is_empty() {
-        let reasons: Vec<String> = steps.iter().map(|s| s.reason()).collect();
-        let parts: Vec<(StepDone<'_>, Change<'_>)> = steps
-            .iter()
-            .zip(&reasons)
-            .map(|(step, reason)| step.parts(reason))
-            .collect();
-        store::complete_steps(tx, &parts).await?;
-    }
+    let complete = async {
+        if parts.is_empty() {
+            Ok(())
+        } else {
+            store::complete_steps(tx, &parts).await
+        }
+    };
+    let (inserted, ()) = futures::try_join!(start, complete)?;
     Ok(inserted)
 }
 

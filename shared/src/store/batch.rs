@@ -1,7 +1,9 @@
 //! Set-based forms of the two hottest writes, for a group commit that carries many of them: the
-//! first claim of a new run, and a completed step. Each is a handful of statements over arrays
-//! (`unnest`) whatever the batch size, where the one-write forms cost several statements per
-//! run; Postgres's per-statement overhead was most of its time at full load.
+//! first claim of a new run, and a completed step. Each is one statement over arrays (`unnest`,
+//! with data-modifying `WITH` clauses for the rows it writes in several tables) whatever the
+//! batch size, where the one-write forms cost several statements per run: Postgres's
+//! per-statement overhead was most of its time at full load, and every statement is a round
+//! trip the batch waits for.
 //!
 //! They do exactly what [`super::claim`] (for a run that does not exist yet) and
 //! [`super::complete_step`] do, row for row. Anything unusual falls back to those: a claim that
@@ -11,16 +13,16 @@
 use super::{Change, NewRun, StepDone, StepEnd, StoreError};
 use crate::state::{self, RunStatus};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::Transaction;
 use std::collections::HashSet;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
 /// Inserts the runs that do not exist yet as `running`, with their first transition. Returns,
 /// for each, whether it was inserted; the others need the full [`super::claim`]. Runs with an
 /// idempotency key must go through [`super::claim`].
 pub async fn start_new_runs(
-    client: &impl GenericClient,
+    tx: &Transaction<'_>,
     runs: &[NewRun<'_>],
 ) -> Result<Vec<bool>, StoreError> {
     state::check(None, RunStatus::Running)?;
@@ -34,20 +36,27 @@ pub async fn start_new_runs(
     let tenants: Vec<Option<&str>> = runs.iter().map(|r| r.tenant).collect();
     let workers: Vec<&str> = runs.iter().map(|r| r.worker).collect();
     let published: Vec<Option<DateTime<Utc>>> = runs.iter().map(|r| r.published_at).collect();
-    let insert = client
+    // Nothing here reads a table, so the plan Postgres caches for the statement cannot go stale.
+    let insert = tx
         .prepare_cached(
-            "INSERT INTO runs (id, message_id, task, event, status, attempt, input, tenant, worker,
-                               published_at, started_at)
-             SELECT id, message_id, task, event, 'running', attempt, input, tenant, worker,
-                    published_at, now()
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::jsonb[],
-                         $7::text[], $8::text[], $9::timestamptz[])
-                  AS u(id, message_id, task, event, attempt, input, tenant, worker, published_at)
-             ON CONFLICT (id) DO NOTHING
-             RETURNING id",
+            "WITH started AS (
+                 INSERT INTO runs (id, message_id, task, event, status, attempt, input, tenant,
+                                   worker, published_at, started_at)
+                 SELECT id, message_id, task, event, 'running', attempt, input, tenant, worker,
+                        published_at, now()
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                             $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[])
+                      AS u(id, message_id, task, event, attempt, input, tenant, worker, published_at)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id, attempt, worker
+             ), logged AS (
+                 INSERT INTO run_transitions (run_id, from_status, to_status, attempt, worker, reason)
+                 SELECT id, NULL, 'running', attempt, worker, 'started' FROM started
+             )
+             SELECT id FROM started",
         )
         .await?;
-    let inserted: HashSet<Uuid> = client
+    let inserted: HashSet<Uuid> = tx
         .query(
             &insert,
             &[
@@ -66,22 +75,6 @@ pub async fn start_new_runs(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let started: Vec<&NewRun<'_>> = runs.iter().filter(|r| inserted.contains(&r.id)).collect();
-    if !started.is_empty() {
-        let log = client
-            .prepare_cached(
-                "INSERT INTO run_transitions (run_id, from_status, to_status, attempt, worker, reason)
-                 SELECT run_id, NULL, 'running', attempt, worker, 'started'
-                 FROM unnest($1::uuid[], $2::int4[], $3::text[]) WITH ORDINALITY
-                      AS u(run_id, attempt, worker, n)
-                 ORDER BY n",
-            )
-            .await?;
-        let ids: Vec<Uuid> = started.iter().map(|r| r.id).collect();
-        let attempts: Vec<i32> = started.iter().map(|r| r.attempt).collect();
-        let workers: Vec<&str> = started.iter().map(|r| r.worker).collect();
-        client.execute(&log, &[&ids, &attempts, &workers]).await?;
-    }
     Ok(runs.iter().map(|r| inserted.contains(&r.id)).collect())
 }
 
@@ -89,7 +82,7 @@ pub async fn start_new_runs(
 /// Fails with [`StoreError::Conflict`] if any run is no longer `running` in that attempt, and
 /// the caller rolls the whole transaction back.
 pub async fn complete_steps(
-    client: &impl GenericClient,
+    tx: &Transaction<'_>,
     steps: &[(StepDone<'_>, Change<'_>)],
 ) -> Result<(), StoreError> {
     let len = steps.len();
@@ -106,8 +99,7 @@ pub async fn complete_steps(
     let mut outcomes = Vec::with_capacity(len);
     let mut wake_tokens = Vec::with_capacity(len);
     let mut next_attempts = Vec::with_capacity(len);
-    // Transitions, in order: each step's own, then its run's end when there is one.
-    let mut log = TransitionLog::default();
+    let mut reasons = Vec::with_capacity(len);
     for (done, change) in steps {
         let (to, outcome, stage, wake) = super::step_end(done.end, change.stage);
         state::check(Some(RunStatus::Running), RunStatus::Running)?;
@@ -128,70 +120,67 @@ pub async fn complete_steps(
         outcomes.push(outcome);
         wake_tokens.push(wake.map(|(token, _)| token));
         next_attempts.push(wake.map(|(_, until)| until));
-        log.push(done.run, RunStatus::Running, change);
-        if to != RunStatus::Running {
-            let end = Change {
-                reason: super::end_reason(done.end),
-                stage: None,
-                ..*change
-            };
-            log.push(done.run, to, &end);
-        }
+        // One transition per step (`super::step_transition`): to the run's new status, with
+        // the stage the run is at after it, which is `stage`.
+        reasons.push(super::step_transition(done.end, change, stage).reason);
     }
-    let upsert = client
-        .prepare_cached(
-            concat!(
-                "INSERT INTO run_steps (run_id, step, position, status, attempt, output, worker,
-                                        started_at, finished_at)
-                 SELECT run_id, step, position, status, attempt, output, worker, started_at, now()
-                 FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::jsonb[],
-                             $7::text[], $8::timestamptz[])
-                      AS u(run_id, step, position, status, attempt, output, worker, started_at) ",
-                step_checkpoint_upsert!()
-            ),
-        )
-        .await?;
-    client
-        .execute(
-            &upsert,
-            &[
-                &runs,
-                &names,
-                &positions,
-                &step_statuses,
-                &attempts,
-                &outputs,
-                &workers,
-                &started,
-            ],
-        )
-        .await?;
-    // Not a cached statement: a join with `unnest` under a generic plan (which Postgres picks
-    // for a statement prepared once and run many times) turned out several times slower.
-    let updated = client
-        .query(
-            "UPDATE runs SET status = u.status, stage = coalesce(u.stage, runs.stage),
+    // Sent with its types and planned for these arrays each time, never prepared: under the
+    // generic plan Postgres settles on for a statement run many times (made while the table
+    // was small), the join of `runs` with `unnest` turned out several times slower.
+    let statement = concat!(
+        "WITH checkpoints AS (
+             INSERT INTO run_steps (run_id, step, position, status, attempt, output, worker,
+                                    started_at, finished_at)
+             SELECT run_id, step, position, status, attempt, output, worker, started_at, now()
+             FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::jsonb[],
+                         $7::text[], $8::timestamptz[])
+                  AS u(run_id, step, position, status, attempt, output, worker, started_at) ",
+        step_checkpoint_upsert!(),
+        "
+         ), moved AS (
+             UPDATE runs SET status = u.status, stage = coalesce(u.stage, runs.stage),
                     outcome = u.outcome,
                     output = CASE WHEN u.status IN ('succeeded', 'halted') THEN u.output ELSE runs.output END,
                     finished_at = CASE WHEN u.status IN ('succeeded', 'halted') THEN now() ELSE NULL END,
                     wake_token = u.wake_token, next_attempt_at = u.next_attempt_at, updated_at = now()
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::int4[],
-                         $7::text[], $8::timestamptz[])
+             FROM unnest($1::uuid[], $9::text[], $10::text[], $11::text[], $6::jsonb[], $5::int4[],
+                         $12::text[], $13::timestamptz[])
                   AS u(id, status, stage, outcome, output, attempt, wake_token, next_attempt_at)
              WHERE runs.id = u.id AND runs.status = 'running' AND runs.attempt = u.attempt
-             RETURNING runs.id",
+             RETURNING runs.id
+         ), logged AS (
+             INSERT INTO run_transitions (run_id, from_status, to_status, stage, step, attempt,
+                                          worker, reason)
+             SELECT run_id, 'running', to_status, stage, step, attempt, worker, reason
+             FROM unnest($1::uuid[], $9::text[], $10::text[], $2::text[], $5::int4[], $7::text[],
+                         $14::text[])
+                  AS u(run_id, to_status, stage, step, attempt, worker, reason)
+         )
+         SELECT id FROM moved"
+    );
+    let updated = tx
+        .query_typed(
+            statement,
             &[
-                &runs,
-                &to_statuses,
-                &stages,
-                &outcomes,
-                &outputs,
-                &attempts,
-                &wake_tokens,
-                &next_attempts,
+                (&runs, Type::UUID_ARRAY),
+                (&names, Type::TEXT_ARRAY),
+                (&positions, Type::INT4_ARRAY),
+                (&step_statuses, Type::TEXT_ARRAY),
+                (&attempts, Type::INT4_ARRAY),
+                (&outputs, Type::JSONB_ARRAY),
+                (&workers, Type::TEXT_ARRAY),
+                (&started, Type::TIMESTAMPTZ_ARRAY),
+                (&to_statuses, Type::TEXT_ARRAY),
+                (&stages, Type::TEXT_ARRAY),
+                (&outcomes, Type::TEXT_ARRAY),
+                (&wake_tokens, Type::TEXT_ARRAY),
+                (&next_attempts, Type::TIMESTAMPTZ_ARRAY),
+                (&reasons, Type::TEXT_ARRAY),
             ],
         )
         .await?;
+    // Any run that was not `running` in this attempt fails the whole batch, which the caller
+    // rolls back (the checkpoints and transitions above with it).
     if updated.len() != len {
         let moved_on: HashSet<Uuid> = updated.iter().map(|row| row.get(0)).collect();
         let run = runs
@@ -204,59 +193,5 @@ pub async fn complete_steps(
             expected: RunStatus::Running,
         });
     }
-    log.insert(client).await
-}
-
-/// Transitions to insert in one statement, in order.
-#[derive(Default)]
-struct TransitionLog<'a> {
-    runs: Vec<Uuid>,
-    to: Vec<&'static str>,
-    stages: Vec<Option<&'a str>>,
-    steps: Vec<Option<&'a str>>,
-    attempts: Vec<i32>,
-    workers: Vec<&'a str>,
-    reasons: Vec<&'a str>,
-}
-
-impl<'a> TransitionLog<'a> {
-    /// A transition from `running` to `to`.
-    fn push(&mut self, run: Uuid, to: RunStatus, change: &Change<'a>) {
-        self.runs.push(run);
-        self.to.push(to.as_str());
-        self.stages.push(change.stage);
-        self.steps.push(change.step);
-        self.attempts.push(change.attempt);
-        self.workers.push(change.worker);
-        self.reasons.push(change.reason);
-    }
-
-    async fn insert(&self, client: &impl GenericClient) -> Result<(), StoreError> {
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO run_transitions (run_id, from_status, to_status, stage, step, attempt,
-                                              worker, reason)
-                 SELECT run_id, 'running', to_status, stage, step, attempt, worker, reason
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
-                             $6::text[], $7::text[]) WITH ORDINALITY
-                      AS u(run_id, to_status, stage, step, attempt, worker, reason, n)
-                 ORDER BY n",
-            )
-            .await?;
-        client
-            .execute(
-                &insert,
-                &[
-                    &self.runs,
-                    &self.to,
-                    &self.stages,
-                    &self.steps,
-                    &self.attempts,
-                    &self.workers,
-                    &self.reasons,
-                ],
-            )
-            .await?;
-        Ok(())
-    }
+    Ok(())
 }

@@ -645,23 +645,27 @@ pub async fn complete_step(
             expected: RunStatus::Running,
         });
     }
-    log_transition(
-        client,
-        done.run,
-        Some(RunStatus::Running),
-        RunStatus::Running,
-        change,
-    )
-    .await?;
-    if to != RunStatus::Running {
-        let end = Change {
-            reason: end_reason(done.end),
-            stage: None,
-            ..*change
-        };
-        log_transition(client, done.run, Some(RunStatus::Running), to, &end).await?;
-    }
+    let logged = step_transition(done.end, change, stage);
+    log_transition(client, done.run, Some(RunStatus::Running), to, &logged).await?;
     Ok(())
+}
+
+/// The one transition a completed step logs: `running -> running` with the stage it reached
+/// when the run goes on, or the run's move to its end (`succeeded`, `halted`, `waiting`)
+/// naming the step, and the stage the run is at after it.
+fn step_transition<'a>(
+    end: StepEnd<'a>,
+    change: &Change<'a>,
+    stage: Option<&'a str>,
+) -> Change<'a> {
+    match end {
+        StepEnd::Continue => *change,
+        _ => Change {
+            reason: end_reason(end),
+            stage,
+            ..*change
+        },
+    }
 }
 
 /// What a completed step makes of its run: the run's new status, its outcome, the stage it
