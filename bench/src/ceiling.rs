@@ -1,8 +1,10 @@
 //! The ceiling: what the raw broker moves with no job system at all. One durable queue of the
 //! same type, a publisher with pipelined confirms and a consumer with manual acks and the same
 //! prefetch, running at once, on connections of their own; the same message size. No Postgres,
-//! no decoding, no Warren.
+//! no decoding, no Warren. As fast as confirms allow, for the throughput ceiling; or at a fixed
+//! rate, for the latency the broker itself adds (publish to delivery) at that rate.
 
+use crate::measure::Percentiles;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use lapin::BasicProperties;
@@ -12,6 +14,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use warren_shared::topology::QueueType;
 
@@ -26,10 +30,20 @@ pub(crate) struct Ceiling<'a> {
     pub(crate) messages: usize,
     pub(crate) body: &'a [u8],
     pub(crate) prefetch: u16,
+    /// Publish at this many messages per second (open loop) instead of as fast as possible.
+    pub(crate) rate: Option<f64>,
 }
 
-/// Messages per second through the raw broker, publish to ack.
-pub(crate) async fn measure(c: Ceiling<'_>) -> Result<f64> {
+/// What the raw broker did.
+pub(crate) struct BrokerRun {
+    /// Messages per second, first publish to last ack.
+    pub(crate) rate: f64,
+    /// Publish to delivery, in milliseconds.
+    pub(crate) latency: Percentiles,
+}
+
+/// Messages through the raw broker, publish to ack.
+pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
     let publisher = warren_shared::amqp::connect(c.url, "warren-bench ceiling publisher").await?;
     let consumer = warren_shared::amqp::connect(c.url, "warren-bench ceiling consumer").await?;
     let channel = publisher.create_channel().await?;
@@ -65,33 +79,49 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<f64> {
         )
         .await?;
     let expected = c.messages;
+    // When each message was sent, in microseconds since `started`; its message id is its index.
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..expected).map(|_| AtomicU64::new(0)).collect());
+    let started = Instant::now();
+    let sent_at = Arc::clone(&sent);
     let drain = tokio::spawn(async move {
-        let mut seen = 0;
-        while seen < expected {
+        let mut latencies = Vec::with_capacity(expected);
+        while latencies.len() < expected {
             let delivery = match deliveries.next().await {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Err(anyhow::Error::from(e)),
                 None => anyhow::bail!("the ceiling consumer was cancelled"),
             };
+            let now = started.elapsed().as_micros() as u64;
+            let index: usize = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|id| id.as_str().parse().ok())
+                .context("a ceiling message without its index")?;
+            let sent = sent_at.get(index).context("a ceiling index out of range")?;
+            latencies.push(now.saturating_sub(sent.load(Ordering::Relaxed)) as f64 / 1000.0);
             delivery.ack(BasicAckOptions::default()).await?;
-            seen += 1;
         }
-        Ok(Instant::now())
+        Ok((Instant::now(), latencies))
     });
 
-    let started = Instant::now();
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
     let mut pending = VecDeque::with_capacity(CONFIRM_WINDOW);
-    for _ in 0..c.messages {
+    for (index, sent) in sent.iter().enumerate() {
+        if let Some(rate) = c.rate {
+            let due = started + Duration::from_secs_f64(index as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        sent.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let confirm = channel
             .basic_publish(
                 "".into(),
                 c.queue.as_str().into(),
                 BasicPublishOptions::default(),
                 c.body,
-                properties.clone(),
+                properties.clone().with_message_id(index.to_string().into()),
             )
             .await?;
         pending.push_back(confirm);
@@ -110,7 +140,7 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<f64> {
             "the broker nacked a ceiling publish"
         );
     }
-    let finished = tokio::time::timeout(Duration::from_secs(600), drain)
+    let (finished, latencies) = tokio::time::timeout(Duration::from_secs(600), drain)
         .await
         .context("the ceiling consumer did not finish")???;
     let rate = c.messages as f64 / (finished - started).as_secs_f64();
@@ -120,5 +150,8 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<f64> {
         .await?;
     warren_shared::amqp::close(&consumer, "done").await;
     warren_shared::amqp::close(&publisher, "done").await;
-    Ok(rate)
+    Ok(BrokerRun {
+        rate,
+        latency: Percentiles::of(latencies),
+    })
 }

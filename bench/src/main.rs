@@ -54,8 +54,10 @@ pub(crate) struct Args {
     /// Queue type, for the ceiling and for Warren's task queues.
     #[arg(long, default_value = "quorum", value_parser = parse_queue_type)]
     queue_type: QueueType,
-    /// Runs each replica executes at once in the no-op scenarios.
-    #[arg(long, default_value_t = 256)]
+    /// Runs each replica executes at once in the no-op scenarios. Group commit needs runs in
+    /// flight to fill its batches: every run waits for two commits, so it takes hundreds in
+    /// flight to keep a replica busy (see docs/benchmarks.md).
+    #[arg(long, default_value_t = 1000)]
     concurrency: u32,
     /// Prefetch per consumer, for the ceiling and the no-op scenarios (default: the concurrency).
     #[arg(long)]
@@ -66,6 +68,10 @@ pub(crate) struct Args {
     /// Replicas in the scaling scenario.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
+    /// The Warren scenarios to run, after the ceiling (comma-separated; `half` needs `noop`,
+    /// whose maximum rate it halves).
+    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io"])]
+    scenarios: Vec<ScenarioKind>,
     /// Also write the results as a Markdown section to this file (appended).
     #[arg(long)]
     markdown: Option<std::path::PathBuf>,
@@ -79,6 +85,21 @@ pub(crate) struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     pg_url: String,
+}
+
+/// The Warren scenarios, by the name `--scenarios` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScenarioKind {
+    /// 1-step no-op jobs, 1 replica, as fast as possible.
+    Noop,
+    /// 3-step no-op jobs, 1 replica.
+    Three,
+    /// 1-step no-op jobs on several replicas.
+    Replicas,
+    /// 1-step no-op jobs published at half the `noop` rate (open loop).
+    Half,
+    /// I/O-bound jobs at a high concurrency.
+    Io,
 }
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {
@@ -143,20 +164,22 @@ async fn run(args: Args) -> Result<()> {
     let mut report = report::Report::new(&args, jobs, io_jobs, ceiling_messages, prefetch);
     report.header();
 
-    let ceiling = ceiling::measure(ceiling::Ceiling {
+    let broker = |rate: Option<f64>, messages: usize| ceiling::Ceiling {
         url: &args.amqp_url,
         queue: format!(
             "bench-ceiling-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]
         ),
         queue_type: args.queue_type,
-        messages: ceiling_messages,
+        messages,
         body: &body,
         prefetch,
-    })
-    .await
-    .context("the ceiling measurement failed")?;
-    report.ceiling(ceiling);
+        rate,
+    };
+    let ceiling = ceiling::measure(broker(None, ceiling_messages))
+        .await
+        .context("the ceiling measurement failed")?;
+    report.ceiling(ceiling.rate);
 
     let single = |name: &str, task, jobs, replicas| Scenario {
         name: name.to_owned(),
@@ -167,47 +190,56 @@ async fn run(args: Args) -> Result<()> {
         concurrency: None,
         measure_idle: false,
     };
-    let mut noop = single("1-step no-op, 1 replica", tasks::NOOP, jobs, 1);
-    noop.measure_idle = true;
-    let max = measure(&setup, &noop, &mut report).await?;
-    measure(
-        &setup,
-        &single("3-step no-op, 1 replica", tasks::THREE_STEPS, jobs, 1),
-        &mut report,
-    )
-    .await?;
-    measure(
-        &setup,
-        &single(
-            &format!("1-step no-op, {} replicas", args.replicas),
+    let wanted = |kind| args.scenarios.contains(&kind);
+    anyhow::ensure!(
+        !wanted(ScenarioKind::Half) || wanted(ScenarioKind::Noop),
+        "the half-rate scenario needs the noop scenario (it publishes at half its rate)"
+    );
+    let mut max = None;
+    if wanted(ScenarioKind::Noop) {
+        let mut noop = single("1-step no-op, 1 replica", tasks::NOOP, jobs, 1);
+        noop.measure_idle = true;
+        max = Some(measure(&setup, &noop, &mut report).await?);
+    }
+    if wanted(ScenarioKind::Three) {
+        let three = single("3-step no-op, 1 replica", tasks::THREE_STEPS, jobs, 1);
+        measure(&setup, &three, &mut report).await?;
+    }
+    if wanted(ScenarioKind::Replicas) {
+        let name = format!("1-step no-op, {} replicas", args.replicas);
+        let replicas = single(&name, tasks::NOOP, jobs, args.replicas);
+        measure(&setup, &replicas, &mut report).await?;
+    }
+    if let Some(max) = max.filter(|_| wanted(ScenarioKind::Half)) {
+        let half = max.jobs_per_sec / 2.0;
+        // What the broker alone adds at that rate: Warren's publish-to-start includes it.
+        let raw = ceiling::measure(broker(Some(half), jobs.min(ceiling_messages)))
+            .await
+            .context("the raw broker's latency measurement failed")?;
+        report.broker_latency(half, &raw.latency);
+        let mut open_loop = single(
+            &format!("1-step no-op at half rate ({half:.0}/s), 1 replica"),
             tasks::NOOP,
             jobs,
-            args.replicas,
-        ),
-        &mut report,
-    )
-    .await?;
-    let half = max.jobs_per_sec / 2.0;
-    let mut open_loop = single(
-        &format!("1-step no-op at half rate ({half:.0}/s), 1 replica"),
-        tasks::NOOP,
-        jobs,
-        1,
-    );
-    open_loop.rate = Some(half);
-    measure(&setup, &open_loop, &mut report).await?;
-    let mut io = single(
-        &format!(
-            "I/O-bound ({} ms step), concurrency {}, 1 replica",
-            tasks::IO_WAIT.as_millis(),
-            args.io_concurrency
-        ),
-        tasks::IO,
-        io_jobs,
-        1,
-    );
-    io.concurrency = Some(args.io_concurrency);
-    measure(&setup, &io, &mut report).await?;
+            1,
+        );
+        open_loop.rate = Some(half);
+        measure(&setup, &open_loop, &mut report).await?;
+    }
+    if wanted(ScenarioKind::Io) {
+        let mut io = single(
+            &format!(
+                "I/O-bound ({} ms step), concurrency {}, 1 replica",
+                tasks::IO_WAIT.as_millis(),
+                args.io_concurrency
+            ),
+            tasks::IO,
+            io_jobs,
+            1,
+        );
+        io.concurrency = Some(args.io_concurrency);
+        measure(&setup, &io, &mut report).await?;
+    }
 
     report.footer();
     if let Some(path) = &args.markdown {

@@ -92,6 +92,18 @@ impl Report {
         ));
     }
 
+    /// The raw broker's publish-to-delivery latency at a fixed rate.
+    pub(crate) fn broker_latency(&mut self, rate: f64, latency: &crate::measure::Percentiles) {
+        println!(
+            "raw broker at {rate:.0} msg/s: publish-to-delivery ms p50/p95/p99/max {}",
+            ms(latency)
+        );
+        self.rows.push(format!(
+            "| raw broker at {rate:.0} msg/s, no job system (publish→delivery) | | | {} | | | | | |",
+            ms(latency)
+        ));
+    }
+
     pub(crate) fn scenario(&mut self, name: &str, o: &Outcome) {
         let ratio = if self.ceiling > 0.0 {
             o.jobs_per_sec / self.ceiling * 100.0
