@@ -22,6 +22,7 @@ mod scenario;
 mod tasks;
 
 use anyhow::{Context, Result};
+use ceiling::Acks;
 use clap::Parser;
 use scenario::{Outcome, Scenario, Setup};
 use std::process::ExitCode;
@@ -164,7 +165,7 @@ async fn run(args: Args) -> Result<()> {
     let mut report = report::Report::new(&args, jobs, io_jobs, ceiling_messages, prefetch);
     report.header();
 
-    let broker = |rate: Option<f64>, messages: usize| ceiling::Ceiling {
+    let broker = |rate: Option<f64>, messages: usize, acks| ceiling::Ceiling {
         url: &args.amqp_url,
         queue: format!(
             "bench-ceiling-{}",
@@ -175,11 +176,15 @@ async fn run(args: Args) -> Result<()> {
         body: &body,
         prefetch,
         rate,
+        acks,
     };
-    let ceiling = ceiling::measure(broker(None, ceiling_messages))
+    let ceiling = ceiling::measure(broker(None, ceiling_messages, Acks::Coalesced))
         .await
         .context("the ceiling measurement failed")?;
-    report.ceiling(ceiling.rate);
+    let each = ceiling::measure(broker(None, ceiling_messages, Acks::EachMessage))
+        .await
+        .context("the ceiling measurement (one ack per message) failed")?;
+    report.ceiling(ceiling.rate, each.rate);
 
     let single = |name: &str, task, jobs, replicas| Scenario {
         name: name.to_owned(),
@@ -213,9 +218,13 @@ async fn run(args: Args) -> Result<()> {
     if let Some(max) = max.filter(|_| wanted(ScenarioKind::Half)) {
         let half = max.jobs_per_sec / 2.0;
         // What the broker alone adds at that rate: Warren's publish-to-start includes it.
-        let raw = ceiling::measure(broker(Some(half), jobs.min(ceiling_messages)))
-            .await
-            .context("the raw broker's latency measurement failed")?;
+        let raw = ceiling::measure(broker(
+            Some(half),
+            jobs.min(ceiling_messages),
+            Acks::Coalesced,
+        ))
+        .await
+        .context("the raw broker's latency measurement failed")?;
         report.broker_latency(half, &raw.latency);
         let mut open_loop = single(
             &format!("1-step no-op at half rate ({half:.0}/s), 1 replica"),

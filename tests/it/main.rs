@@ -16,3 +16,4 @@ mod polyglot;
 mod producer;
 mod replicas;
 mod schema;
+mod settle;

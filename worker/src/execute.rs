@@ -11,6 +11,7 @@
 
 use crate::dead_letter::{self, DeadLetter};
 use crate::run_locks::RunLocks;
+use crate::settle::Settler;
 use crate::state_writer::{StateWriter, WriteError};
 use crate::step::{ErrorClass, Outbox, StepError, StepOutcome, code};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
@@ -22,7 +23,6 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -81,6 +81,8 @@ pub(crate) struct Executor {
     pub(crate) delay_levels: Arc<DelayLevels>,
     pub(crate) idempotency_window: Duration,
     pub(crate) metrics: TaskMetrics,
+    /// Acks and requeues the deliveries of the task's consumer channel.
+    pub(crate) settler: Settler,
 }
 
 impl Executor {
@@ -113,22 +115,13 @@ impl Executor {
             span.record("attempt", envelope.attempt);
         }
         match self.process(&delivery, decoded).instrument(span).await {
-            Ok(()) => {
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    // The broker will redeliver it; the run's state makes that a no-op.
-                    tracing::warn!(error = %e, task = %self.task_id, "ack failed");
-                }
-            }
+            // An ack that does not reach the broker means a redelivery, which the run's state
+            // makes a no-op.
+            Ok(()) => self.settler.ack(delivery.delivery_tag),
             Err(reason) => {
                 tracing::warn!(%reason, task = %self.task_id, "message requeued");
                 tokio::time::sleep(REQUEUE_PAUSE).await;
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                if let Err(e) = delivery.nack(requeue).await {
-                    tracing::warn!(error = %e, task = %self.task_id, "nack failed; the broker requeues on channel close");
-                }
+                self.settler.requeue(delivery.delivery_tag);
             }
         }
     }

@@ -38,6 +38,7 @@
 pub mod demo;
 pub mod dlq;
 pub mod runtime;
+pub mod settle;
 pub mod step;
 pub mod task;
 

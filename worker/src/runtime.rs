@@ -5,6 +5,7 @@ use crate::execute::Executor;
 use crate::fleet;
 use crate::http::Health;
 use crate::run_locks::RunLocks;
+use crate::settle::Settler;
 use crate::state_writer::StateWriter;
 use crate::task::Registry;
 use crate::task_metrics::TaskMetrics;
@@ -161,6 +162,8 @@ struct Shared {
 struct Session {
     connection: Option<Arc<Connection>>,
     consumers: Vec<JoinHandle<Result<(), WorkerError>>>,
+    /// The consumer channels' settling tasks, which send the last acks after a drain.
+    settling: Vec<JoinHandle<()>>,
     /// Stops this session's consumers (a child of the replica's shutdown token).
     stop: CancellationToken,
 }
@@ -288,7 +291,7 @@ async fn open_session(
     .await?;
     let connection = Arc::new(connection);
     match attach(shared, &connection, shutdown).await {
-        Ok((consumers, stop)) => {
+        Ok((consumers, settling, stop)) => {
             let tasks = shared.registry.tasks().map(|t| t.id().to_owned()).collect();
             let poller = Arc::clone(&connection);
             let topology = config.topology.clone();
@@ -300,6 +303,7 @@ async fn open_session(
             Ok(Session {
                 connection: Some(connection),
                 consumers,
+                settling,
                 stop,
             })
         }
@@ -316,12 +320,13 @@ async fn attach(
     shared: &Arc<Shared>,
     connection: &Connection,
     shutdown: &CancellationToken,
-) -> Result<(Consumers, CancellationToken), WorkerError> {
+) -> Result<(Consumers, Vec<JoinHandle<()>>, CancellationToken), WorkerError> {
     let config = &shared.config;
     declare_topology(&shared.pool, connection, &config.topology, &shared.registry).await?;
     let publisher = Publisher::open(connection).await?;
     let stop = shutdown.child_token();
     let mut consumers = Vec::new();
+    let mut settling = Vec::new();
     for task in shared.registry.tasks() {
         let slots = shared
             .slots
@@ -350,6 +355,8 @@ async fn attach(
                 FieldTable::default(),
             )
             .await?;
+        let (settler, settles) = Settler::start(channel.clone());
+        settling.push(settles);
         let executor = Arc::new(Executor {
             task: Arc::clone(task),
             events: task.events().into_iter().collect(),
@@ -365,6 +372,7 @@ async fn attach(
             delay_levels: Arc::clone(&shared.delay_levels),
             idempotency_window: config.idempotency_window,
             metrics: TaskMetrics::new(task.id(), &task.steps()),
+            settler,
         });
         consumers.push(tokio::spawn(consume(
             consumer,
@@ -376,7 +384,7 @@ async fn attach(
             shared.writer.clone(),
         )));
     }
-    Ok((consumers, stop))
+    Ok((consumers, settling, stop))
 }
 
 impl RunningWorker {
@@ -486,6 +494,7 @@ async fn consume(
         };
         match delivery {
             Some(Ok(delivery)) => {
+                executor.settler.delivered(delivery.delivery_tag);
                 let executor = Arc::clone(&executor);
                 tracker.spawn(async move {
                     executor.handle(delivery).await;
@@ -549,6 +558,7 @@ async fn supervise(
             || Session {
                 connection: None,
                 consumers: Vec::new(),
+                settling: Vec::new(),
                 stop: CancellationToken::new(),
             },
             |s| {
@@ -570,7 +580,18 @@ async fn supervise(
         grace_seconds = grace.as_secs_f64(),
         "draining"
     );
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+    if drained {
+        // The settling tasks end once the finished runs' executors are gone, having sent the
+        // last acks.
+        let settled = futures::future::join_all(session.settling.drain(..));
+        if tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, settled)
+            .await
+            .is_err()
+        {
+            tracing::warn!("acks still unsent at shutdown; the broker redelivers those messages");
+        }
+    } else {
         tracing::warn!(
             left = tracker.len(),
             "grace period over: unfinished runs go back to the queue and resume from their checkpoints"
@@ -582,7 +603,6 @@ async fn supervise(
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
     stop_http.cancel();
-    let drained = tracker.is_empty();
     drop(shared);
     // The writer stops once the last handle (held by finished runs) is gone.
     if drained {

@@ -1073,11 +1073,13 @@ pub async fn find_runs(
             "SELECT id, task, event, status, stage, outcome, attempt, error_code, created_at, finished_at,
                     message_id, input, output, error_message, idempotency_key, tenant, worker,
                     published_at, started_at
-             FROM runs WHERE id::text = $1 OR message_id = $1 ORDER BY created_at, task",
+             FROM runs WHERE id = $2 OR message_id = $1 ORDER BY created_at, task",
         )
         .await?;
+    // Both lookups go through an index (a run id compared as text would scan every run).
+    let as_id = Uuid::parse_str(id_or_message_id).ok();
     let mut runs = Vec::new();
-    for row in client.query(&stmt, &[&id_or_message_id]).await? {
+    for row in client.query(&stmt, &[&id_or_message_id, &as_id]).await? {
         let id: Uuid = row.get(0);
         runs.push(RunDetail {
             summary: run_summary(&row),
