@@ -15,7 +15,7 @@
 
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -42,11 +42,32 @@ enum Fate {
     Requeue,
 }
 
-/// A delivery the task knows of.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    Unsettled,
-    Settled(Fate, Instant),
+/// The deliveries the task knows of and has not sent a frame for yet.
+#[derive(Debug, Default)]
+struct Ledger {
+    unsettled: BTreeSet<u64>,
+    /// Settled deliveries, with what becomes of them and when they were settled.
+    settled: BTreeMap<u64, (Fate, Instant)>,
+}
+
+impl Ledger {
+    fn apply(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Delivered(tag) => {
+                self.unsettled.insert(tag);
+            }
+            Event::Settled(tag, fate) => {
+                self.unsettled.remove(&tag);
+                self.settled.insert(tag, (fate, now));
+            }
+        }
+    }
+
+    /// When the longest-held settled delivery was settled (after [`frames`], every settled
+    /// delivery left waits behind an unsettled one).
+    fn oldest_held(&self) -> Option<Instant> {
+        self.settled.values().map(|(_, at)| *at).min()
+    }
 }
 
 impl Settler {
@@ -76,31 +97,25 @@ impl Settler {
 }
 
 async fn run(channel: Channel, mut receiver: mpsc::UnboundedReceiver<Event>) {
-    let mut slots = BTreeMap::new();
+    let mut ledger = Ledger::default();
     let mut events = Vec::with_capacity(1024);
     loop {
-        let wake = oldest_held(&slots).map(|at| at + HOLD);
+        let wake = ledger.oldest_held().map(|at| at + HOLD);
         let open = tokio::select! {
             taken = receiver.recv_many(&mut events, 1024) => taken > 0,
             () = sleep_until(wake) => true,
         };
+        let now = Instant::now();
         for event in events.drain(..) {
-            match event {
-                Event::Delivered(tag) => {
-                    slots.insert(tag, Slot::Unsettled);
-                }
-                Event::Settled(tag, fate) => {
-                    slots.insert(tag, Slot::Settled(fate, Instant::now()));
-                }
-            }
+            ledger.apply(event, now);
         }
+        // Once nothing more can come, whatever is left is settled at once.
         let cutoff = if open {
-            Instant::now().checked_sub(HOLD)
+            now.checked_sub(HOLD)
         } else {
-            // Nothing more will come: settle whatever is left.
-            Some(Instant::now())
+            Some(now)
         };
-        for frame in frames(&mut slots, cutoff) {
+        for frame in frames(&mut ledger, cutoff) {
             if let Err(e) = send(&channel, frame).await {
                 tracing::warn!(error = %e, ?frame, "settling deliveries failed; the broker redelivers them");
             }
@@ -116,17 +131,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// When the longest-held settled delivery behind an unsettled one was settled.
-fn oldest_held(slots: &BTreeMap<u64, Slot>) -> Option<Instant> {
-    slots
-        .values()
-        .filter_map(|slot| match slot {
-            Slot::Settled(_, at) => Some(*at),
-            Slot::Unsettled => None,
-        })
-        .min()
 }
 
 /// One frame to the broker.
@@ -153,34 +157,39 @@ async fn send(channel: &Channel, frame: Frame) -> Result<(), lapin::Error> {
     channel.basic_ack(tag, BasicAckOptions { multiple }).await
 }
 
-/// The frames that settle what can be settled now, removing it from `slots`: the settled prefix
-/// (consecutive acks as one frame), then whatever was settled at or before `cutoff` behind an
-/// unsettled delivery.
-fn frames(slots: &mut BTreeMap<u64, Slot>, cutoff: Option<Instant>) -> Vec<Frame> {
+/// The frames that settle what can be settled now, removing it from the ledger: the settled
+/// deliveries before the first unsettled one (consecutive acks as one frame), then those behind
+/// it that were settled at or before `cutoff`, one by one.
+fn frames(ledger: &mut Ledger, cutoff: Option<Instant>) -> Vec<Frame> {
     let mut frames = Vec::new();
+    let floor = ledger.unsettled.first().copied();
     let mut acked_up_to = None;
-    while let Some((&tag, &slot)) = slots.first_key_value() {
-        match slot {
-            Slot::Unsettled => break,
-            Slot::Settled(Fate::Ack, _) => acked_up_to = Some(tag),
-            Slot::Settled(Fate::Requeue, _) => {
+    while let Some((&tag, &(fate, _))) = ledger.settled.first_key_value() {
+        if floor.is_some_and(|floor| tag > floor) {
+            break;
+        }
+        match fate {
+            Fate::Ack => acked_up_to = Some(tag),
+            Fate::Requeue => {
                 frames.extend(acked_up_to.take().map(Frame::AckUpTo));
                 frames.push(Frame::Requeue(tag));
             }
         }
-        slots.pop_first();
+        ledger.settled.pop_first();
     }
     frames.extend(acked_up_to.map(Frame::AckUpTo));
-    if let Some(cutoff) = cutoff {
-        slots.retain(|&tag, slot| match *slot {
-            Slot::Settled(fate, at) if at <= cutoff => {
-                frames.push(match fate {
-                    Fate::Ack => Frame::Ack(tag),
-                    Fate::Requeue => Frame::Requeue(tag),
-                });
-                false
+    if let Some(cutoff) = cutoff
+        && ledger.oldest_held().is_some_and(|at| at <= cutoff)
+    {
+        ledger.settled.retain(|&tag, &mut (fate, at)| {
+            if at > cutoff {
+                return true;
             }
-            _ => true,
+            frames.push(match fate {
+                Fate::Ack => Frame::Ack(tag),
+                Fate::Requeue => Frame::Requeue(tag),
+            });
+            false
         });
     }
     frames
@@ -190,20 +199,25 @@ fn frames(slots: &mut BTreeMap<u64, Slot>, cutoff: Option<Instant>) -> Vec<Frame
 mod tests {
     use super::*;
 
-    fn slots(states: &[(u64, Option<Fate>)], at: Instant) -> BTreeMap<u64, Slot> {
-        states
-            .iter()
-            .map(|&(tag, fate)| {
-                let slot = fate.map_or(Slot::Unsettled, |fate| Slot::Settled(fate, at));
-                (tag, slot)
-            })
-            .collect()
+    fn ledger(states: &[(u64, Option<Fate>)], at: Instant) -> Ledger {
+        let mut ledger = Ledger::default();
+        for &(tag, fate) in states {
+            ledger.apply(Event::Delivered(tag), at);
+            if let Some(fate) = fate {
+                ledger.apply(Event::Settled(tag, fate), at);
+            }
+        }
+        ledger
+    }
+
+    fn pending(ledger: &Ledger) -> usize {
+        ledger.unsettled.len() + ledger.settled.len()
     }
 
     #[test]
     fn consecutive_acks_become_one_frame() {
         let now = Instant::now();
-        let mut s = slots(
+        let mut s = ledger(
             &[
                 (1, Some(Fate::Ack)),
                 (2, Some(Fate::Ack)),
@@ -212,13 +226,13 @@ mod tests {
             now,
         );
         assert_eq!(frames(&mut s, None), [Frame::AckUpTo(3)]);
-        assert!(s.is_empty());
+        assert_eq!(pending(&s), 0);
     }
 
     #[test]
     fn a_requeue_splits_the_acks_around_it_and_keeps_its_place() {
         let now = Instant::now();
-        let mut s = slots(
+        let mut s = ledger(
             &[
                 (1, Some(Fate::Ack)),
                 (2, Some(Fate::Requeue)),
@@ -236,22 +250,22 @@ mod tests {
     #[test]
     fn acks_behind_an_unsettled_delivery_wait_for_it() {
         let now = Instant::now();
-        let mut s = slots(
+        let mut s = ledger(
             &[(1, Some(Fate::Ack)), (2, None), (3, Some(Fate::Ack))],
             now,
         );
         // Never past the unsettled delivery 2: a multiple ack would settle it too.
         assert_eq!(frames(&mut s, now.checked_sub(HOLD)), [Frame::AckUpTo(1)]);
-        assert_eq!(s.len(), 2);
+        assert_eq!(pending(&s), 2);
         // Once delivery 2 is settled, everything goes in one frame.
-        s.insert(2, Slot::Settled(Fate::Ack, now));
+        s.apply(Event::Settled(2, Fate::Ack), now);
         assert_eq!(frames(&mut s, None), [Frame::AckUpTo(3)]);
     }
 
     #[test]
     fn acks_held_too_long_behind_an_unsettled_delivery_go_alone() {
         let now = Instant::now();
-        let mut s = slots(
+        let mut s = ledger(
             &[(1, None), (2, Some(Fate::Ack)), (3, Some(Fate::Requeue))],
             now,
         );
@@ -259,14 +273,14 @@ mod tests {
             frames(&mut s, Some(now)),
             [Frame::Ack(2), Frame::Requeue(3)]
         );
-        assert_eq!(s.len(), 1, "the unsettled delivery stays");
+        assert_eq!(pending(&s), 1, "the unsettled delivery stays");
     }
 
     #[test]
     fn nothing_is_acked_before_it_is_settled() {
         let now = Instant::now();
-        let mut s = slots(&[(1, None), (2, None)], now);
+        let mut s = ledger(&[(1, None), (2, None)], now);
         assert!(frames(&mut s, Some(now)).is_empty());
-        assert_eq!(s.len(), 2);
+        assert_eq!(pending(&s), 2);
     }
 }
