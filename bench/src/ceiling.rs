@@ -98,8 +98,7 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
     let sent_at = Arc::clone(&sent);
     // Acks coalesced the way Warren's replicas coalesce theirs: the ceiling must be what no
     // consumer on this broker can beat.
-    let (settler, settling) = Settler::start(consuming.clone());
-    let acks = c.acks;
+    let settler = (c.acks == Acks::Coalesced).then(|| Settler::start(consuming.clone(), "ceiling"));
     let drain = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(expected);
         while latencies.len() < expected {
@@ -116,19 +115,18 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
                 .and_then(|id| id.as_str().parse().ok())
                 .context("a ceiling message without its index")?;
             let sent = sent_at.get(index).context("a ceiling index out of range")?;
-            latencies.push(now.saturating_sub(sent.load(Ordering::Relaxed)) as f64 / 1000.0);
-            match acks {
-                Acks::Coalesced => {
-                    settler.delivered(delivery.delivery_tag);
-                    settler.ack(delivery.delivery_tag);
-                }
-                Acks::EachMessage => {
+            latencies.push(now.saturating_sub(sent.load(Ordering::Acquire)) as f64 / 1000.0);
+            match &settler {
+                Some((settler, _)) => settler.delivered(delivery.delivery_tag).ack(),
+                None => {
                     delivery.ack(BasicAckOptions::default()).await?;
                 }
             }
         }
-        drop(settler);
-        settling.await?;
+        if let Some((settler, settling)) = settler {
+            drop(settler);
+            settling.await?;
+        }
         Ok((Instant::now(), latencies))
     });
 
@@ -141,7 +139,7 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
             let due = started + Duration::from_secs_f64(index as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
         }
-        sent.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        sent.store(started.elapsed().as_micros() as u64, Ordering::Release);
         let confirm = channel
             .basic_publish(
                 "".into(),

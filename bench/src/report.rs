@@ -125,13 +125,13 @@ impl Report {
 
     pub(crate) fn scenario(&mut self, name: &str, o: &Outcome) {
         let of_each = ratio(o.jobs_per_sec, self.each_ack);
-        let ratio = ratio(o.jobs_per_sec, self.ceiling);
+        let of_ceiling = ratio(o.jobs_per_sec, self.ceiling);
         let tx = match o.state_commits_per_job {
             Some(state) => format!("{:.3} ({:.3} state)", o.transactions_per_job, state),
             None => format!("{:.3}", o.transactions_per_job),
         };
         println!(
-            "{name}: {:.0} jobs/s ({ratio:.0} % of the ceiling, {of_each:.0} % of the one-ack-per-message one); publish-to-start ms p50/p95/p99/max {}; \
+            "{name}: {:.0} jobs/s ({of_ceiling:.0} % of the ceiling, {of_each:.0} % of the one-ack-per-message one); publish-to-start ms p50/p95/p99/max {}; \
              publish-to-finish {}; {:.2} CPU s per 1,000 jobs; peak RSS {:.1} MiB; \
              Postgres {tx} transactions and {:.1} rows per job",
             o.jobs_per_sec,
@@ -148,7 +148,7 @@ impl Report {
             ));
         }
         self.rows.push(format!(
-            "| {name} | {:.0} | {ratio:.0} % | {of_each:.0} % | {} | {} | {:.2} | {:.1} | {tx} | {:.1} |",
+            "| {name} | {:.0} | {of_ceiling:.0} % | {of_each:.0} % | {} | {} | {:.2} | {:.1} | {tx} | {:.1} |",
             o.jobs_per_sec,
             ms(&o.queue_wait),
             ms(&o.finish),

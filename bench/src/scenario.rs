@@ -278,11 +278,14 @@ async fn wait_done(
             .sum::<Option<f64>>()
             .unwrap_or(0.0)
     };
-    while (counted() as usize) < jobs {
+    loop {
+        let done = counted() as usize;
+        if done >= jobs {
+            break;
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {} of {jobs} jobs finished in time",
-            counted()
+            "only {done} of {jobs} jobs finished in time"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

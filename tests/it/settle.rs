@@ -10,7 +10,7 @@ use lapin::{BasicProperties, Connection};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use warren_tests::TestEnv;
-use warren_worker::settle::{HOLD, Settler};
+use warren_worker::settle::Settler;
 
 const MESSAGES: u16 = 100;
 const REQUEUED: usize = 10;
@@ -42,18 +42,18 @@ async fn coalesced_acks_settle_exactly_the_settled_deliveries() {
         )
         .await
         .unwrap();
-    let (settler, settling) = Settler::start(channel.clone());
-    let mut tags = Vec::new();
+    let (settler, settling) = Settler::start(channel.clone(), "settle test");
+    let mut pending = Vec::new();
     for _ in 0..MESSAGES {
         let delivery = next(&mut consumer).await;
-        settler.delivered(delivery.delivery_tag);
-        tags.push(delivery.delivery_tag);
+        pending.push(settler.delivered(delivery.delivery_tag));
     }
-    for (index, &tag) in tags.iter().enumerate().rev() {
+    let mut running = None;
+    for (index, delivery) in pending.into_iter().enumerate().rev() {
         match index {
-            REQUEUED => settler.requeue(tag),
-            RUNNING => {}
-            _ => settler.ack(tag),
+            REQUEUED => delivery.requeue(),
+            RUNNING => running = Some(delivery),
+            _ => delivery.ack(),
         }
     }
 
@@ -61,11 +61,11 @@ async fn coalesced_acks_settle_exactly_the_settled_deliveries() {
     let again = next(&mut consumer).await;
     assert_eq!(id_of(&again.properties), REQUEUED);
     assert!(again.redelivered);
-    // Let anything held behind the running delivery go out, then hand back what is unsettled.
-    tokio::time::sleep(HOLD * 5).await;
-    drop(settler);
-    settling.await.unwrap();
+    // Whatever is held behind the running delivery goes out; then the channel closes with the
+    // running one and the redelivered one unsettled, and the broker takes them back.
+    settler.flush().await;
     channel.close(200, "done".into()).await.unwrap();
+    drop((running, settler, settling));
 
     // Only the two unsettled messages are left in the queue.
     let look = connection.create_channel().await.unwrap();

@@ -11,7 +11,7 @@
 
 use crate::dead_letter::{self, DeadLetter};
 use crate::run_locks::RunLocks;
-use crate::settle::Settler;
+use crate::settle::{Pending, Settler};
 use crate::state_writer::{StateWriter, WriteError};
 use crate::step::{ErrorClass, Outbox, StepError, StepOutcome, code};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
@@ -81,13 +81,14 @@ pub(crate) struct Executor {
     pub(crate) delay_levels: Arc<DelayLevels>,
     pub(crate) idempotency_window: Duration,
     pub(crate) metrics: TaskMetrics,
-    /// Acks and requeues the deliveries of the task's consumer channel.
+    /// Acks and requeues the deliveries of the task's consumer channel (the consume loop
+    /// registers each delivery with it).
     pub(crate) settler: Settler,
 }
 
 impl Executor {
     /// Processes a delivery and settles it. Never panics, whatever the message or the step does.
-    pub(crate) async fn handle(&self, delivery: Delivery) {
+    pub(crate) async fn handle(&self, delivery: Delivery, pending: Pending) {
         let _in_flight = self.metrics.received();
         let decoded = contract::decode(
             delivery.routing_key.as_str(),
@@ -117,11 +118,11 @@ impl Executor {
         match self.process(&delivery, decoded).instrument(span).await {
             // An ack that does not reach the broker means a redelivery, which the run's state
             // makes a no-op.
-            Ok(()) => self.settler.ack(delivery.delivery_tag),
+            Ok(()) => pending.ack(),
             Err(reason) => {
                 tracing::warn!(%reason, task = %self.task_id, "message requeued");
                 tokio::time::sleep(REQUEUE_PAUSE).await;
-                self.settler.requeue(delivery.delivery_tag);
+                pending.requeue();
             }
         }
     }

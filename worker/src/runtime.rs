@@ -162,8 +162,8 @@ struct Shared {
 struct Session {
     connection: Option<Arc<Connection>>,
     consumers: Vec<JoinHandle<Result<(), WorkerError>>>,
-    /// The consumer channels' settling tasks, which send the last acks after a drain.
-    settling: Vec<JoinHandle<()>>,
+    /// The consumer channels' settlers, flushed before the connection closes.
+    settlers: Vec<Settler>,
     /// Stops this session's consumers (a child of the replica's shutdown token).
     stop: CancellationToken,
 }
@@ -291,7 +291,7 @@ async fn open_session(
     .await?;
     let connection = Arc::new(connection);
     match attach(shared, &connection, shutdown).await {
-        Ok((consumers, settling, stop)) => {
+        Ok((consumers, settlers, stop)) => {
             let tasks = shared.registry.tasks().map(|t| t.id().to_owned()).collect();
             let poller = Arc::clone(&connection);
             let topology = config.topology.clone();
@@ -303,7 +303,7 @@ async fn open_session(
             Ok(Session {
                 connection: Some(connection),
                 consumers,
-                settling,
+                settlers,
                 stop,
             })
         }
@@ -320,13 +320,13 @@ async fn attach(
     shared: &Arc<Shared>,
     connection: &Connection,
     shutdown: &CancellationToken,
-) -> Result<(Consumers, Vec<JoinHandle<()>>, CancellationToken), WorkerError> {
+) -> Result<(Consumers, Vec<Settler>, CancellationToken), WorkerError> {
     let config = &shared.config;
     declare_topology(&shared.pool, connection, &config.topology, &shared.registry).await?;
     let publisher = Publisher::open(connection).await?;
     let stop = shutdown.child_token();
     let mut consumers = Vec::new();
-    let mut settling = Vec::new();
+    let mut settlers = Vec::new();
     for task in shared.registry.tasks() {
         let slots = shared
             .slots
@@ -355,8 +355,10 @@ async fn attach(
                 FieldTable::default(),
             )
             .await?;
-        let (settler, settles) = Settler::start(channel.clone());
-        settling.push(settles);
+        // The settling task holds a handle of the channel, which keeps it open for the acks of
+        // runs that finish after their consumer has stopped (a drain).
+        let (settler, _settling) = Settler::start(channel.clone(), task.id());
+        settlers.push(settler.clone());
         let executor = Arc::new(Executor {
             task: Arc::clone(task),
             events: task.events().into_iter().collect(),
@@ -384,7 +386,7 @@ async fn attach(
             shared.writer.clone(),
         )));
     }
-    Ok((consumers, settling, stop))
+    Ok((consumers, settlers, stop))
 }
 
 impl RunningWorker {
@@ -494,10 +496,10 @@ async fn consume(
         };
         match delivery {
             Some(Ok(delivery)) => {
-                executor.settler.delivered(delivery.delivery_tag);
+                let pending = executor.settler.delivered(delivery.delivery_tag);
                 let executor = Arc::clone(&executor);
                 tracker.spawn(async move {
-                    executor.handle(delivery).await;
+                    executor.handle(delivery, pending).await;
                     drop(slot);
                 });
             }
@@ -558,7 +560,7 @@ async fn supervise(
             || Session {
                 connection: None,
                 consumers: Vec::new(),
-                settling: Vec::new(),
+                settlers: Vec::new(),
                 stop: CancellationToken::new(),
             },
             |s| {
@@ -581,21 +583,19 @@ async fn supervise(
         "draining"
     );
     let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
-    if drained {
-        // The settling tasks end once the finished runs' executors are gone, having sent the
-        // last acks.
-        let settled = futures::future::join_all(session.settling.drain(..));
-        if tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, settled)
-            .await
-            .is_err()
-        {
-            tracing::warn!("acks still unsent at shutdown; the broker redelivers those messages");
-        }
-    } else {
+    if !drained {
         tracing::warn!(
             left = tracker.len(),
             "grace period over: unfinished runs go back to the queue and resume from their checkpoints"
         );
+    }
+    // What is settled goes out before the connection closes (held acks included).
+    let flushed = futures::future::join_all(session.settlers.iter().map(Settler::flush));
+    if tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, flushed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("acks still unsent at shutdown; the broker redelivers those messages");
     }
     if let Some(connection) = session.connection.take() {
         warren_shared::amqp::close(&connection, "worker shutting down").await;

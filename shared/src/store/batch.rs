@@ -36,7 +36,8 @@ pub async fn start_new_runs(
     let tenants: Vec<Option<&str>> = runs.iter().map(|r| r.tenant).collect();
     let workers: Vec<&str> = runs.iter().map(|r| r.worker).collect();
     let published: Vec<Option<DateTime<Utc>>> = runs.iter().map(|r| r.published_at).collect();
-    // Nothing here reads a table, so the plan Postgres caches for the statement cannot go stale.
+    // No join and no scan: the plan Postgres caches for the statement does not depend on the
+    // tables' statistics, so it cannot go stale as they grow.
     let insert = tx
         .prepare_cached(
             "WITH started AS (
@@ -99,10 +100,10 @@ pub async fn complete_steps(
     let mut outcomes = Vec::with_capacity(len);
     let mut wake_tokens = Vec::with_capacity(len);
     let mut next_attempts = Vec::with_capacity(len);
+    let mut logged_steps = Vec::with_capacity(len);
     let mut reasons = Vec::with_capacity(len);
     for (done, change) in steps {
         let (to, outcome, stage, wake) = super::step_end(done.end, change.stage);
-        state::check(Some(RunStatus::Running), RunStatus::Running)?;
         state::check(Some(RunStatus::Running), to)?;
         runs.push(done.run);
         names.push(done.step);
@@ -121,8 +122,10 @@ pub async fn complete_steps(
         wake_tokens.push(wake.map(|(token, _)| token));
         next_attempts.push(wake.map(|(_, until)| until));
         // One transition per step (`super::step_transition`): to the run's new status, with
-        // the stage the run is at after it, which is `stage`.
-        reasons.push(super::step_transition(done.end, change, stage).reason);
+        // the stage the step reached (`stage`: none for a halting step).
+        let logged = super::step_transition(done.end, change, stage);
+        logged_steps.push(logged.step);
+        reasons.push(logged.reason);
     }
     // Sent with its types and planned for these arrays each time, never prepared: under the
     // generic plan Postgres settles on for a statement run many times (made while the table
@@ -152,7 +155,7 @@ pub async fn complete_steps(
              INSERT INTO run_transitions (run_id, from_status, to_status, stage, step, attempt,
                                           worker, reason)
              SELECT run_id, 'running', to_status, stage, step, attempt, worker, reason
-             FROM unnest($1::uuid[], $9::text[], $10::text[], $2::text[], $5::int4[], $7::text[],
+             FROM unnest($1::uuid[], $9::text[], $10::text[], $15::text[], $5::int4[], $7::text[],
                          $14::text[])
                   AS u(run_id, to_status, stage, step, attempt, worker, reason)
          )
@@ -176,6 +179,7 @@ pub async fn complete_steps(
                 (&wake_tokens, Type::TEXT_ARRAY),
                 (&next_attempts, Type::TIMESTAMPTZ_ARRAY),
                 (&reasons, Type::TEXT_ARRAY),
+                (&logged_steps, Type::TEXT_ARRAY),
             ],
         )
         .await?;

@@ -652,7 +652,8 @@ pub async fn complete_step(
 
 /// The one transition a completed step logs: `running -> running` with the stage it reached
 /// when the run goes on, or the run's move to its end (`succeeded`, `halted`, `waiting`)
-/// naming the step, and the stage the run is at after it.
+/// naming the step and the stage it reached (`stage`; none for a halting step, which did not
+/// reach its stage).
 fn step_transition<'a>(
     end: StepEnd<'a>,
     change: &Change<'a>,
