@@ -94,13 +94,17 @@ impl Report {
         println!();
     }
 
-    pub(crate) fn ceiling(&mut self, rate: f64, each_ack: f64) {
+    /// The ceilings, each the best of `runs` measurements.
+    pub(crate) fn ceiling(&mut self, rate: f64, each_ack: f64, runs: usize) {
         self.ceiling = rate;
         self.each_ack = each_ack;
         println!(
-            "ceiling (raw broker: publish with confirms + consume with coalesced acks, at once): {rate:.0} msg/s"
+            "ceiling (raw broker: publish with confirms + consume with coalesced acks, at once; best of {runs}): {rate:.0} msg/s"
         );
         println!("  with one ack per message instead: {each_ack:.0} msg/s");
+        self.notes.push(format!(
+            "Each ceiling is the best of {runs} measurements, taken before the scenarios."
+        ));
         self.rows.push(format!(
             "| ceiling: raw broker, no job system, acks coalesced | {rate:.0} | 100 % | {:.0} % | | | | | | |",
             ratio(rate, each_ack)
