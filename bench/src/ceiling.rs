@@ -1,8 +1,14 @@
 //! The ceiling: what the raw broker moves with no job system at all. One durable queue of the
 //! same type, a publisher with pipelined confirms and a consumer with manual acks (coalesced as
 //! Warren coalesces them, or one per message) and the same prefetch, running at once, on
-//! connections of their own; the same message size. No Postgres, no decoding, no Warren. As fast as confirms allow, for the throughput ceiling; or at a fixed
-//! rate, for the latency the broker itself adds (publish to delivery) at that rate.
+//! connections of their own; the same message size. No Postgres, no decoding, no Warren. As fast
+//! as confirms allow, for the throughput ceiling; or at a fixed rate, for the latency the broker
+//! itself adds (publish to delivery) at that rate.
+//!
+//! The same measurement with Warren's own messages ([`Shape::Warren`]) tells the broker's share
+//! of Warren's cost from Warren's own: the broker routes them through a topic exchange, parses
+//! their headers and keeps a queue with dead-lettering arguments, which costs it more per
+//! message than a bare message to a bare queue.
 
 use crate::measure::Percentiles;
 use anyhow::{Context, Result};
@@ -12,12 +18,14 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use futures::future::BoxFuture;
 use lapin::types::{AMQPValue, FieldTable};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use warren_shared::topology::QueueType;
+use warren_producer::{Producer, PublishOptions};
+use warren_shared::topology::{QueueType, Topology};
 use warren_worker::settle::Settler;
 
 /// Unconfirmed publishes allowed at once, in the ceiling's publisher and in the benchmark's
@@ -34,6 +42,73 @@ pub(crate) struct Ceiling<'a> {
     /// Publish at this many messages per second (open loop) instead of as fast as possible.
     pub(crate) rate: Option<f64>,
     pub(crate) acks: Acks,
+    pub(crate) shape: Shape,
+}
+
+/// What the ceiling's messages look like, and the way they take to their queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// A body with a message id, published to the default exchange straight into a queue that
+    /// has only its type: the least a broker can be asked to do.
+    Bare,
+    /// Published by Warren's producer (its headers, the events topic exchange) into a queue
+    /// declared by Warren's topology (its dead-lettering and delivery-limit arguments), and
+    /// consumed without decoding, Postgres or any Warren logic.
+    Warren,
+}
+
+/// The task and event of the [`Shape::Warren`] ceiling.
+const SHAPED_TASK: &str = "bench.ceiling";
+
+/// A publish whose confirm is still to come.
+type Confirm = BoxFuture<'static, Result<()>>;
+
+/// Where the ceiling's publisher sends its messages.
+enum Sender {
+    Bare {
+        channel: lapin::Channel,
+        queue: String,
+        properties: BasicProperties,
+    },
+    Warren(Producer),
+}
+
+impl Sender {
+    async fn send(&self, index: usize, body: &[u8]) -> Result<Confirm> {
+        let message_id = index.to_string();
+        Ok(match self {
+            Sender::Bare {
+                channel,
+                queue,
+                properties,
+            } => {
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        properties.clone().with_message_id(message_id.into()),
+                    )
+                    .await?;
+                Box::pin(async move {
+                    anyhow::ensure!(
+                        confirm.await?.is_ack(),
+                        "the broker nacked a ceiling publish"
+                    );
+                    Ok(())
+                })
+            }
+            Sender::Warren(producer) => {
+                let options = PublishOptions {
+                    message_id: Some(message_id),
+                    ..PublishOptions::default()
+                };
+                let (_, confirm) = producer.start_json(SHAPED_TASK, body, options).await?;
+                Box::pin(async move { Ok(confirm.wait().await?) })
+            }
+        })
+    }
 }
 
 /// How the ceiling's consumer acknowledges.
@@ -60,24 +135,46 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
     let publisher = warren_shared::amqp::connect(c.url, "warren-bench ceiling publisher").await?;
     let consumer = warren_shared::amqp::connect(c.url, "warren-bench ceiling consumer").await?;
     let channel = publisher.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(c.queue_type.as_str().into()),
-    );
-    channel
-        .queue_declare(
-            c.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let topology = Topology::new(c.queue.clone(), c.queue_type);
+    let (sender, queue) = match c.shape {
+        Shape::Bare => {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(c.queue_type.as_str().into()),
+            );
+            channel
+                .queue_declare(
+                    c.queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    args,
+                )
+                .await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let sender = Sender::Bare {
+                channel: channel.clone(),
+                queue: c.queue.clone(),
+                properties: BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            };
+            (sender, c.queue.clone())
+        }
+        Shape::Warren => {
+            topology
+                .declare_task(&channel, SHAPED_TASK, &[SHAPED_TASK.to_owned()])
+                .await?;
+            let producer =
+                Producer::connect_named(c.url, topology.clone(), "warren-bench ceiling publisher")
+                    .await?;
+            (Sender::Warren(producer), topology.task_queue(SHAPED_TASK))
+        }
+    };
 
     let consuming = consumer.create_channel().await?;
     consuming
@@ -85,7 +182,7 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
         .await?;
     let mut deliveries = consuming
         .basic_consume(
-            c.queue.as_str().into(),
+            queue.as_str().into(),
             "ceiling".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -130,49 +227,47 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
         Ok((Instant::now(), latencies))
     });
 
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
-    let mut pending = VecDeque::with_capacity(CONFIRM_WINDOW);
+    let mut pending: VecDeque<Confirm> = VecDeque::with_capacity(CONFIRM_WINDOW);
     for (index, sent) in sent.iter().enumerate() {
         if let Some(rate) = c.rate {
             let due = started + Duration::from_secs_f64(index as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
         }
         sent.store(started.elapsed().as_micros() as u64, Ordering::Release);
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                c.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                c.body,
-                properties.clone().with_message_id(index.to_string().into()),
-            )
-            .await?;
-        pending.push_back(confirm);
+        pending.push_back(sender.send(index, c.body).await?);
         if pending.len() >= CONFIRM_WINDOW
             && let Some(oldest) = pending.pop_front()
         {
-            anyhow::ensure!(
-                oldest.await?.is_ack(),
-                "the broker nacked a ceiling publish"
-            );
+            oldest.await?;
         }
     }
     for confirm in pending {
-        anyhow::ensure!(
-            confirm.await?.is_ack(),
-            "the broker nacked a ceiling publish"
-        );
+        confirm.await?;
     }
     let (finished, latencies) = tokio::time::timeout(Duration::from_secs(600), drain)
         .await
         .context("the ceiling consumer did not finish")???;
     let rate = c.messages as f64 / (finished - started).as_secs_f64();
 
-    channel
-        .queue_delete(c.queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
+    match c.shape {
+        Shape::Bare => {
+            channel
+                .queue_delete(c.queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        Shape::Warren => {
+            for queue in topology.all_queues([SHAPED_TASK]) {
+                channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+            for exchange in topology.all_exchanges() {
+                channel
+                    .exchange_delete(exchange.as_str().into(), Default::default())
+                    .await?;
+            }
+        }
+    }
     warren_shared::amqp::close(&consumer, "done").await;
     warren_shared::amqp::close(&publisher, "done").await;
     Ok(BrokerRun {

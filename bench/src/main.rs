@@ -22,7 +22,7 @@ mod scenario;
 mod tasks;
 
 use anyhow::{Context, Result};
-use ceiling::Acks;
+use ceiling::{Acks, Shape};
 use clap::Parser;
 use scenario::{Outcome, Scenario, Setup};
 use std::process::ExitCode;
@@ -170,7 +170,7 @@ async fn run(args: Args) -> Result<()> {
     let mut report = report::Report::new(&args, jobs, io_jobs, ceiling_messages, prefetch);
     report.header();
 
-    let broker = |rate: Option<f64>, messages: usize, acks| ceiling::Ceiling {
+    let broker = |rate: Option<f64>, messages: usize, acks, shape| ceiling::Ceiling {
         url: &args.amqp_url,
         queue: format!(
             "bench-ceiling-{}",
@@ -182,23 +182,43 @@ async fn run(args: Args) -> Result<()> {
         prefetch,
         rate,
         acks,
+        shape,
     };
     let ceiling_runs = args
         .ceiling_runs
         .unwrap_or(if quick { 1 } else { 3 })
         .max(1);
-    let (mut best, mut best_each) = (0.0_f64, 0.0_f64);
+    let mut best = report::Ceilings::default();
     for _ in 0..ceiling_runs {
-        let coalesced = ceiling::measure(broker(None, ceiling_messages, Acks::Coalesced))
-            .await
-            .context("the ceiling measurement failed")?;
-        let each = ceiling::measure(broker(None, ceiling_messages, Acks::EachMessage))
-            .await
-            .context("the ceiling measurement (one ack per message) failed")?;
-        best = best.max(coalesced.rate);
-        best_each = best_each.max(each.rate);
+        let coalesced = ceiling::measure(broker(
+            None,
+            ceiling_messages,
+            Acks::Coalesced,
+            Shape::Bare,
+        ))
+        .await
+        .context("the ceiling measurement failed")?;
+        let each = ceiling::measure(broker(
+            None,
+            ceiling_messages,
+            Acks::EachMessage,
+            Shape::Bare,
+        ))
+        .await
+        .context("the ceiling measurement (one ack per message) failed")?;
+        let shaped = ceiling::measure(broker(
+            None,
+            ceiling_messages,
+            Acks::Coalesced,
+            Shape::Warren,
+        ))
+        .await
+        .context("the ceiling measurement with Warren's messages failed")?;
+        best.coalesced = best.coalesced.max(coalesced.rate);
+        best.each_ack = best.each_ack.max(each.rate);
+        best.warren_messages = best.warren_messages.max(shaped.rate);
     }
-    report.ceiling(best, best_each, ceiling_runs);
+    report.ceiling(best, ceiling_runs);
 
     let single = |name: &str, task, jobs, replicas| Scenario {
         name: name.to_owned(),
@@ -236,6 +256,7 @@ async fn run(args: Args) -> Result<()> {
             Some(half),
             jobs.min(ceiling_messages),
             Acks::Coalesced,
+            Shape::Bare,
         ))
         .await
         .context("the raw broker's latency measurement failed")?;

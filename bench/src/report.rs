@@ -5,10 +5,19 @@ use crate::Args;
 use crate::scenario::Outcome;
 use std::fmt::Write as _;
 
+/// The raw broker's rates, in messages per second.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ceilings {
+    /// Bare messages, acks coalesced: the ceiling.
+    pub(crate) coalesced: f64,
+    /// Bare messages, one ack per message.
+    pub(crate) each_ack: f64,
+    /// Warren's messages through Warren's exchange and queue, acks coalesced.
+    pub(crate) warren_messages: f64,
+}
+
 pub(crate) struct Report {
-    ceiling: f64,
-    /// The ceiling with one ack per message.
-    each_ack: f64,
+    ceilings: Ceilings,
     context: Vec<String>,
     rows: Vec<String>,
     notes: Vec<String>,
@@ -79,8 +88,7 @@ impl Report {
             ),
         ];
         Report {
-            ceiling: 0.0,
-            each_ack: 0.0,
+            ceilings: Ceilings::default(),
             context,
             rows: Vec::new(),
             notes: Vec::new(),
@@ -95,23 +103,40 @@ impl Report {
     }
 
     /// The ceilings, each the best of `runs` measurements.
-    pub(crate) fn ceiling(&mut self, rate: f64, each_ack: f64, runs: usize) {
-        self.ceiling = rate;
-        self.each_ack = each_ack;
+    pub(crate) fn ceiling(&mut self, ceilings: Ceilings, runs: usize) {
+        self.ceilings = ceilings;
+        let Ceilings {
+            coalesced,
+            each_ack,
+            warren_messages,
+        } = ceilings;
         println!(
-            "ceiling (raw broker: publish with confirms + consume with coalesced acks, at once; best of {runs}): {rate:.0} msg/s"
+            "ceiling (raw broker: publish with confirms + consume with coalesced acks, at once; best of {runs}): {coalesced:.0} msg/s"
         );
         println!("  with one ack per message instead: {each_ack:.0} msg/s");
+        println!(
+            "  with Warren's messages (its producer, exchange, headers and queue arguments; no Postgres, no Warren logic): {warren_messages:.0} msg/s"
+        );
         self.notes.push(format!(
             "Each ceiling is the best of {runs} measurements, taken before the scenarios."
         ));
-        self.rows.push(format!(
-            "| ceiling: raw broker, no job system, acks coalesced | {rate:.0} | 100 % | {:.0} % | | | | | | |",
-            ratio(rate, each_ack)
+        let row = |name: &str, rate: f64| {
+            format!(
+                "| {name} | {rate:.0} | {:.0} % | {:.0} % | {:.0} % | | | | | | |",
+                ratio(rate, coalesced),
+                ratio(rate, each_ack),
+                ratio(rate, warren_messages)
+            )
+        };
+        self.rows.push(row(
+            "ceiling: raw broker, no job system, acks coalesced",
+            coalesced,
         ));
-        self.rows.push(format!(
-            "| raw broker, one ack per message | {each_ack:.0} | {:.0} % | 100 % | | | | | | |",
-            ratio(each_ack, rate)
+        self.rows
+            .push(row("raw broker, one ack per message", each_ack));
+        self.rows.push(row(
+            "raw broker moving Warren's messages (its producer, exchange, queue), acks coalesced",
+            warren_messages,
         ));
     }
 
@@ -122,20 +147,21 @@ impl Report {
             ms(latency)
         );
         self.rows.push(format!(
-            "| raw broker at {rate:.0} msg/s, no job system (publish→delivery) | | | | {} | | | | | |",
+            "| raw broker at {rate:.0} msg/s, no job system (publish→delivery) | | | | | {} | | | | | |",
             ms(latency)
         ));
     }
 
     pub(crate) fn scenario(&mut self, name: &str, o: &Outcome) {
-        let of_each = ratio(o.jobs_per_sec, self.each_ack);
-        let of_ceiling = ratio(o.jobs_per_sec, self.ceiling);
+        let of_each = ratio(o.jobs_per_sec, self.ceilings.each_ack);
+        let of_ceiling = ratio(o.jobs_per_sec, self.ceilings.coalesced);
+        let of_shaped = ratio(o.jobs_per_sec, self.ceilings.warren_messages);
         let tx = match o.state_commits_per_job {
             Some(state) => format!("{:.3} ({:.3} state)", o.transactions_per_job, state),
             None => format!("{:.3}", o.transactions_per_job),
         };
         println!(
-            "{name}: {:.0} jobs/s ({of_ceiling:.0} % of the ceiling, {of_each:.0} % of the one-ack-per-message one); publish-to-start ms p50/p95/p99/max {}; \
+            "{name}: {:.0} jobs/s ({of_ceiling:.0} % of the ceiling, {of_each:.0} % of the one-ack-per-message one, {of_shaped:.0} % of the broker moving Warren's messages); publish-to-start ms p50/p95/p99/max {}; \
              publish-to-finish {}; {:.2} CPU s per 1,000 jobs; peak RSS {:.1} MiB; \
              Postgres {tx} transactions and {:.1} rows per job",
             o.jobs_per_sec,
@@ -145,6 +171,16 @@ impl Report {
             o.peak_rss_mib,
             o.rows_per_job
         );
+        if let Some(probe) = &o.broker_probe {
+            println!(
+                "  meanwhile, the broker alone (a probe at 100 msg/s on a queue of its own): publish-to-delivery ms p50/p95/p99/max {}",
+                ms(probe)
+            );
+            self.notes.push(format!(
+                "While \"{name}\" ran, a probe through the broker alone (100 msg/s on a queue of its own) measured publish-to-delivery p50 / p95 / p99 / max {} ms.",
+                ms(probe)
+            ));
+        }
         if let Some(idle) = o.idle_cpu_percent {
             println!("  idle worker afterwards: {idle:.2} % of a core");
             self.notes.push(format!(
@@ -152,7 +188,7 @@ impl Report {
             ));
         }
         self.rows.push(format!(
-            "| {name} | {:.0} | {of_ceiling:.0} % | {of_each:.0} % | {} | {} | {:.2} | {:.1} | {tx} | {:.1} |",
+            "| {name} | {:.0} | {of_ceiling:.0} % | {of_each:.0} % | {of_shaped:.0} % | {} | {} | {:.2} | {:.1} | {tx} | {:.1} |",
             o.jobs_per_sec,
             ms(&o.queue_wait),
             ms(&o.finish),
@@ -175,9 +211,9 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "| scenario | jobs/s | of ceiling | of one-ack-per-message ceiling | publish→start ms p50 / p95 / p99 / max | publish→finish ms p50 / p95 / p99 / max | worker CPU s per 1,000 jobs | peak worker RSS MiB | Postgres transactions per job (state commits) | rows written per job |"
+            "| scenario | jobs/s | of ceiling | of one-ack-per-message ceiling | of the broker moving Warren's messages | publish→start ms p50 / p95 / p99 / max | publish→finish ms p50 / p95 / p99 / max | worker CPU s per 1,000 jobs | peak worker RSS MiB | Postgres transactions per job (state commits) | rows written per job |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
         for row in &self.rows {
             let _ = writeln!(md, "{row}");
         }

@@ -4,7 +4,7 @@
 //! and latencies come from the runs' own timestamps in Postgres; CPU and memory from `/proc`;
 //! transactions and rows from Postgres's statistics for the database.
 
-use crate::ceiling::CONFIRM_WINDOW;
+use crate::ceiling::{self, Acks, CONFIRM_WINDOW, Ceiling, Shape};
 use crate::measure::{self, Percentiles, PgCounters};
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
@@ -51,7 +51,13 @@ pub(crate) struct Outcome {
     pub(crate) transactions_per_job: f64,
     pub(crate) state_commits_per_job: Option<f64>,
     pub(crate) rows_per_job: f64,
+    /// At a fixed rate: the broker's own publish-to-delivery latency meanwhile, measured by a
+    /// probe on a queue of its own.
+    pub(crate) broker_probe: Option<Percentiles>,
 }
+
+/// Messages per second of the latency probe: few enough to add no load worth counting.
+const PROBE_RATE: f64 = 100.0;
 
 struct Replica {
     child: Child,
@@ -149,7 +155,33 @@ async fn measure_scenario(
     let pg_before = measure::pg_counters(admin, database).await?;
     let producer =
         Producer::connect_named(&setup.amqp_url, topology.clone(), "warren-bench producer").await?;
-    publish(&producer, scenario, &setup.body).await?;
+    let broker_probe = match scenario.rate {
+        None => {
+            publish(&producer, scenario, &setup.body).await?;
+            None
+        }
+        Some(rate) => {
+            // A probe through the broker alone, for as long as the publisher runs: the latency
+            // the broker itself adds under this load, which Warren's publish-to-start includes.
+            let probe = Ceiling {
+                url: &setup.amqp_url,
+                queue: format!("{}.probe", topology.namespace()),
+                queue_type: setup.queue_type,
+                messages: (scenario.jobs as f64 / rate * PROBE_RATE * 0.9).max(1.0) as usize,
+                body: &setup.body,
+                prefetch: setup.prefetch,
+                rate: Some(PROBE_RATE),
+                acks: Acks::Coalesced,
+                shape: Shape::Bare,
+            };
+            let (published, probed) = tokio::join!(
+                publish(&producer, scenario, &setup.body),
+                ceiling::measure(probe)
+            );
+            published?;
+            Some(probed.context("the broker latency probe failed")?.latency)
+        }
+    };
     wait_done(pool, &replicas, scenario.jobs).await?;
     let cpu_after = total_cpu(&replicas)?;
 
@@ -196,6 +228,7 @@ async fn measure_scenario(
         transactions_per_job: (pg_after.commits - pg_before.commits) as f64 / jobs,
         state_commits_per_job: state_commits.map(|c| c / jobs),
         rows_per_job: rows(pg_before, pg_after) / jobs,
+        broker_probe,
     })
 }
 

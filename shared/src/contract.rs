@@ -531,10 +531,14 @@ impl Outgoing {
                 text(name, value);
             }
         }
-        headers.insert(
-            header::ATTEMPT.into(),
-            AMQPValue::LongLongInt(i64::from(self.attempt)),
-        );
+        // A first attempt carries no attempt header (absent means 1, as for any producer):
+        // every header is parsed by the broker on every publish.
+        if self.attempt > 1 {
+            headers.insert(
+                header::ATTEMPT.into(),
+                AMQPValue::LongLongInt(i64::from(self.attempt)),
+            );
+        }
         for (name, value) in &self.extra_headers {
             headers.insert(ShortString::from(name.as_str()), value.clone());
         }
@@ -726,5 +730,13 @@ mod tests {
             env.published_at.map(format_time),
             Some(format_time(out.published_at))
         );
+    }
+
+    #[test]
+    fn a_first_attempt_is_sent_without_an_attempt_header_and_read_as_one() {
+        let props = Outgoing::new().properties();
+        let headers = props.headers().as_ref().unwrap();
+        assert!(headers.inner().get(header::ATTEMPT).is_none());
+        assert_eq!(decode("e", &props, b"{}", 64).unwrap().attempt, 1);
     }
 }
