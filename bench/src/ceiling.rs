@@ -10,15 +10,15 @@
 //! their headers and keeps a queue with dead-lettering arguments, which costs it more per
 //! message than a bare message to a bare queue.
 
-use crate::measure::Percentiles;
+use crate::measure::{CpuSplit, MachineCpu, Percentiles};
 use anyhow::{Context, Result};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use futures::future::BoxFuture;
 use lapin::types::{AMQPValue, FieldTable};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -68,7 +68,7 @@ enum Sender {
     Bare {
         channel: lapin::Channel,
         queue: String,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
     },
     Warren(Producer),
 }
@@ -88,7 +88,7 @@ impl Sender {
                         queue.as_str().into(),
                         BasicPublishOptions::default(),
                         body,
-                        properties.clone().with_message_id(message_id.into()),
+                        (**properties).clone().with_message_id(message_id.into()),
                     )
                     .await?;
                 Box::pin(async move {
@@ -128,6 +128,8 @@ pub(crate) struct BrokerRun {
     pub(crate) rate: f64,
     /// Publish to delivery, in milliseconds.
     pub(crate) latency: Percentiles,
+    /// Where the CPU went, per message ("this process" is the publisher and the consumer).
+    pub(crate) cpu: CpuSplit,
 }
 
 /// Messages through the raw broker, publish to ack.
@@ -159,9 +161,11 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
             let sender = Sender::Bare {
                 channel: channel.clone(),
                 queue: c.queue.clone(),
-                properties: BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
+                properties: Box::new(
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                ),
             };
             (sender, c.queue.clone())
         }
@@ -191,6 +195,7 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
     let expected = c.messages;
     // When each message was sent, in microseconds since `started`; its message id is its index.
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..expected).map(|_| AtomicU64::new(0)).collect());
+    let cpu_before = MachineCpu::now();
     let started = Instant::now();
     let sent_at = Arc::clone(&sent);
     // Acks coalesced the way Warren's replicas coalesce theirs: the ceiling must be what no
@@ -248,6 +253,7 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
         .await
         .context("the ceiling consumer did not finish")???;
     let rate = c.messages as f64 / (finished - started).as_secs_f64();
+    let cpu = MachineCpu::now().since(&cpu_before, c.messages);
 
     match c.shape {
         Shape::Bare => {
@@ -273,5 +279,6 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
     Ok(BrokerRun {
         rate,
         latency: Percentiles::of(latencies),
+        cpu,
     })
 }

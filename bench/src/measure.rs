@@ -2,7 +2,7 @@
 //! `/proc`), Postgres's own counters for a database, and latency percentiles.
 
 use anyhow::{Context, Result};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.
 fn clock_ticks() -> f64 {
@@ -18,19 +18,113 @@ fn clock_ticks() -> f64 {
 pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    let (_, ticks) = parse_stat(&stat).context("malformed /proc stat")?;
+    Ok(Duration::from_secs_f64(ticks / clock_ticks()))
+}
+
+/// A `/proc/<pid>/stat` line's command name and its user plus system clock ticks.
+fn parse_stat(stat: &str) -> Option<(&str, f64)> {
     // The command name (field 2) may hold spaces; the fields after its closing parenthesis are
     // positional: utime and stime are the 12th and 13th of them.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("malformed /proc stat")?;
+    let (head, after) = stat.rsplit_once(')')?;
+    let (_, name) = head.split_once('(')?;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
-    };
-    Ok(Duration::from_secs_f64(
-        (ticks(11)? + ticks(12)?) / clock_ticks(),
-    ))
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((name, ticks(11)? + ticks(12)?))
+}
+
+/// CPU time the machine's parts have used so far: what tells where a scenario's time went.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MachineCpu {
+    /// Every RabbitMQ process on this machine (`beam.smp`); zero for a broker elsewhere.
+    broker: Duration,
+    /// Every Postgres process (backends, WAL writer, checkpointer, autovacuum).
+    postgres: Duration,
+    /// This benchmark: the publisher (and, for a ceiling, the consumer).
+    this_process: Duration,
+    /// All CPUs' busy time (`/proc/stat`), whoever used it.
+    busy: Duration,
+    at: Instant,
+}
+
+/// Where the CPU went between two [`MachineCpu`] readings, per job (or message).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuSplit {
+    pub(crate) broker_us: f64,
+    pub(crate) postgres_us: f64,
+    pub(crate) this_process_us: f64,
+    /// The machine's busy share over the interval, in % of all its cores.
+    pub(crate) machine_busy_percent: f64,
+}
+
+impl MachineCpu {
+    pub(crate) fn now() -> MachineCpu {
+        let hz = clock_ticks();
+        let me = std::process::id().to_string();
+        let (mut broker, mut postgres, mut this_process) = (0.0, 0.0, 0.0);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = entry.file_name();
+            let Some(pid) = pid
+                .to_str()
+                .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            // A process may end between the listing and the read: it is skipped.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            match parse_stat(&stat) {
+                Some((_, ticks)) if pid == me => this_process += ticks,
+                Some(("beam.smp", ticks)) => broker += ticks,
+                Some(("postgres", ticks)) => postgres += ticks,
+                _ => {}
+            }
+        }
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| busy_ticks(&s))
+            .unwrap_or(0.0);
+        let time = |ticks: f64| Duration::from_secs_f64(ticks / hz);
+        MachineCpu {
+            broker: time(broker),
+            postgres: time(postgres),
+            this_process: time(this_process),
+            busy: time(busy),
+            at: Instant::now(),
+        }
+    }
+
+    /// What was used since `earlier`, per each of `units` jobs or messages.
+    pub(crate) fn since(&self, earlier: &MachineCpu, units: usize) -> CpuSplit {
+        let per_unit = |now: Duration, then: Duration| {
+            now.saturating_sub(then).as_secs_f64() * 1e6 / units.max(1) as f64
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let wall = (self.at - earlier.at).as_secs_f64().max(1e-9);
+        CpuSplit {
+            broker_us: per_unit(self.broker, earlier.broker),
+            postgres_us: per_unit(self.postgres, earlier.postgres),
+            this_process_us: per_unit(self.this_process, earlier.this_process),
+            machine_busy_percent: self.busy.saturating_sub(earlier.busy).as_secs_f64()
+                / wall
+                / cores
+                * 100.0,
+        }
+    }
+}
+
+/// Busy clock ticks of all CPUs from `/proc/stat`'s first line: everything but idle and iowait.
+fn busy_ticks(proc_stat: &str) -> Option<f64> {
+    let line = proc_stat.lines().next()?.strip_prefix("cpu ")?;
+    let values: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = values.get(3)? + values.get(4).unwrap_or(&0.0);
+    // guest and guest_nice (the last two) are already counted in user and nice.
+    let counted = values.len().min(8);
+    Some(values[..counted].iter().sum::<f64>() - idle)
 }
 
 /// The most resident memory a process has used (VmHWM), in MiB.
@@ -107,6 +201,14 @@ mod tests {
         assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
         let one = Percentiles::of(vec![7.0]);
         assert_eq!((one.p50, one.max), (7.0, 7.0));
+    }
+
+    #[test]
+    fn stat_lines_give_the_command_and_its_cpu_ticks() {
+        let line = "42 (tokio rt) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(parse_stat(line), Some(("tokio rt", 300.0)));
+        let cpu = "cpu  100 5 50 1000 20 1 2 3 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(busy_ticks(cpu), Some(161.0));
     }
 
     #[test]

@@ -2,22 +2,38 @@
 //! Markdown (with the date, the machine and the exact command) for `docs/benchmarks.md`.
 
 use crate::Args;
+use crate::ceiling::BrokerRun;
+use crate::measure::CpuSplit;
 use crate::scenario::Outcome;
 use std::fmt::Write as _;
 
-/// The raw broker's rates, in messages per second.
-#[derive(Debug, Clone, Copy, Default)]
+/// The raw broker's best runs.
+#[derive(Default)]
 pub(crate) struct Ceilings {
     /// Bare messages, acks coalesced: the ceiling.
-    pub(crate) coalesced: f64,
+    pub(crate) coalesced: Option<BrokerRun>,
     /// Bare messages, one ack per message.
-    pub(crate) each_ack: f64,
+    pub(crate) each_ack: Option<BrokerRun>,
     /// Warren's messages through Warren's exchange and queue, acks coalesced.
-    pub(crate) warren_messages: f64,
+    pub(crate) warren_messages: Option<BrokerRun>,
+}
+
+fn rate(run: &Option<BrokerRun>) -> f64 {
+    run.as_ref().map_or(0.0, |r| r.rate)
+}
+
+/// Where the CPU went, per job or message.
+fn cpu(split: &CpuSplit, worker_us: Option<f64>, this_process: &str) -> String {
+    let worker = worker_us.map_or(String::new(), |us| format!("worker {us:.0} µs, "));
+    format!(
+        "broker {:.0} µs, Postgres {:.0} µs, {worker}{this_process} {:.0} µs; machine {:.0} % busy",
+        split.broker_us, split.postgres_us, split.this_process_us, split.machine_busy_percent
+    )
 }
 
 pub(crate) struct Report {
-    ceilings: Ceilings,
+    /// The ceilings' rates: coalesced acks, one ack per message, Warren's messages.
+    ceilings: (f64, f64, f64),
     context: Vec<String>,
     rows: Vec<String>,
     notes: Vec<String>,
@@ -88,7 +104,7 @@ impl Report {
             ),
         ];
         Report {
-            ceilings: Ceilings::default(),
+            ceilings: (0.0, 0.0, 0.0),
             context,
             rows: Vec::new(),
             notes: Vec::new(),
@@ -104,25 +120,42 @@ impl Report {
 
     /// The ceilings, each the best of `runs` measurements.
     pub(crate) fn ceiling(&mut self, ceilings: Ceilings, runs: usize) {
-        self.ceilings = ceilings;
-        let Ceilings {
-            coalesced,
-            each_ack,
-            warren_messages,
-        } = ceilings;
-        println!(
-            "ceiling (raw broker: publish with confirms + consume with coalesced acks, at once; best of {runs}): {coalesced:.0} msg/s"
+        let (coalesced, each_ack, warren_messages) = (
+            rate(&ceilings.coalesced),
+            rate(&ceilings.each_ack),
+            rate(&ceilings.warren_messages),
         );
-        println!("  with one ack per message instead: {each_ack:.0} msg/s");
+        self.ceilings = (coalesced, each_ack, warren_messages);
+        let split = |run: &Option<BrokerRun>| {
+            run.as_ref().map_or(String::new(), |r| {
+                format!(
+                    " (CPU per message: {})",
+                    cpu(&r.cpu, None, "publisher and consumer")
+                )
+            })
+        };
         println!(
-            "  with Warren's messages (its producer, exchange, headers and queue arguments; no Postgres, no Warren logic): {warren_messages:.0} msg/s"
+            "ceiling (raw broker: publish with confirms + consume with coalesced acks, at once; best of {runs}): {coalesced:.0} msg/s{}",
+            split(&ceilings.coalesced)
+        );
+        println!(
+            "  with one ack per message instead: {each_ack:.0} msg/s{}",
+            split(&ceilings.each_ack)
+        );
+        println!(
+            "  with Warren's messages (its producer, exchange, headers and queue arguments; no Postgres, no Warren logic): {warren_messages:.0} msg/s{}",
+            split(&ceilings.warren_messages)
         );
         self.notes.push(format!(
             "Each ceiling is the best of {runs} measurements, taken before the scenarios."
         ));
-        let row = |name: &str, rate: f64| {
+        let row = |name: &str, run: &Option<BrokerRun>| {
+            let rate = rate(run);
+            let split = run.as_ref().map_or(String::new(), |r| {
+                cpu(&r.cpu, None, "publisher and consumer")
+            });
             format!(
-                "| {name} | {rate:.0} | {:.0} % | {:.0} % | {:.0} % | | | | | | |",
+                "| {name} | {rate:.0} | {:.0} % | {:.0} % | {:.0} % | | | | | | | {split} |",
                 ratio(rate, coalesced),
                 ratio(rate, each_ack),
                 ratio(rate, warren_messages)
@@ -130,13 +163,13 @@ impl Report {
         };
         self.rows.push(row(
             "ceiling: raw broker, no job system, acks coalesced",
-            coalesced,
+            &ceilings.coalesced,
         ));
         self.rows
-            .push(row("raw broker, one ack per message", each_ack));
+            .push(row("raw broker, one ack per message", &ceilings.each_ack));
         self.rows.push(row(
             "raw broker moving Warren's messages (its producer, exchange, queue), acks coalesced",
-            warren_messages,
+            &ceilings.warren_messages,
         ));
     }
 
@@ -147,15 +180,17 @@ impl Report {
             ms(latency)
         );
         self.rows.push(format!(
-            "| raw broker at {rate:.0} msg/s, no job system (publish→delivery) | | | | | {} | | | | | |",
+            "| raw broker at {rate:.0} msg/s, no job system (publish→delivery) | | | | | {} | | | | | | |",
             ms(latency)
         ));
     }
 
     pub(crate) fn scenario(&mut self, name: &str, o: &Outcome) {
-        let of_each = ratio(o.jobs_per_sec, self.ceilings.each_ack);
-        let of_ceiling = ratio(o.jobs_per_sec, self.ceilings.coalesced);
-        let of_shaped = ratio(o.jobs_per_sec, self.ceilings.warren_messages);
+        let (coalesced, each_ack, warren_messages) = self.ceilings;
+        let of_each = ratio(o.jobs_per_sec, each_ack);
+        let of_ceiling = ratio(o.jobs_per_sec, coalesced);
+        let of_shaped = ratio(o.jobs_per_sec, warren_messages);
+        let split = cpu(&o.cpu, Some(o.cpu_seconds_per_1000 * 1000.0), "publisher");
         let tx = match o.state_commits_per_job {
             Some(state) => format!("{:.3} ({:.3} state)", o.transactions_per_job, state),
             None => format!("{:.3}", o.transactions_per_job),
@@ -163,7 +198,7 @@ impl Report {
         println!(
             "{name}: {:.0} jobs/s ({of_ceiling:.0} % of the ceiling, {of_each:.0} % of the one-ack-per-message one, {of_shaped:.0} % of the broker moving Warren's messages); publish-to-start ms p50/p95/p99/max {}; \
              publish-to-finish {}; {:.2} CPU s per 1,000 jobs; peak RSS {:.1} MiB; \
-             Postgres {tx} transactions and {:.1} rows per job",
+             Postgres {tx} transactions and {:.1} rows per job; CPU per job: {split}",
             o.jobs_per_sec,
             ms(&o.queue_wait),
             ms(&o.finish),
@@ -188,7 +223,7 @@ impl Report {
             ));
         }
         self.rows.push(format!(
-            "| {name} | {:.0} | {of_ceiling:.0} % | {of_each:.0} % | {of_shaped:.0} % | {} | {} | {:.2} | {:.1} | {tx} | {:.1} |",
+            "| {name} | {:.0} | {of_ceiling:.0} % | {of_each:.0} % | {of_shaped:.0} % | {} | {} | {:.2} | {:.1} | {tx} | {:.1} | {split} |",
             o.jobs_per_sec,
             ms(&o.queue_wait),
             ms(&o.finish),
@@ -211,9 +246,9 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "| scenario | jobs/s | of ceiling | of one-ack-per-message ceiling | of the broker moving Warren's messages | publish→start ms p50 / p95 / p99 / max | publish→finish ms p50 / p95 / p99 / max | worker CPU s per 1,000 jobs | peak worker RSS MiB | Postgres transactions per job (state commits) | rows written per job |"
+            "| scenario | jobs/s | of ceiling | of one-ack-per-message ceiling | of the broker moving Warren's messages | publish→start ms p50 / p95 / p99 / max | publish→finish ms p50 / p95 / p99 / max | worker CPU s per 1,000 jobs | peak worker RSS MiB | Postgres transactions per job (state commits) | rows written per job | CPU per job or message |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for row in &self.rows {
             let _ = writeln!(md, "{row}");
         }

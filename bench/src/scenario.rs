@@ -5,7 +5,7 @@
 //! transactions and rows from Postgres's statistics for the database.
 
 use crate::ceiling::{self, Acks, CONFIRM_WINDOW, Ceiling, Shape};
-use crate::measure::{self, Percentiles, PgCounters};
+use crate::measure::{self, CpuSplit, MachineCpu, Percentiles, PgCounters};
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -54,6 +54,9 @@ pub(crate) struct Outcome {
     /// At a fixed rate: the broker's own publish-to-delivery latency meanwhile, measured by a
     /// probe on a queue of its own.
     pub(crate) broker_probe: Option<Percentiles>,
+    /// Where the machine's CPU went, per job, from the first publish until every job was done
+    /// ("this process" is the publisher).
+    pub(crate) cpu: CpuSplit,
 }
 
 /// Messages per second of the latency probe: few enough to add no load worth counting.
@@ -152,6 +155,7 @@ async fn measure_scenario(
     wait_consumers(setup, topology, scenario.task, scenario.replicas).await?;
 
     let cpu_before = total_cpu(&replicas)?;
+    let machine_before = MachineCpu::now();
     let pg_before = measure::pg_counters(admin, database).await?;
     let producer =
         Producer::connect_named(&setup.amqp_url, topology.clone(), "warren-bench producer").await?;
@@ -184,6 +188,7 @@ async fn measure_scenario(
     };
     wait_done(pool, &replicas, scenario.jobs).await?;
     let cpu_after = total_cpu(&replicas)?;
+    let cpu = MachineCpu::now().since(&machine_before, scenario.jobs);
 
     let idle_cpu_percent = if scenario.measure_idle {
         let start = total_cpu(&replicas)?;
@@ -229,6 +234,7 @@ async fn measure_scenario(
         state_commits_per_job: state_commits.map(|c| c / jobs),
         rows_per_job: rows(pg_before, pg_after) / jobs,
         broker_probe,
+        cpu,
     })
 }
 
