@@ -13,7 +13,6 @@
 use crate::measure::{CpuSplit, MachineCpu, Percentiles};
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -24,7 +23,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use warren_producer::{Producer, PublishOptions};
+use warren_producer::{PendingConfirm, Producer, PublishOptions};
 use warren_shared::topology::{QueueType, Topology};
 use warren_worker::settle::Settler;
 
@@ -61,7 +60,23 @@ pub(crate) enum Shape {
 const SHAPED_TASK: &str = "bench.ceiling";
 
 /// A publish whose confirm is still to come.
-type Confirm = BoxFuture<'static, Result<()>>;
+enum Confirm {
+    Bare(lapin::PublisherConfirm),
+    Warren(PendingConfirm),
+}
+
+impl Confirm {
+    async fn wait(self) -> Result<()> {
+        match self {
+            Confirm::Bare(confirm) => anyhow::ensure!(
+                confirm.await?.is_ack(),
+                "the broker nacked a ceiling publish"
+            ),
+            Confirm::Warren(confirm) => confirm.wait().await?,
+        }
+        Ok(())
+    }
+}
 
 /// Where the ceiling's publisher sends its messages.
 enum Sender {
@@ -81,8 +96,8 @@ impl Sender {
                 channel,
                 queue,
                 properties,
-            } => {
-                let confirm = channel
+            } => Confirm::Bare(
+                channel
                     .basic_publish(
                         "".into(),
                         queue.as_str().into(),
@@ -90,22 +105,14 @@ impl Sender {
                         body,
                         (**properties).clone().with_message_id(message_id.into()),
                     )
-                    .await?;
-                Box::pin(async move {
-                    anyhow::ensure!(
-                        confirm.await?.is_ack(),
-                        "the broker nacked a ceiling publish"
-                    );
-                    Ok(())
-                })
-            }
+                    .await?,
+            ),
             Sender::Warren(producer) => {
                 let options = PublishOptions {
                     message_id: Some(message_id),
                     ..PublishOptions::default()
                 };
-                let (_, confirm) = producer.start_json(SHAPED_TASK, body, options).await?;
-                Box::pin(async move { Ok(confirm.wait().await?) })
+                Confirm::Warren(producer.start_json(SHAPED_TASK, body, options).await?.1)
             }
         })
     }
@@ -132,12 +139,47 @@ pub(crate) struct BrokerRun {
     pub(crate) cpu: CpuSplit,
 }
 
-/// Messages through the raw broker, publish to ack.
+/// Messages through the raw broker, publish to ack. Whatever happens, the measurement leaves
+/// nothing on the broker: its queues and exchanges are deleted and its connections closed.
 pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
     let publisher = warren_shared::amqp::connect(c.url, "warren-bench ceiling publisher").await?;
-    let consumer = warren_shared::amqp::connect(c.url, "warren-bench ceiling consumer").await?;
-    let channel = publisher.create_channel().await?;
+    let consumer = match warren_shared::amqp::connect(c.url, "warren-bench ceiling consumer").await
+    {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            warren_shared::amqp::close(&publisher, "done").await;
+            return Err(e.into());
+        }
+    };
     let topology = Topology::new(c.queue.clone(), c.queue_type);
+    let mut producer = None;
+    let result = run(&c, &publisher, &consumer, &topology, &mut producer).await;
+    if let Some(producer) = producer {
+        producer.close().await;
+    }
+    if let Ok(channel) = publisher.create_channel().await {
+        match c.shape {
+            Shape::Bare => {
+                let _ = channel
+                    .queue_delete(c.queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            Shape::Warren => topology.delete_all(&channel, [SHAPED_TASK]).await,
+        }
+    }
+    warren_shared::amqp::close(&consumer, "done").await;
+    warren_shared::amqp::close(&publisher, "done").await;
+    result
+}
+
+async fn run(
+    c: &Ceiling<'_>,
+    publisher: &lapin::Connection,
+    consumer: &lapin::Connection,
+    topology: &Topology,
+    producer: &mut Option<Producer>,
+) -> Result<BrokerRun> {
+    let channel = publisher.create_channel().await?;
     let (sender, queue) = match c.shape {
         Shape::Bare => {
             let mut args = FieldTable::default();
@@ -173,10 +215,11 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
             topology
                 .declare_task(&channel, SHAPED_TASK, &[SHAPED_TASK.to_owned()])
                 .await?;
-            let producer =
-                Producer::connect_named(c.url, topology.clone(), "warren-bench ceiling publisher")
+            let connected =
+                Producer::connect_named(c.url, topology.clone(), "warren-bench ceiling producer")
                     .await?;
-            (Sender::Warren(producer), topology.task_queue(SHAPED_TASK))
+            *producer = Some(connected.clone());
+            (Sender::Warren(connected), topology.task_queue(SHAPED_TASK))
         }
     };
 
@@ -243,11 +286,11 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
         if pending.len() >= CONFIRM_WINDOW
             && let Some(oldest) = pending.pop_front()
         {
-            oldest.await?;
+            oldest.wait().await?;
         }
     }
     for confirm in pending {
-        confirm.await?;
+        confirm.wait().await?;
     }
     let (finished, latencies) = tokio::time::timeout(Duration::from_secs(600), drain)
         .await
@@ -255,27 +298,6 @@ pub(crate) async fn measure(c: Ceiling<'_>) -> Result<BrokerRun> {
     let rate = c.messages as f64 / (finished - started).as_secs_f64();
     let cpu = MachineCpu::now().since(&cpu_before, c.messages);
 
-    match c.shape {
-        Shape::Bare => {
-            channel
-                .queue_delete(c.queue.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-        }
-        Shape::Warren => {
-            for queue in topology.all_queues([SHAPED_TASK]) {
-                channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await?;
-            }
-            for exchange in topology.all_exchanges() {
-                channel
-                    .exchange_delete(exchange.as_str().into(), Default::default())
-                    .await?;
-            }
-        }
-    }
-    warren_shared::amqp::close(&consumer, "done").await;
-    warren_shared::amqp::close(&publisher, "done").await;
     Ok(BrokerRun {
         rate,
         latency: Percentiles::of(latencies),

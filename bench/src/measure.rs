@@ -4,14 +4,17 @@
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 
-/// Clock ticks per second of `/proc/<pid>/stat` times.
+/// Clock ticks per second of `/proc` times (asked once).
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// User plus system CPU time a process has used so far.
@@ -19,18 +22,35 @@ pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     let (_, ticks) = parse_stat(&stat).context("malformed /proc stat")?;
-    Ok(Duration::from_secs_f64(ticks / clock_ticks()))
+    Ok(Duration::from_secs_f64(ticks.own / clock_ticks()))
 }
 
-/// A `/proc/<pid>/stat` line's command name and its user plus system clock ticks.
-fn parse_stat(stat: &str) -> Option<(&str, f64)> {
-    // The command name (field 2) may hold spaces; the fields after its closing parenthesis are
-    // positional: utime and stime are the 12th and 13th of them.
+/// CPU clock ticks from a `/proc/<pid>/stat` line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ticks {
+    /// User plus system time of the process itself.
+    own: f64,
+    /// The same of its children that have ended and been waited for (a Postgres backend that
+    /// exits shows up here, in the postmaster's line).
+    children: f64,
+}
+
+/// A `/proc/<pid>/stat` line's command name and its CPU ticks.
+fn parse_stat(stat: &str) -> Option<(&str, Ticks)> {
+    // The command name (field 2) may hold spaces and parentheses; the fields after its last
+    // closing parenthesis are positional: utime, stime, cutime and cstime are the 12th to the
+    // 15th of them.
     let (head, after) = stat.rsplit_once(')')?;
     let (_, name) = head.split_once('(')?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    Some((name, ticks(11)? + ticks(12)?))
+    Some((
+        name,
+        Ticks {
+            own: ticks(11)? + ticks(12)?,
+            children: ticks(13)? + ticks(14)?,
+        },
+    ))
 }
 
 /// CPU time the machine's parts have used so far: what tells where a scenario's time went.
@@ -44,6 +64,8 @@ pub(crate) struct MachineCpu {
     this_process: Duration,
     /// All CPUs' busy time (`/proc/stat`), whoever used it.
     busy: Duration,
+    /// The CPUs `/proc/stat` counts.
+    cpus: usize,
     at: Instant,
 }
 
@@ -74,23 +96,29 @@ impl MachineCpu {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 continue;
             };
+            // Processes that ended and were waited for count in their parent's line (so a
+            // Postgres backend that exits between two readings is not lost). This process's
+            // own children are the worker replicas, measured on their own.
             match parse_stat(&stat) {
-                Some((_, ticks)) if pid == me => this_process += ticks,
-                Some(("beam.smp", ticks)) => broker += ticks,
-                Some(("postgres", ticks)) => postgres += ticks,
+                Some((_, ticks)) if pid == me => this_process += ticks.own,
+                Some(("beam.smp", ticks)) => broker += ticks.own + ticks.children,
+                Some(("postgres", ticks)) => postgres += ticks.own + ticks.children,
                 _ => {}
             }
         }
-        let busy = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| busy_ticks(&s))
-            .unwrap_or(0.0);
+        let proc_stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let busy = busy_ticks(&proc_stat).unwrap_or(0.0);
+        let cpus = proc_stat
+            .lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .count();
         let time = |ticks: f64| Duration::from_secs_f64(ticks / hz);
         MachineCpu {
             broker: time(broker),
             postgres: time(postgres),
             this_process: time(this_process),
             busy: time(busy),
+            cpus: cpus.max(1),
             at: Instant::now(),
         }
     }
@@ -100,7 +128,7 @@ impl MachineCpu {
         let per_unit = |now: Duration, then: Duration| {
             now.saturating_sub(then).as_secs_f64() * 1e6 / units.max(1) as f64
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = self.cpus as f64;
         let wall = (self.at - earlier.at).as_secs_f64().max(1e-9);
         CpuSplit {
             broker_us: per_unit(self.broker, earlier.broker),
@@ -114,17 +142,17 @@ impl MachineCpu {
     }
 }
 
-/// Busy clock ticks of all CPUs from `/proc/stat`'s first line: everything but idle and iowait.
+/// Busy clock ticks of all CPUs from `/proc/stat`'s first line: user, nice, system, irq and
+/// softirq. Not idle or iowait, nor steal (time the hypervisor gave to someone else); guest
+/// time is already in user and nice.
 fn busy_ticks(proc_stat: &str) -> Option<f64> {
     let line = proc_stat.lines().next()?.strip_prefix("cpu ")?;
     let values: Vec<f64> = line
         .split_whitespace()
         .map(|v| v.parse().ok())
         .collect::<Option<_>>()?;
-    let idle = values.get(3)? + values.get(4).unwrap_or(&0.0);
-    // guest and guest_nice (the last two) are already counted in user and nice.
-    let counted = values.len().min(8);
-    Some(values[..counted].iter().sum::<f64>() - idle)
+    let at = |i: usize| values.get(i).copied().unwrap_or(0.0);
+    Some(at(0) + at(1) + at(2) + at(5) + at(6))
 }
 
 /// The most resident memory a process has used (VmHWM), in MiB.
@@ -205,10 +233,16 @@ mod tests {
 
     #[test]
     fn stat_lines_give_the_command_and_its_cpu_ticks() {
-        let line = "42 (tokio rt) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
-        assert_eq!(parse_stat(line), Some(("tokio rt", 300.0)));
+        let line = "42 (tokio rt) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 3 0";
+        let ticks = Ticks {
+            own: 300.0,
+            children: 10.0,
+        };
+        assert_eq!(parse_stat(line), Some(("tokio rt", ticks)));
+        let odd = "43 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 3 0";
+        assert_eq!(parse_stat(odd), Some(("a) b", ticks)));
         let cpu = "cpu  100 5 50 1000 20 1 2 3 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
-        assert_eq!(busy_ticks(cpu), Some(161.0));
+        assert_eq!(busy_ticks(cpu), Some(158.0));
     }
 
     #[test]

@@ -207,12 +207,13 @@ impl Report {
             o.rows_per_job
         );
         if let Some(probe) = &o.broker_probe {
+            let rate = crate::scenario::PROBE_RATE;
             println!(
-                "  meanwhile, the broker alone (a probe at 100 msg/s on a queue of its own): publish-to-delivery ms p50/p95/p99/max {}",
+                "  meanwhile, the broker alone (a probe at {rate:.0} msg/s on a queue of its own): publish-to-delivery ms p50/p95/p99/max {}",
                 ms(probe)
             );
             self.notes.push(format!(
-                "While \"{name}\" ran, a probe through the broker alone (100 msg/s on a queue of its own) measured publish-to-delivery p50 / p95 / p99 / max {} ms.",
+                "While \"{name}\" ran, a probe through the broker alone ({rate:.0} msg/s on a queue of its own) measured publish-to-delivery p50 / p95 / p99 / max {} ms; its CPU is in that row's broker and publisher shares.",
                 ms(probe)
             ));
         }

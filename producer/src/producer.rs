@@ -73,6 +73,12 @@ impl Producer {
         })
     }
 
+    /// Closes the producer's connection (for every clone). Wait for the confirms you care about
+    /// first: those still pending fail. A publish after this reconnects.
+    pub async fn close(&self) {
+        self.publisher.lock().await.close().await;
+    }
+
     async fn open(url: &str, name: &str, topology: &Topology) -> Result<Publisher, PublishError> {
         let publisher = Publisher::connect(url, name).await?;
         topology.declare_exchange(publisher.channel()).await?;

@@ -96,6 +96,14 @@ impl Publisher {
         Ok(publisher)
     }
 
+    /// Closes the connection the publisher owns, if it owns one (a publisher opened on someone
+    /// else's connection leaves it to them). Confirms still pending fail.
+    pub async fn close(&self) {
+        if let Some(connection) = &self._connection {
+            warren_shared::amqp::close(connection, "publisher closed").await;
+        }
+    }
+
     /// Opens a confirming channel on an existing connection.
     pub async fn open(connection: &Connection) -> Result<Self, PublishError> {
         let channel = connection.create_channel().await?;

@@ -24,7 +24,8 @@
 //! redeclaration), which is why they are all here: see `docs/operations.md` on upgrades.
 
 use lapin::options::{
-    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
@@ -291,6 +292,26 @@ impl Topology {
                 FieldTable::default(),
             )
             .await
+    }
+
+    /// Deletes the queues of `tasks` and every exchange of the namespace, as far as it can:
+    /// for tests and benchmarks that clean up after themselves. Errors are ignored (what is gone
+    /// is gone; a broker that cannot be reached keeps the rest).
+    pub async fn delete_all<'a>(
+        &self,
+        channel: &Channel,
+        tasks: impl IntoIterator<Item = &'a str>,
+    ) {
+        for queue in self.all_queues(tasks) {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in self.all_exchanges() {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
     }
 
     /// Declares the events exchange.

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
@@ -381,19 +381,9 @@ impl Drop for TestEnv {
                     warren_shared::amqp::connect(&amqp_url, "warren-tests-cleanup").await
                 {
                     if let Ok(channel) = connection.create_channel().await {
-                        for queue in topology.all_queues(tasks.iter().map(String::as_str)) {
-                            let _ = channel
-                                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                                .await;
-                        }
-                        for exchange in topology.all_exchanges() {
-                            let _ = channel
-                                .exchange_delete(
-                                    exchange.as_str().into(),
-                                    ExchangeDeleteOptions::default(),
-                                )
-                                .await;
-                        }
+                        topology
+                            .delete_all(&channel, tasks.iter().map(String::as_str))
+                            .await;
                     }
                     warren_shared::amqp::close(&connection, "bye").await;
                 }
