@@ -189,35 +189,33 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or(if quick { 1 } else { 3 })
         .max(1);
     let mut best = report::Ceilings::default();
-    let keep_best = |best: &mut Option<ceiling::BrokerRun>, run: ceiling::BrokerRun| {
-        if best.as_ref().is_none_or(|b| run.rate > b.rate) {
-            *best = Some(run);
-        }
-    };
-    for _ in 0..ceiling_runs {
-        let coalesced =
-            ceiling::measure(broker(None, ceiling_messages, Acks::Coalesced, Shape::Bare))
-                .await
-                .context("the ceiling measurement failed")?;
-        keep_best(&mut best.coalesced, coalesced);
-        let each = ceiling::measure(broker(
-            None,
-            ceiling_messages,
+    let kinds = [
+        (Acks::Coalesced, Shape::Bare, "the ceiling"),
+        (
             Acks::EachMessage,
             Shape::Bare,
-        ))
-        .await
-        .context("the ceiling measurement (one ack per message) failed")?;
-        keep_best(&mut best.each_ack, each);
-        let shaped = ceiling::measure(broker(
-            None,
-            ceiling_messages,
+            "the ceiling with one ack per message",
+        ),
+        (
             Acks::Coalesced,
             Shape::Warren,
-        ))
-        .await
-        .context("the ceiling measurement with Warren's messages failed")?;
-        keep_best(&mut best.warren_messages, shaped);
+            "the ceiling with Warren's messages",
+        ),
+    ];
+    for _ in 0..ceiling_runs {
+        for (acks, shape, what) in kinds {
+            let run = ceiling::measure(broker(None, ceiling_messages, acks, shape))
+                .await
+                .with_context(|| format!("measuring {what} failed"))?;
+            let kept = match (acks, shape) {
+                (Acks::EachMessage, _) => &mut best.each_ack,
+                (_, Shape::Warren) => &mut best.warren_messages,
+                (_, Shape::Bare) => &mut best.coalesced,
+            };
+            if kept.as_ref().is_none_or(|k| run.rate > k.rate) {
+                *kept = Some(run);
+            }
+        }
     }
     report.ceiling(best, ceiling_runs);
 
