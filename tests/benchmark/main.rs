@@ -8,6 +8,8 @@ use std::process::Command;
 
 #[test]
 fn the_benchmark_runs_in_quick_mode() {
+    // Its ceilings, probes and scenarios all name their queues `bench...`.
+    let queues_before = warren_tests::broker_queues("bench");
     let output = Command::new(warren_tests::workspace_binary("warren-bench"))
         .arg("--quick")
         .env_remove("RUST_LOG")
@@ -21,15 +23,30 @@ fn the_benchmark_runs_in_quick_mode() {
     );
     for expected in [
         "ceiling (raw broker",
+        "with one ack per message instead:",
+        "with Warren's messages",
+        "CPU per job: broker",
         "1-step no-op, 1 replica:",
         "3-step no-op, 1 replica:",
         "1-step no-op, 2 replicas:",
         "at half rate",
+        // The broker's own latency under that load, from the probe (which may fail without
+        // failing the run, so it is looked for here).
+        "meanwhile, the broker alone",
         "I/O-bound (50 ms step), concurrency 1000, 1 replica:",
         "idle worker afterwards",
         "done",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
+    // Whatever it measured, it left no queue of its own on the broker.
+    let left: Vec<_> = warren_tests::broker_queues("bench")
+        .into_iter()
+        .filter(|queue| !queues_before.contains(queue))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the benchmark left queues behind: {left:?}"
+    );
     println!("{stdout}");
 }

@@ -95,3 +95,45 @@ async fn the_producer_reconnects_after_losing_its_connection() {
     assert!(runs.len() >= 2);
     worker.shutdown().await.unwrap();
 }
+
+/// Closing a producer closes its connection on the broker (a benchmark or a short-lived script
+/// leaves nothing behind); a publish afterwards opens a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_producer_leaves_no_connection_and_reconnects_to_publish() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(demo::registry()).await;
+    let name = format!("warren-producer closing {}", env.namespace);
+    let producer = warren_producer::Producer::connect_named(&env.amqp_url, env.topology(), &name)
+        .await
+        .unwrap();
+    producer
+        .publish(
+            "player.dump",
+            &json!({ "playerId": "before" }),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(warren_tests::broker_connections(&name).len(), 1);
+
+    producer.close().await;
+    assert!(
+        warren_tests::broker_connections(&name).is_empty(),
+        "the closed producer's connection is still open"
+    );
+
+    producer
+        .publish(
+            "player.dump",
+            &json!({ "playerId": "after" }),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(warren_tests::broker_connections(&name).len(), 1);
+    let runs = env
+        .wait_for_finished_runs(2, std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(runs.len(), 2);
+    worker.shutdown().await.unwrap();
+}

@@ -295,24 +295,45 @@ impl Drop for TestWorker {
     }
 }
 
-/// Closes, from the broker's side, every connection whose client named itself `name`
-/// (`rabbitmqctl close_connection`): the fault a broker restart or a network cut causes.
-pub fn close_broker_connections(name: &str) {
+/// The broker's ids of the open connections whose client named itself `name`
+/// (`rabbitmqctl list_connections`).
+pub fn broker_connections(name: &str) -> Vec<String> {
     let listing = std::process::Command::new("rabbitmqctl")
         .args(["list_connections", "pid", "client_properties", "-q"])
         .output()
         .expect("rabbitmqctl runs (the fault tests need the local broker's tools)");
     let listing = String::from_utf8_lossy(&listing.stdout);
     let needle = format!("\"{name}\"");
-    let pids: Vec<&str> = listing
+    listing
         .lines()
         .filter(|line| line.contains(&needle))
         .filter_map(|line| line.split('\t').next())
-        .collect();
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The names of the broker's queues that start with `prefix` (`rabbitmqctl list_queues`).
+pub fn broker_queues(prefix: &str) -> Vec<String> {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "-q"])
+        .output()
+        .expect("rabbitmqctl runs (these tests need the local broker's tools)");
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Closes, from the broker's side, every connection whose client named itself `name`
+/// (`rabbitmqctl close_connection`): the fault a broker restart or a network cut causes.
+pub fn close_broker_connections(name: &str) {
+    let pids = broker_connections(name);
     assert!(!pids.is_empty(), "no broker connection named {name}");
     for pid in pids {
         let status = std::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "fault injection"])
+            .args(["close_connection", &pid, "fault injection"])
             .output()
             .unwrap();
         assert!(
