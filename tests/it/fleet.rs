@@ -4,11 +4,14 @@
 
 use serde_json::json;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use warren_producer::PublishOptions;
+use warren_producer::{Producer, PublishOptions};
 use warren_shared::store::RunDetail;
 use warren_tests::{TestEnv, TestWorker, video_payload};
 use warren_worker::demo::{self, player, video};
+use warren_worker::{Registry, StepContext, StepOutcome, Task};
 
 fn spawn_worker(env: &TestEnv, id: &str, extra: &[&str]) -> TestWorker {
     env.spawn_test_worker(env!("CARGO_BIN_EXE_warren-test-worker"), id, extra)
@@ -234,4 +237,180 @@ async fn a_replica_survives_its_postgres_sessions_being_terminated() {
         .get(0);
     assert_eq!(extra, 0, "no step ran twice");
     worker.shutdown().await.unwrap();
+}
+
+/// A replica that the fleet gave up for lost (its lease lapsed: marked stopped here) but that
+/// is still executing a step when another replica takes the run over: the late replica's
+/// checkpoint is refused, the new owner's counts, and no step is recorded twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_lost_its_run_cannot_record_the_step_it_was_running() {
+    let env = TestEnv::new().await;
+    let named = |id: &str| {
+        let mut config = env.worker_config();
+        config.worker_id = format!("{id}-{}", env.namespace);
+        config
+    };
+    let late = env.start_worker_with(named("late"), demo::registry()).await;
+    publish_slow_video(&env, "lapse-1", 2_500).await;
+    wait_checkpoints(&env, "lapse-1", 1).await;
+    // The second step is now running on `late`, for 2.5 s.
+    let owner = env
+        .start_worker_with(named("owner"), demo::registry())
+        .await;
+    let client = env.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE workers SET stopped_at = now() WHERE id = $1",
+            &[&late.id()],
+        )
+        .await
+        .unwrap();
+    // Its message goes back to the queue and reaches `owner` (the only consumer until `late`
+    // reconnects), which takes the run over from the checkpoint.
+    warren_tests::close_broker_connections(&format!("warren-worker {}", late.id()));
+
+    let run = env.wait_finished("lapse-1").await;
+    assert_succeeded_once(&run);
+    let takeover = run
+        .transitions
+        .iter()
+        .position(|t| t.worker.as_deref() == Some(owner.id()))
+        .expect("the run was taken over");
+    assert!(
+        run.transitions[takeover..]
+            .iter()
+            .all(|t| t.worker.as_deref() == Some(owner.id())),
+        "the replica that lost the run recorded a transition after the takeover: {:?}",
+        run.transitions
+    );
+    late.shutdown().await.unwrap();
+    owner.shutdown().await.unwrap();
+}
+
+/// A three-step task whose steps each take `step` and count, in `finished`, the executions
+/// that ran to their end on this replica.
+fn counted_task(step: Duration, finished: Arc<AtomicUsize>) -> Registry {
+    let counted = |name: &'static str| {
+        let finished = Arc::clone(&finished);
+        warren_worker::step(name, move |_ctx: StepContext<serde_json::Value>| {
+            let finished = Arc::clone(&finished);
+            async move {
+                tokio::time::sleep(step).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok(StepOutcome::next(json!(name)))
+            }
+        })
+    };
+    Registry::new().register(
+        Task::new("counted.job")
+            .step(counted("one"))
+            .step(counted("two"))
+            .step(counted("three")),
+    )
+}
+
+/// Publishes a `counted.job` with message id `id` once its queue exists, and waits until its
+/// run has started.
+async fn start_counted_job(env: &TestEnv, producer: &Producer, id: &str) {
+    let options = PublishOptions {
+        message_id: Some(id.into()),
+        ..PublishOptions::default()
+    };
+    warren_tests::publish_when_declared(producer, "counted.job", &json!({}), options).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.runs_of(id).await.is_empty() {
+        assert!(Instant::now() < deadline, "run {id} never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The run succeeded and each of its steps was recorded once.
+fn assert_succeeded_once(run: &RunDetail) {
+    assert_eq!(run.summary.status, "succeeded");
+    assert!(
+        run.steps.iter().all(|s| s.executions == 1),
+        "a step was recorded twice: {:?}",
+        run.steps
+    );
+}
+
+/// When the grace period runs out, the runs still in flight stop where they are before the
+/// replica lets go of their messages and its lease: nothing is left executing on a replica that
+/// another one may take the run over from.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_cut_short_by_the_grace_period_stop_executing_before_the_replica_lets_go() {
+    let env = TestEnv::new().await;
+    let on_first = Arc::new(AtomicUsize::new(0));
+    let mut config = env.worker_config();
+    config.grace_period = Duration::from_millis(500);
+    let first = env
+        .start_worker_with(
+            config,
+            counted_task(Duration::from_secs(2), Arc::clone(&on_first)),
+        )
+        .await;
+    start_counted_job(&env, &env.producer().await, "cut-1").await;
+    // Step one is running, with about 2 s to go: far more than the grace period.
+    first.shutdown().await.unwrap();
+    let when_stopped = on_first.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        on_first.load(Ordering::SeqCst),
+        when_stopped,
+        "a step went on executing on the replica after it stopped"
+    );
+
+    let on_second = Arc::new(AtomicUsize::new(0));
+    let second = env
+        .start_worker_with(
+            env.worker_config(),
+            counted_task(Duration::from_millis(10), Arc::clone(&on_second)),
+        )
+        .await;
+    assert_succeeded_once(&env.wait_finished("cut-1").await);
+    assert_eq!(on_second.load(Ordering::SeqCst), 3 - when_stopped);
+    second.shutdown().await.unwrap();
+}
+
+/// A draining replica does not sit on a duplicate of a run another replica is executing (it
+/// would otherwise look again for up to an owner lease, holding the drain up): it hands the
+/// message back to the queue at once, and stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_replica_passes_on_a_run_busy_elsewhere_instead_of_waiting_for_it() {
+    let env = TestEnv::new().await;
+    let mut config = env.worker_config();
+    config.concurrency = Some(1);
+    let owner = env
+        .start_worker_with(config, counted_task(Duration::from_secs(2), Arc::default()))
+        .await;
+    let producer = env.producer().await;
+    start_counted_job(&env, &producer, "busy-1").await;
+    let mut config = env.worker_config();
+    config.grace_period = Duration::from_secs(30);
+    let duplicate = env
+        .start_worker_with(
+            config,
+            counted_task(Duration::from_millis(10), Arc::default()),
+        )
+        .await;
+    // The owner takes one message at a time: the copy goes to the other replica, which finds
+    // the run busy.
+    let same_message = PublishOptions {
+        message_id: Some("busy-1".into()),
+        ..PublishOptions::default()
+    };
+    producer
+        .publish("counted.job", &json!({}), same_message)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    duplicate.shutdown().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the drain waited {:?} for a run busy elsewhere",
+        started.elapsed()
+    );
+    assert_succeeded_once(&env.wait_finished("busy-1").await);
+    owner.shutdown().await.unwrap();
 }

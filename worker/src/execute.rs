@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use warren_producer::{PublishError, Publisher};
 use warren_shared::contract::{self, Envelope, Outgoing, format_time, header};
@@ -62,6 +63,10 @@ pub(crate) enum Requeue {
     Write(#[from] WriteError),
     #[error("publish failed: {0}")]
     Publish(#[from] PublishError),
+    /// The run is busy on another replica and this one is draining: the message goes straight
+    /// back to the queue for a replica that stays, rather than 30 s into the delay queues.
+    #[error("run busy on {owner} while this replica drains")]
+    BusyWhileDraining { owner: String },
 }
 
 /// Everything a task's deliveries are processed with; one per task per replica.
@@ -84,6 +89,13 @@ pub(crate) struct Executor {
     /// Acks and requeues the deliveries of the task's consumer channel (the consume loop
     /// registers each delivery with it).
     pub(crate) settler: Settler,
+    /// Cancelled when the replica starts draining: a delivery whose run is busy elsewhere stops
+    /// waiting for it and hands the message back, so the drain is not held up by others' runs.
+    pub(crate) draining: CancellationToken,
+    /// Cancelled when the grace period is over: runs still in flight stop where they are and
+    /// hand their messages back, before the replica gives up its connection and its lease.
+    /// A run left going after that would race the replica that takes it over.
+    pub(crate) abandon: CancellationToken,
 }
 
 impl Executor {
@@ -115,7 +127,17 @@ impl Executor {
             span.record("event", envelope.event.as_str());
             span.record("attempt", envelope.attempt);
         }
-        match self.process(&delivery, decoded).instrument(span).await {
+        let processed = tokio::select! {
+            biased;
+            () = self.abandon.cancelled() => {
+                // Dropping `pending` hands the message back; the run resumes from its
+                // checkpoints wherever it goes next.
+                tracing::info!(task = %self.task_id, "grace period over: run abandoned, message handed back");
+                return;
+            }
+            processed = self.process(&delivery, decoded).instrument(span) => processed,
+        };
+        match processed {
             // An ack that does not reach the broker means a redelivery, which the run's state
             // makes a no-op.
             Ok(()) => pending.ack(),
@@ -216,6 +238,9 @@ impl Executor {
                 self.metrics.duplicate();
                 Ok(())
             }
+            Claim::Busy { owner } if self.draining.is_cancelled() => {
+                Err(Requeue::BusyWhileDraining { owner })
+            }
             Claim::Busy { owner } => {
                 // Another live replica is still running this run (a duplicate, or a message
                 // the broker took back from a run longer than its consumer_timeout). Look again
@@ -244,14 +269,19 @@ impl Executor {
 
     /// Claims the run; while another live replica owns it, looks again every second for up to
     /// one owner lease (the owner finishes, or its lease runs out and the run is ours) before
-    /// handing the message back.
+    /// handing the message back (at once when this replica is draining).
     async fn claim(&self, run: &Arc<RunFields>) -> Result<Claim, Requeue> {
         let deadline = tokio::time::Instant::now() + store::OWNER_LEASE;
         loop {
             let claim = self.writer.write(ClaimRun(Arc::clone(run))).await?;
             match claim {
-                Claim::Busy { .. } if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(BUSY_POLL).await;
+                Claim::Busy { .. }
+                    if tokio::time::Instant::now() < deadline && !self.draining.is_cancelled() =>
+                {
+                    tokio::select! {
+                        () = tokio::time::sleep(BUSY_POLL) => {}
+                        () = self.draining.cancelled() => {}
+                    }
                 }
                 other => return Ok(other),
             }
@@ -365,7 +395,7 @@ impl Executor {
             match self.writer.write(write).await {
                 Ok(()) => {}
                 Err(WriteError::Store(StoreError::Conflict { .. })) => {
-                    tracing::warn!(run = %run.id, "run was moved on by someone else; leaving it");
+                    tracing::warn!(run = %run.id, "run was moved on or taken over by another replica; leaving it");
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),

@@ -152,6 +152,8 @@ struct Shared {
     run_locks: Arc<RunLocks>,
     delay_levels: Arc<DelayLevels>,
     tracker: TaskTracker,
+    /// Stops the runs in flight when the grace period is over (see `Executor::abandon`).
+    abandon: CancellationToken,
     /// Run slots per task, shared by every session so that runs still finishing from a lost
     /// connection count against the concurrency of the next one.
     slots: BTreeMap<String, Arc<Semaphore>>,
@@ -216,6 +218,7 @@ impl Worker {
             run_locks: Arc::new(RunLocks::default()),
             delay_levels: Arc::new(DelayLevels::default()),
             tracker: TaskTracker::new(),
+            abandon: CancellationToken::new(),
             slots,
         });
         let shutdown = CancellationToken::new();
@@ -375,6 +378,8 @@ async fn attach(
             idempotency_window: config.idempotency_window,
             metrics: TaskMetrics::new(task.id(), &task.steps()),
             settler,
+            draining: shutdown.clone(),
+            abandon: shared.abandon.clone(),
         });
         consumers.push(tokio::spawn(consume(
             consumer,
@@ -588,6 +593,18 @@ async fn supervise(
             left = tracker.len(),
             "grace period over: unfinished runs go back to the queue and resume from their checkpoints"
         );
+        // Before the connection closes and the replica is marked stopped: once it is, another
+        // replica may take these runs over, and must not find them still executing here.
+        shared.abandon.cancel();
+        if tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = tracker.len(),
+                "runs still busy after being abandoned (a step that never yields)"
+            );
+        }
     }
     // What is settled goes out before the connection closes (held acks included).
     let flushed = futures::future::join_all(session.settlers.iter().map(Settler::flush));

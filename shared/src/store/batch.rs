@@ -80,8 +80,8 @@ pub async fn start_new_runs(
 }
 
 /// Records completed steps: their checkpoints, their runs' new states, and the transitions.
-/// Fails with [`StoreError::Conflict`] if any run is no longer `running` in that attempt, and
-/// the caller rolls the whole transaction back.
+/// Fails with [`StoreError::Conflict`] if any run is no longer `running` in that attempt, or no
+/// longer owned by the step's replica, and the caller rolls the whole transaction back.
 pub async fn complete_steps(
     tx: &Transaction<'_>,
     steps: &[(StepDone<'_>, Change<'_>)],
@@ -147,9 +147,10 @@ pub async fn complete_steps(
                     finished_at = CASE WHEN u.status IN ('succeeded', 'halted') THEN now() ELSE NULL END,
                     wake_token = u.wake_token, next_attempt_at = u.next_attempt_at, updated_at = now()
              FROM unnest($1::uuid[], $9::text[], $10::text[], $11::text[], $6::jsonb[], $5::int4[],
-                         $12::text[], $13::timestamptz[])
-                  AS u(id, status, stage, outcome, output, attempt, wake_token, next_attempt_at)
+                         $12::text[], $13::timestamptz[], $7::text[])
+                  AS u(id, status, stage, outcome, output, attempt, wake_token, next_attempt_at, worker)
              WHERE runs.id = u.id AND runs.status = 'running' AND runs.attempt = u.attempt
+                   AND runs.worker = u.worker
              RETURNING runs.id
          ), logged AS (
              INSERT INTO run_transitions (run_id, from_status, to_status, stage, step, attempt,

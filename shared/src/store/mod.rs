@@ -3,6 +3,13 @@
 //!
 //! Each write checks the state machine ([`crate::state::check`]) and fences on the row's current
 //! status, so a write based on a stale view of a run changes nothing and says so.
+//!
+//! A running run's writes also fence on its owner (`runs.worker`, set by every claim). A replica
+//! the fleet has given up for lost (its lease lapsed, or it stopped with runs still executing)
+//! may go on executing a step while another replica takes the run over from its checkpoints;
+//! without the owner in the fence, both would record the same steps. With it, whichever write
+//! commits first decides: the takeover's claim refuses the late replica's checkpoint, or a
+//! checkpoint committed before the claim is one the new owner sees and does not run again.
 
 /// What a step's checkpoint row becomes when it already exists (the step ran again before its
 /// checkpoint committed, or after a failed attempt): shared by the one-write and set-based forms.
@@ -38,8 +45,9 @@ pub enum StoreError {
     /// The change is not a legal transition.
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
-    /// The run was not in the status the write expected (another worker moved it on).
-    #[error("run {run} is no longer {expected}")]
+    /// The run was not in the status the write expected, or another replica owns it now
+    /// (another worker moved it on or took it over).
+    #[error("run {run} is no longer {expected} for this replica")]
     Conflict {
         /// The run.
         run: Uuid,
@@ -621,7 +629,7 @@ pub async fn complete_step(
                     output = CASE WHEN $2 IN ('succeeded', 'halted') THEN $5 ELSE output END,
                     finished_at = CASE WHEN $2 IN ('succeeded', 'halted') THEN now() ELSE NULL END,
                     wake_token = $7, next_attempt_at = $8, updated_at = now()
-             WHERE id = $1 AND status = 'running' AND attempt = $6",
+             WHERE id = $1 AND status = 'running' AND attempt = $6 AND worker = $9",
         )
         .await?;
     let updated = client
@@ -636,6 +644,7 @@ pub async fn complete_step(
                 &change.attempt,
                 &wake.map(|(token, _)| token),
                 &wake.map(|(_, until)| until),
+                &change.worker,
             ],
         )
         .await?;
@@ -770,7 +779,7 @@ pub async fn fail_run(
             "UPDATE runs SET status = $2, error_code = $3, error_message = $4, updated_at = now(),
                     finished_at = CASE WHEN $2 = 'dead' THEN now() ELSE NULL END,
                     attempt = $6, next_attempt_at = $7
-             WHERE id = $1 AND status = 'running' AND attempt = $5",
+             WHERE id = $1 AND status = 'running' AND attempt = $5 AND worker = $8",
         )
         .await?;
     let updated = client
@@ -784,6 +793,7 @@ pub async fn fail_run(
                 &change.attempt,
                 &next_attempt,
                 &next_at,
+                &change.worker,
             ],
         )
         .await?;
