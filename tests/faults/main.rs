@@ -289,6 +289,9 @@ async fn assert_exactly_once(
         elapsed.as_secs_f64(),
         executions - steps,
     );
+    if recorded_twice > 0 {
+        explain_steps_recorded_twice(&client).await;
+    }
     assert_eq!(runs, jobs, "one run per job");
     assert_eq!(succeeded, jobs, "every job succeeded");
     assert_eq!(steps, expected_steps, "every step checkpointed once");
@@ -301,6 +304,37 @@ async fn assert_exactly_once(
     assert_eq!(illegal, 0, "illegal transitions in the log");
     assert_eq!(left_in_queues, 0, "messages left in task queues");
     assert_eq!(dead_letters, 0, "nothing may be dead-lettered");
+}
+
+/// Prints, for each step recorded more than once, its executions (replica and time, from the
+/// ledger) and its run's transitions: the trail that says which replicas raced.
+async fn explain_steps_recorded_twice(client: &deadpool_postgres::Client) {
+    let rows = client
+        .query(
+            "SELECT s.run_id, s.step, s.executions, s.status, s.worker,
+                    (SELECT string_agg(l.worker || ' at ' || l.at::time::text, ', ' ORDER BY l.at)
+                     FROM ledger l WHERE l.run_id = s.run_id AND l.step = s.step),
+                    (SELECT string_agg(coalesce(t.from_status, 'new') || '->' || t.to_status || ' by '
+                                       || coalesce(t.worker, '-') || ' (' || coalesce(t.reason, '') || ') at '
+                                       || t.at::time::text, '; ' ORDER BY t.id)
+                     FROM run_transitions t WHERE t.run_id = s.run_id)
+             FROM run_steps s WHERE s.executions <> 1 OR s.status <> 'succeeded'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in rows {
+        eprintln!(
+            "run {} step {}: recorded {} time(s), {} by {}; executed by {}; transitions: {}",
+            row.get::<_, uuid::Uuid>(0),
+            row.get::<_, String>(1),
+            row.get::<_, i32>(2),
+            row.get::<_, String>(3),
+            row.get::<_, Option<String>>(4).unwrap_or_default(),
+            row.get::<_, Option<String>>(5).unwrap_or_default(),
+            row.get::<_, Option<String>>(6).unwrap_or_default(),
+        );
+    }
 }
 
 async fn wait_all_terminal(env: &TestEnv, jobs: i64, within: Duration) {
