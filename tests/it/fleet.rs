@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use warren_producer::{Producer, PublishOptions};
 use warren_shared::store::RunDetail;
+use warren_shared::topology::inspect_queue;
 use warren_tests::{TestEnv, TestWorker, video_payload};
 use warren_worker::demo::{self, player, video};
-use warren_worker::{Registry, StepContext, StepOutcome, Task};
+use warren_worker::{Registry, StepContext, StepError, StepOutcome, Task};
 
 fn spawn_worker(env: &TestEnv, id: &str, extra: &[&str]) -> TestWorker {
     env.spawn_test_worker(env!("CARGO_BIN_EXE_warren-test-worker"), id, extra)
@@ -257,14 +258,7 @@ async fn a_replica_that_lost_its_run_cannot_record_the_step_it_was_running() {
     let owner = env
         .start_worker_with(named("owner"), demo::registry())
         .await;
-    let client = env.pool.get().await.unwrap();
-    client
-        .execute(
-            "UPDATE workers SET stopped_at = now() WHERE id = $1",
-            &[&late.id()],
-        )
-        .await
-        .unwrap();
+    give_up_for_lost(&env, late.id()).await;
     // Its message goes back to the queue and reaches `owner` (the only consumer until `late`
     // reconnects), which takes the run over from the checkpoint.
     warren_tests::close_broker_connections(&format!("warren-worker {}", late.id()));
@@ -309,6 +303,18 @@ fn counted_task(step: Duration, finished: Arc<AtomicUsize>) -> Registry {
     )
 }
 
+/// `counted.job` as a replica with a broken first step sees it: the step fails for good after
+/// `step`, which dead-letters the run's message.
+fn broken_task(step: Duration) -> Registry {
+    Registry::new().register(Task::new("counted.job").step(warren_worker::step(
+        "one",
+        move |_ctx: StepContext<serde_json::Value>| async move {
+            tokio::time::sleep(step).await;
+            Err::<StepOutcome, _>(StepError::fatal("broken", "this replica's step is broken"))
+        },
+    )))
+}
+
 /// Publishes a `counted.job` with message id `id` once its queue exists, and waits until its
 /// run has started.
 async fn start_counted_job(env: &TestEnv, producer: &Producer, id: &str) {
@@ -322,6 +328,46 @@ async fn start_counted_job(env: &TestEnv, producer: &Producer, id: &str) {
         assert!(Instant::now() < deadline, "run {id} never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The fleet gives the replica up for lost, as when its lease lapses: it is marked stopped
+/// (which its heartbeat does not undo), so that whoever gets one of its runs' messages takes
+/// the run over while it goes on executing.
+async fn give_up_for_lost(env: &TestEnv, worker: &str) {
+    let client = env.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE workers SET stopped_at = now() WHERE id = $1",
+            &[&worker],
+        )
+        .await
+        .unwrap();
+}
+
+/// Publishes another copy of `counted.job` message `id`.
+async fn publish_copy(producer: &Producer, id: &str) {
+    let same_message = PublishOptions {
+        message_id: Some(id.into()),
+        ..PublishOptions::default()
+    };
+    producer
+        .publish("counted.job", &json!({}), same_message)
+        .await
+        .unwrap();
+}
+
+/// Messages waiting in `task`'s queue, not delivered to anyone.
+async fn ready_messages(env: &TestEnv, task: &str) -> u32 {
+    let connection = warren_shared::amqp::connect(&env.amqp_url, "fleet-test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let stats = inspect_queue(&channel, &env.topology().task_queue(task))
+        .await
+        .unwrap()
+        .expect("the task queue exists");
+    warren_shared::amqp::close(&connection, "inspected").await;
+    stats.messages
 }
 
 /// The run succeeded and each of its steps was recorded once.
@@ -395,15 +441,13 @@ async fn a_draining_replica_passes_on_a_run_busy_elsewhere_instead_of_waiting_fo
         .await;
     // The owner takes one message at a time: the copy goes to the other replica, which finds
     // the run busy.
-    let same_message = PublishOptions {
-        message_id: Some("busy-1".into()),
-        ..PublishOptions::default()
-    };
-    producer
-        .publish("counted.job", &json!({}), same_message)
-        .await
-        .unwrap();
+    publish_copy(&producer, "busy-1").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ready_messages(&env, "counted.job").await,
+        0,
+        "nobody took the copy"
+    );
     let started = Instant::now();
     duplicate.shutdown().await.unwrap();
     assert!(
@@ -411,6 +455,46 @@ async fn a_draining_replica_passes_on_a_run_busy_elsewhere_instead_of_waiting_fo
         "the drain waited {:?} for a run busy elsewhere",
         started.elapsed()
     );
+    // Straight back to the task queue (the owner is still busy with its run).
+    assert_eq!(
+        ready_messages(&env, "counted.job").await,
+        1,
+        "the copy was not handed back"
+    );
     assert_succeeded_once(&env.wait_finished("busy-1").await);
+    owner.shutdown().await.unwrap();
+}
+
+/// A replica that lost its run to a takeover and whose step then fails sends nothing on: no
+/// dead letter (nor retry) for a run its new owner carries to success.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_lost_its_run_sends_no_dead_letter_for_it() {
+    let env = TestEnv::new().await;
+    let mut config = env.worker_config();
+    config.concurrency = Some(1);
+    let late = env
+        .start_worker_with(config, broken_task(Duration::from_secs(2)))
+        .await;
+    let producer = env.producer().await;
+    start_counted_job(&env, &producer, "lost-1").await;
+    let owner = env
+        .start_worker_with(
+            env.worker_config(),
+            counted_task(Duration::from_millis(10), Arc::default()),
+        )
+        .await;
+    // The fleet gives `late` up while its step runs; a copy of the message (`late` takes one
+    // at a time) reaches `owner`, which takes the run over and finishes it.
+    give_up_for_lost(&env, late.id()).await;
+    publish_copy(&producer, "lost-1").await;
+    assert_succeeded_once(&env.wait_finished("lost-1").await);
+    // `late`'s step fails about 2 s after it started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    late.shutdown().await.unwrap();
+    assert!(
+        env.take_dead_letters("counted.job").await.is_empty(),
+        "the replica that lost the run dead-lettered it"
+    );
+    assert_succeeded_once(&env.runs_of("lost-1").await.pop().unwrap());
     owner.shutdown().await.unwrap();
 }

@@ -10,6 +10,7 @@ mod deploy;
 mod failures;
 mod fleet;
 mod observability;
+mod ownership;
 mod pipelines;
 mod poison;
 mod polyglot;

@@ -18,6 +18,7 @@ use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
 use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::writes::{
     ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, ReleaseRun, RunFields,
+    StillOwned,
 };
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -143,7 +144,11 @@ impl Executor {
             Ok(()) => pending.ack(),
             Err(reason) => {
                 tracing::warn!(%reason, task = %self.task_id, "message requeued");
-                tokio::time::sleep(REQUEUE_PAUSE).await;
+                // The pause keeps an outage from becoming a redelivery loop; a draining
+                // replica's hand-back goes to the replicas that stay, and need not wait.
+                if !matches!(reason, Requeue::BusyWhileDraining { .. }) {
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                }
                 pending.requeue();
             }
         }
@@ -239,6 +244,9 @@ impl Executor {
                 Ok(())
             }
             Claim::Busy { owner } if self.draining.is_cancelled() => {
+                // Once per drain, this spends one of the message's deliveries (on brokers that
+                // count requeues towards the delivery limit): cheaper than holding the drain
+                // for up to an owner lease, or parking a run's only message for 30 s.
                 Err(Requeue::BusyWhileDraining { owner })
             }
             Claim::Busy { owner } => {
@@ -256,6 +264,17 @@ impl Executor {
                     .await
             }
         }
+    }
+
+    /// Whether this replica still owns the run, before it sends a copy of the run's message on
+    /// (a retry, a dead letter, a wake-up) that the fenced write after it could not take back.
+    /// A run lost to a takeover is left to its new owner, and this delivery acknowledged.
+    async fn still_owned(&self, run: &Arc<RunFields>) -> Result<bool, Requeue> {
+        let owned = self.writer.write(StillOwned(Arc::clone(run))).await?;
+        if !owned {
+            tracing::warn!(run = %run.id, "run was moved on or taken over by another replica; leaving it");
+        }
+        Ok(owned)
     }
 
     /// The message goes back to the queue: give up the run, so that the next replica takes it
@@ -354,6 +373,8 @@ impl Executor {
                         .is_none()
                     {
                         (output, End::Continue)
+                    } else if !self.still_owned(run).await? {
+                        return Ok(());
                     } else {
                         // The copy that will wake the run goes out first: if we die before the
                         // commit, the redelivered original repeats this step, never loses the run.
@@ -483,6 +504,9 @@ impl Executor {
         };
         let first_failed_at = run.first_failed_at.unwrap_or(started_at);
         tracing::info!(run = %run.id, step = %step.0, code = %error.code, attempt = run.attempt, retryable, ?delay, "step failed");
+        if !self.still_owned(run).await? {
+            return Ok(());
+        }
 
         let after = match delay {
             Some(delay) => {

@@ -241,6 +241,16 @@ impl Write for DeadOnArrival {
     }
 }
 
+/// Reads whether this replica still owns the run (see `store::owns`).
+pub(crate) struct StillOwned(pub(crate) Arc<RunFields>);
+
+impl Write for StillOwned {
+    type Output = bool;
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(store::owns(tx, self.0.id, self.0.attempt, &self.0.worker))
+    }
+}
+
 /// The task's failure handler ran for the run's death.
 pub(crate) struct MarkFailureHandled(pub(crate) Uuid);
 

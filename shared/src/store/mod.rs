@@ -823,6 +823,28 @@ pub async fn release_run(
     Ok(())
 }
 
+/// Whether `worker` still owns the run in this attempt: checked before a failing or waiting
+/// run sends a copy of its message on (a retry, a dead letter, a wake-up), which the write that
+/// follows could no longer take back if the fence refused it. It narrows, not closes, the window
+/// in which a replica given up for lost sends one.
+pub async fn owns(
+    client: &impl GenericClient,
+    run: Uuid,
+    attempt: i32,
+    worker: &str,
+) -> Result<bool, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM runs
+                            WHERE id = $1 AND status = 'running' AND attempt = $2 AND worker = $3)",
+        )
+        .await?;
+    Ok(client
+        .query_one(&stmt, &[&run, &attempt, &worker])
+        .await?
+        .get(0))
+}
+
 /// Records that the task's failure handler ran for the run's current death.
 pub async fn mark_failure_handled(
     client: &impl GenericClient,
