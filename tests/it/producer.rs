@@ -1,7 +1,7 @@
 //! The producer never loses a message silently.
 
 use serde_json::json;
-use warren_producer::{PublishError, PublishOptions};
+use warren_producer::{Producer, PublishError, PublishOptions};
 use warren_tests::TestEnv;
 use warren_worker::demo;
 
@@ -52,13 +52,9 @@ async fn bad_event_names_and_unreachable_brokers_are_errors() {
     assert!(matches!(unreachable, Err(PublishError::Broker(_))));
 }
 
-/// The broker dropping the producer's connection: the next publish reconnects and succeeds.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_producer_reconnects_after_losing_its_connection() {
-    let env = TestEnv::new().await;
-    let worker = env.start_worker(demo::registry()).await;
-    let name = format!("warren-producer {}", env.namespace);
-    let producer = warren_producer::Producer::connect_named(&env.amqp_url, env.topology(), &name)
+/// A producer whose connection the broker knows as `name`, after one successful publish.
+async fn named_producer_that_published(env: &TestEnv, name: &str) -> Producer {
+    let producer = Producer::connect_named(&env.amqp_url, env.topology(), name)
         .await
         .unwrap();
     producer
@@ -69,6 +65,16 @@ async fn the_producer_reconnects_after_losing_its_connection() {
         )
         .await
         .unwrap();
+    producer
+}
+
+/// The broker dropping the producer's connection: the next publish reconnects and succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_producer_reconnects_after_losing_its_connection() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(demo::registry()).await;
+    let name = format!("warren-producer {}", env.namespace);
+    let producer = named_producer_that_published(&env, &name).await;
     warren_tests::close_broker_connections(&name);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     // The client learns of the close asynchronously; a publish racing it fails loudly, never
@@ -103,17 +109,7 @@ async fn a_closed_producer_leaves_no_connection_and_reconnects_to_publish() {
     let env = TestEnv::new().await;
     let worker = env.start_worker(demo::registry()).await;
     let name = format!("warren-producer closing {}", env.namespace);
-    let producer = warren_producer::Producer::connect_named(&env.amqp_url, env.topology(), &name)
-        .await
-        .unwrap();
-    producer
-        .publish(
-            "player.dump",
-            &json!({ "playerId": "before" }),
-            PublishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let producer = named_producer_that_published(&env, &name).await;
     assert_eq!(warren_tests::broker_connections(&name).len(), 1);
 
     producer.close().await;
