@@ -170,7 +170,7 @@ impl Producer {
             None => (self.topology.events_exchange(), event.to_owned()),
         };
         let pending = publisher
-            .start(&exchange, &routing_key, body, outgoing.properties())
+            .start(&exchange, &routing_key, body, outgoing.properties()?)
             .instrument(span)
             .await?;
         Ok((

@@ -34,7 +34,8 @@ pub enum PublishError {
         /// The message.
         message_id: String,
     },
-    /// The event name is not valid.
+    /// The event name is not valid, or the message breaks the wire contract (a short string
+    /// longer than AMQP allows).
     #[error(transparent)]
     InvalidEvent(#[from] warren_shared::contract::ContractError),
     /// The payload could not be serialised as JSON.
@@ -129,6 +130,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<PendingConfirm, PublishError> {
+        warren_shared::contract::check_short_strings(exchange, routing_key, &properties)?;
         let message_id = properties
             .message_id()
             .as_ref()

@@ -26,6 +26,20 @@ pub const CONTENT_TYPE_CLOUDEVENTS: &str = "application/cloudevents+json";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// The longest event name; AMQP routing keys are at most 255 bytes.
 pub const MAX_EVENT_NAME_LEN: usize = 255;
+/// The longest AMQP short string (message ids, routing keys, exchange and header names).
+pub const MAX_SHORT_STRING_LEN: usize = 255;
+/// The longest message id, idempotency key or tenant: they are indexed in Postgres, whose
+/// btree entries have a size limit far below what an AMQP long string can carry.
+pub const MAX_ID_LEN: usize = 255;
+/// The deepest nesting of arrays and objects a payload may have. Deeper documents exhaust
+/// Postgres's stack when stored as `jsonb` (and serde's recursion limit when decoded), so they
+/// are refused at the door, like the limit serde applies to a tree.
+pub const MAX_JSON_DEPTH: usize = 128;
+/// The longest number literal a payload may hold, and the largest decimal exponent: Postgres's
+/// `numeric` (inside `jsonb`) overflows far beyond what any real input carries.
+pub const MAX_JSON_NUMBER_LEN: usize = 64;
+/// See [`MAX_JSON_NUMBER_LEN`]: the same bound as an `f64`'s.
+pub const MAX_JSON_EXPONENT: i64 = 308;
 
 /// AMQP header names Warren reads and writes. Plain names (no `x-` prefix), lower case.
 pub mod header {
@@ -106,6 +120,27 @@ pub enum ContractError {
         /// What was wrong with it.
         detail: String,
     },
+    /// The body is JSON, but not a JSON object: a task's input is always an object, and an
+    /// array would otherwise be read into a struct field by field.
+    #[error("body must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    /// The body is JSON that Postgres cannot store or that no decoder should be asked to read.
+    #[error("body is JSON Warren does not accept: {0}")]
+    UnstorableJson(String),
+    /// The body is compressed or otherwise encoded; Warren reads plain UTF-8 JSON only.
+    #[error(
+        "unsupported content encoding {0:?}: Warren reads the body as plain UTF-8 JSON; publish it uncompressed"
+    )]
+    UnsupportedContentEncoding(String),
+    /// An AMQP short string (routing key, exchange, message id, header name) is longer than the
+    /// protocol allows; sending it would corrupt the frame.
+    #[error("{what} is {len} bytes long; AMQP allows at most 255")]
+    ShortStringTooLong {
+        /// Which string.
+        what: String,
+        /// Its length in bytes.
+        len: usize,
+    },
 }
 
 impl ContractError {
@@ -177,6 +212,7 @@ pub fn decode(
             limit: max_bytes,
         });
     }
+    check_content_encoding(properties)?;
     let headers = properties.headers().as_ref();
     // A forwarded message names its event in a header; otherwise the routing key is the event.
     let event_header = string_header(headers, header::EVENT)?;
@@ -191,12 +227,16 @@ pub fn decode(
     });
     let mut envelope = match content_type.as_deref() {
         None | Some("") | Some(CONTENT_TYPE_JSON) => Envelope {
-            message_id: properties.message_id().as_ref().map(|id| id.to_string()),
+            message_id: properties
+                .message_id()
+                .as_ref()
+                .map(|id| stored_id("message id", id.as_str()))
+                .transpose()?,
             event: routing_key.to_owned(),
             payload: serde_json::from_slice(body)
                 .map_err(|e| ContractError::MalformedJson(e.to_string()))?,
-            idempotency_key: string_header(headers, header::IDEMPOTENCY_KEY)?,
-            tenant: string_header(headers, header::TENANT)?,
+            idempotency_key: id_header(headers, header::IDEMPOTENCY_KEY)?,
+            tenant: id_header(headers, header::TENANT)?,
             published_at: published_at(headers, properties)?,
             attempt: 1,
             traceparent: string_header(headers, header::TRACEPARENT)?,
@@ -209,6 +249,7 @@ pub fn decode(
         Some(other) => return Err(ContractError::UnsupportedContentType(other.to_owned())),
     };
     validate_event_name(&envelope.event)?;
+    check_payload(envelope.payload.get())?;
     envelope.wake = string_header(headers, header::WAKE)?;
     envelope.first_failed_at = time_header(headers, header::FIRST_FAILED_AT)?;
     envelope.due_at = time_header(headers, header::DUE_AT)?;
@@ -256,6 +297,7 @@ fn decode_cloudevent(
         .id
         .filter(|s| !s.is_empty())
         .ok_or_else(|| invalid("id is required"))?;
+    let id = stored_id("CloudEvents id", &id)?;
     ce.source
         .filter(|s| !s.is_empty())
         .ok_or_else(|| invalid("source is required"))?;
@@ -271,9 +313,10 @@ fn decode_cloudevent(
     if ce.data_base64.is_some() {
         return Err(invalid("data_base64 is not supported: send JSON in data"));
     }
+    // An event without data is a task input without fields.
     let payload = match ce.data {
         Some(data) => data,
-        None => RawValue::from_string("null".to_owned())
+        None => RawValue::from_string("{}".to_owned())
             .map_err(|e| ContractError::MalformedJson(e.to_string()))?,
     };
     let published_at = ce
@@ -288,10 +331,14 @@ fn decode_cloudevent(
         message_id: Some(id),
         event,
         payload,
-        idempotency_key: ce
-            .idempotencykey
-            .or(string_header(headers, header::IDEMPOTENCY_KEY)?),
-        tenant: ce.tenant.or(string_header(headers, header::TENANT)?),
+        idempotency_key: match ce.idempotencykey {
+            Some(key) => Some(stored_id(header::IDEMPOTENCY_KEY, &key)?),
+            None => id_header(headers, header::IDEMPOTENCY_KEY)?,
+        },
+        tenant: match ce.tenant {
+            Some(tenant) => Some(stored_id(header::TENANT, &tenant)?),
+            None => id_header(headers, header::TENANT)?,
+        },
         published_at,
         attempt: 1,
         traceparent: ce
@@ -318,16 +365,231 @@ pub fn string_header(
     match header_value(headers, name) {
         None | Some(AMQPValue::Void) => Ok(None),
         Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec())
-            .map(Some)
             .map_err(|_| ContractError::InvalidHeader {
                 name,
                 detail: "not UTF-8".into(),
-            }),
-        Some(AMQPValue::ShortString(s)) => Ok(Some(s.as_str().to_owned())),
+            })
+            .and_then(|text| without_nul(name, text))
+            .map(Some),
+        Some(AMQPValue::ShortString(s)) => without_nul(name, s.as_str().to_owned()).map(Some),
         Some(other) => Err(ContractError::InvalidHeader {
             name,
             detail: format!("expected a string, got {other:?}"),
         }),
+    }
+}
+
+/// Text Warren stores must not hold NUL: Postgres `text` cannot.
+fn without_nul(name: &'static str, text: String) -> Result<String, ContractError> {
+    if text.contains('\0') {
+        return Err(ContractError::InvalidHeader {
+            name,
+            detail: "contains a NUL character".into(),
+        });
+    }
+    Ok(text)
+}
+
+/// A text header that is stored and indexed (idempotency key, tenant): bounded in length.
+fn id_header(
+    headers: Option<&FieldTable>,
+    name: &'static str,
+) -> Result<Option<String>, ContractError> {
+    string_header(headers, name)?
+        .map(|text| stored_id(name, &text))
+        .transpose()
+}
+
+/// An identity Warren stores and indexes: at most [`MAX_ID_LEN`] bytes, without NUL.
+fn stored_id(name: &'static str, text: &str) -> Result<String, ContractError> {
+    let detail = if text.len() > MAX_ID_LEN {
+        format!("{} bytes long; at most {MAX_ID_LEN}", text.len())
+    } else if text.contains('\0') {
+        "contains a NUL character".to_owned()
+    } else {
+        return Ok(text.to_owned());
+    };
+    Err(ContractError::InvalidHeader { name, detail })
+}
+
+/// Refuses a body that is compressed or otherwise transformed: decoding it as plain JSON would
+/// either fail with a misleading message or, worse, succeed on the wrong bytes.
+fn check_content_encoding(properties: &BasicProperties) -> Result<(), ContractError> {
+    let Some(encoding) = properties.content_encoding().as_ref() else {
+        return Ok(());
+    };
+    let encoding = encoding.as_str().trim();
+    let plain = ["", "identity", "utf-8", "utf8", "7bit", "8bit", "binary"];
+    if plain.iter().any(|p| encoding.eq_ignore_ascii_case(p)) {
+        Ok(())
+    } else {
+        Err(ContractError::UnsupportedContentEncoding(
+            encoding.to_owned(),
+        ))
+    }
+}
+
+/// Checks a payload (already valid JSON) for what Postgres's `jsonb` refuses or what would
+/// exhaust a decoder: a body that is not an object, nesting deeper than [`MAX_JSON_DEPTH`], a
+/// `\u0000` escape in a string, or a number literal beyond [`MAX_JSON_NUMBER_LEN`] characters
+/// or [`MAX_JSON_EXPONENT`]. One pass over the bytes, no tree: the hot path keeps the payload
+/// as raw text.
+pub fn check_payload(json: &str) -> Result<(), ContractError> {
+    let bytes = json.as_bytes();
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'{') => {}
+        Some(b'[') => return Err(ContractError::NotAnObject("an array")),
+        Some(b'"') => return Err(ContractError::NotAnObject("a string")),
+        Some(b't' | b'f') => return Err(ContractError::NotAnObject("a boolean")),
+        Some(b'n') => return Err(ContractError::NotAnObject("null")),
+        _ => return Err(ContractError::NotAnObject("a number")),
+    }
+    let unstorable = |what: String| Err(ContractError::UnstorableJson(what));
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        if bytes.get(i + 1..i + 6) == Some(b"u0000".as_slice()) {
+                            return unstorable(
+                                "a string holds \\u0000, which Postgres cannot store".into(),
+                            );
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return unstorable(format!(
+                        "arrays and objects nest deeper than {MAX_JSON_DEPTH} levels"
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                check_number(&json[start..=i])?;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn check_number(literal: &str) -> Result<(), ContractError> {
+    let shown: String = literal.chars().take(24).collect();
+    if literal.len() > MAX_JSON_NUMBER_LEN {
+        return Err(ContractError::UnstorableJson(format!(
+            "the number {shown}... has more than {MAX_JSON_NUMBER_LEN} characters"
+        )));
+    }
+    let exponent = literal
+        .find(['e', 'E'])
+        .map(|at| literal[at + 1..].trim_start_matches('+'))
+        .map(|e| e.parse::<i64>().unwrap_or(i64::MAX));
+    match exponent {
+        Some(e) if e.saturating_abs() > MAX_JSON_EXPONENT => Err(ContractError::UnstorableJson(
+            format!("the number {shown} has an exponent beyond ±{MAX_JSON_EXPONENT}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Namespace of the ids [`bounded_id`] derives (UUIDv5).
+const BOUNDED_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5741_5252_454e_4000_8000_0000_0000_0002);
+
+/// A deterministic id Warren derives from parts (an emitted event's `{run}/{step}/{event}/{n}`):
+/// kept as it is when it fits [`MAX_ID_LEN`], else replaced by a UUIDv5 of it, so that a long
+/// step or event name still gives the same id every time and a valid AMQP message id.
+pub fn bounded_id(id: String) -> String {
+    if id.len() <= MAX_ID_LEN && !id.contains('\0') {
+        id
+    } else {
+        uuid::Uuid::new_v5(&BOUNDED_ID_NAMESPACE, id.as_bytes()).to_string()
+    }
+}
+
+/// Checks that what AMQP carries as short strings fits in one: a longer one cannot be encoded,
+/// and a client library may write it as a corrupt frame rather than refuse it.
+pub fn check_short_strings(
+    exchange: &str,
+    routing_key: &str,
+    properties: &BasicProperties,
+) -> Result<(), ContractError> {
+    let check = |what: &dyn Fn() -> String, len: usize| {
+        if len > MAX_SHORT_STRING_LEN {
+            Err(ContractError::ShortStringTooLong { what: what(), len })
+        } else {
+            Ok(())
+        }
+    };
+    check(
+        &|| format!("exchange name {:?}", truncated(exchange)),
+        exchange.len(),
+    )?;
+    check(
+        &|| format!("routing key {:?}", truncated(routing_key)),
+        routing_key.len(),
+    )?;
+    if let Some(id) = properties.message_id() {
+        check(
+            &|| format!("message id {:?}", truncated(id.as_str())),
+            id.as_str().len(),
+        )?;
+    }
+    for (name, value) in [
+        ("content type", properties.content_type()),
+        ("content encoding", properties.content_encoding()),
+        ("correlation id", properties.correlation_id()),
+        ("reply-to", properties.reply_to()),
+        ("type", properties.kind()),
+        ("app id", properties.app_id()),
+    ] {
+        if let Some(value) = value {
+            check(&|| name.to_owned(), value.as_str().len())?;
+        }
+    }
+    if let Some(headers) = properties.headers() {
+        for (key, value) in headers.inner() {
+            check(
+                &|| format!("header name {:?}", truncated(key.as_str())),
+                key.as_str().len(),
+            )?;
+            if let AMQPValue::ShortString(text) = value {
+                check(
+                    &|| format!("header {:?}", truncated(key.as_str())),
+                    text.as_str().len(),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The start of a long string, for an error message.
+fn truncated(text: &str) -> String {
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{}...", &text[..end])
+    } else {
+        text.to_owned()
     }
 }
 
@@ -512,7 +774,26 @@ impl Outgoing {
     }
 
     /// The AMQP properties for a JSON body: persistent, with identity, timestamps and headers.
-    pub fn properties(&self) -> BasicProperties {
+    /// Fails, rather than panicking in the AMQP library, on a message id or header name longer
+    /// than a short string allows.
+    pub fn properties(&self) -> Result<BasicProperties, ContractError> {
+        let too_long = |what: String, len: usize| ContractError::ShortStringTooLong { what, len };
+        if self.message_id.len() > MAX_SHORT_STRING_LEN {
+            return Err(too_long(
+                format!("message id {:?}", truncated(&self.message_id)),
+                self.message_id.len(),
+            ));
+        }
+        if let Some((name, _)) = self
+            .extra_headers
+            .iter()
+            .find(|(name, _)| name.len() > MAX_SHORT_STRING_LEN)
+        {
+            return Err(too_long(
+                format!("header name {:?}", truncated(name)),
+                name.len(),
+            ));
+        }
         let mut headers = FieldTable::default();
         let mut text = |name: &str, value: &str| {
             headers.insert(
@@ -543,12 +824,12 @@ impl Outgoing {
             headers.insert(ShortString::from(name.as_str()), value.clone());
         }
         let timestamp = u64::try_from(self.published_at.timestamp()).unwrap_or(0);
-        BasicProperties::default()
+        Ok(BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(2)
             .with_message_id(self.message_id.as_str().into())
             .with_timestamp(timestamp)
-            .with_headers(headers)
+            .with_headers(headers))
     }
 }
 
@@ -659,12 +940,12 @@ mod tests {
             AMQPValue::LongLongInt(3),
             long("3"),
         ] {
-            let env = decode("e", &props_with(&[(header::ATTEMPT, value)]), b"1", 64).unwrap();
+            let env = decode("e", &props_with(&[(header::ATTEMPT, value)]), b"{}", 64).unwrap();
             assert_eq!(env.attempt, 3);
         }
         let zero = props_with(&[(header::ATTEMPT, AMQPValue::LongInt(0))]);
         assert!(matches!(
-            decode("e", &zero, b"1", 64),
+            decode("e", &zero, b"{}", 64),
             Err(ContractError::InvalidHeader { .. })
         ));
     }
@@ -719,7 +1000,7 @@ mod tests {
             ..Outgoing::new()
         }
         .with_header("x-custom", "v");
-        let props = out.properties();
+        let props = out.properties().unwrap();
         assert_eq!(props.delivery_mode(), &Some(2));
         let env = decode("e.v", &props, b"{}", 64).unwrap();
         assert_eq!(env.message_id.as_deref(), Some(out.message_id.as_str()));
@@ -734,9 +1015,242 @@ mod tests {
 
     #[test]
     fn a_first_attempt_is_sent_without_an_attempt_header_and_read_as_one() {
-        let props = Outgoing::new().properties();
+        let props = Outgoing::new().properties().unwrap();
         let headers = props.headers().as_ref().unwrap();
         assert!(headers.inner().get(header::ATTEMPT).is_none());
         assert_eq!(decode("e", &props, b"{}", 64).unwrap().attempt, 1);
+    }
+    #[test]
+    fn a_body_must_be_a_json_object() {
+        let props = BasicProperties::default();
+        for (body, what) in [
+            (&br#"["p-arr"]"#[..], "an array"),
+            (br#""text""#, "a string"),
+            (b"42", "a number"),
+            (b"null", "null"),
+            (b" true", "a boolean"),
+        ] {
+            let err = decode("player.dump", &props, body, 1024).unwrap_err();
+            assert_eq!(err, ContractError::NotAnObject(what));
+            assert_eq!(err.code(), "malformed_message");
+        }
+        assert!(decode("player.dump", &props, b" {\"a\":[1]} ", 1024).is_ok());
+    }
+
+    #[test]
+    fn json_that_postgres_cannot_store_is_refused_at_the_door() {
+        let props = BasicProperties::default();
+        let nul = decode("e", &props, br#"{"a":"x\u0000y"}"#, 1024).unwrap_err();
+        assert!(matches!(&nul, ContractError::UnstorableJson(m) if m.contains("u0000")));
+        assert_eq!(nul.code(), "malformed_message");
+        // An escaped backslash followed by the text u0000 is no NUL.
+        assert!(decode("e", &props, br#"{"a":"\\u0000","\u0000x":1}"#, 1024).is_err());
+        assert!(decode("e", &props, br#"{"a":"\\u0000"}"#, 1024).is_ok());
+        for number in ["1e999999", "-1E-400", "1e+309", &"9".repeat(65)] {
+            let body = format!(r#"{{"n":{number}}}"#);
+            let err = decode("e", &props, body.as_bytes(), 1024).unwrap_err();
+            assert!(matches!(err, ContractError::UnstorableJson(_)), "{number}");
+        }
+        for number in ["1e308", "-0.5E-20", "12345678901234567890"] {
+            let body = format!(r#"{{"n":{number}}}"#);
+            assert!(
+                decode("e", &props, body.as_bytes(), 1024).is_ok(),
+                "{number}"
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_is_limited_to_the_documented_depth() {
+        let props = BasicProperties::default();
+        let nested = |depth: usize| {
+            format!(
+                "{{\"a\":{}{}}}",
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            )
+        };
+        assert!(decode("e", &props, nested(MAX_JSON_DEPTH).as_bytes(), 1 << 20).is_ok());
+        let err = decode("e", &props, nested(MAX_JSON_DEPTH + 1).as_bytes(), 1 << 20).unwrap_err();
+        assert!(matches!(err, ContractError::UnstorableJson(m) if m.contains("nest")));
+        // Far deeper than any stack: refused, not crashed.
+        let deep = nested(200_000);
+        assert!(decode("e", &props, deep.as_bytes(), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn stored_identities_are_bounded_and_free_of_nul() {
+        let with = |name: &str, value: AMQPValue| {
+            decode("e", &props_with(&[(name, value)]), b"{}", 64).unwrap_err()
+        };
+        for name in [header::TENANT, header::IDEMPOTENCY_KEY] {
+            let err = with(name, long("a\0b"));
+            assert!(err.to_string().contains("NUL"), "{err}");
+            let err = with(name, long(&"k".repeat(MAX_ID_LEN + 1)));
+            assert!(err.to_string().contains("at most 255"), "{err}");
+        }
+        assert!(
+            decode(
+                "e",
+                &props_with(&[(header::TENANT, long(&"t".repeat(255)))]),
+                b"{}",
+                64
+            )
+            .is_ok()
+        );
+        let nul_id = BasicProperties::default().with_message_id("m\0".into());
+        assert!(decode("e", &nul_id, b"{}", 64).is_err());
+
+        let ce = BasicProperties::default().with_content_type(CONTENT_TYPE_CLOUDEVENTS.into());
+        let body = format!(
+            r#"{{"specversion":"1.0","type":"e","id":"{}","source":"s","data":{{}}}}"#,
+            "i".repeat(300)
+        );
+        let err = decode("e", &ce, body.as_bytes(), 4096).unwrap_err();
+        assert!(err.to_string().contains("300 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_cloudevent_without_data_is_an_empty_input() {
+        let ce = BasicProperties::default().with_content_type(CONTENT_TYPE_CLOUDEVENTS.into());
+        let body = br#"{"specversion":"1.0","type":"e","id":"1","source":"s"}"#;
+        assert_eq!(decode("e", &ce, body, 4096).unwrap().payload.get(), "{}");
+        let array = br#"{"specversion":"1.0","type":"e","id":"1","source":"s","data":[1]}"#;
+        assert!(matches!(
+            decode("e", &ce, array, 4096),
+            Err(ContractError::NotAnObject(_))
+        ));
+    }
+
+    #[test]
+    fn an_encoded_body_is_refused_rather_than_misread() {
+        let gzip = BasicProperties::default().with_content_encoding("gzip".into());
+        let err = decode("e", &gzip, b"{}", 64).unwrap_err();
+        assert_eq!(
+            err,
+            ContractError::UnsupportedContentEncoding("gzip".into())
+        );
+        assert_eq!(err.code(), "malformed_message");
+        for plain in ["utf-8", "UTF-8", "identity", ""] {
+            let props = BasicProperties::default().with_content_encoding(plain.into());
+            assert!(decode("e", &props, b"{}", 64).is_ok(), "{plain}");
+        }
+    }
+
+    #[test]
+    fn short_strings_longer_than_amqp_allows_are_refused_before_sending() {
+        let long_key = "k".repeat(256);
+        let props = BasicProperties::default();
+        let err = check_short_strings("x", &long_key, &props).unwrap_err();
+        assert!(err.to_string().contains("256 bytes"), "{err}");
+        // The AMQP library panics on a longer short string: the properties refuse to build.
+        let long_id = Outgoing {
+            message_id: long_key.clone(),
+            ..Outgoing::new()
+        };
+        assert!(matches!(
+            long_id.properties(),
+            Err(ContractError::ShortStringTooLong { len: 256, .. })
+        ));
+        let long_header = Outgoing::new().with_header(long_key.as_str(), "v");
+        assert!(long_header.properties().is_err());
+        let fine = Outgoing::new().properties().unwrap();
+        assert!(check_short_strings("x", &"k".repeat(255), &fine).is_ok());
+    }
+
+    #[test]
+    fn derived_ids_stay_valid_message_ids_and_deterministic() {
+        let short = "run/step/event/0".to_owned();
+        assert_eq!(bounded_id(short.clone()), short);
+        let long = format!("run/step/{}/0", "e".repeat(300));
+        let id = bounded_id(long.clone());
+        assert!(id.len() <= MAX_ID_LEN);
+        assert_eq!(id, bounded_id(long));
+    }
+}
+
+/// Property tests: whatever bytes and headers arrive, decoding answers with an envelope or a
+/// coded error, and never panics.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CODES: [&str; 2] = ["malformed_message", "message_too_large"];
+
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(header::ATTEMPT.to_owned()),
+            Just(header::EVENT.to_owned()),
+            Just(header::TENANT.to_owned()),
+            Just(header::IDEMPOTENCY_KEY.to_owned()),
+            Just(header::PUBLISHED_AT.to_owned()),
+            Just(header::FIRST_FAILED_AT.to_owned()),
+            Just(header::DUE_AT.to_owned()),
+            Just(header::WAKE.to_owned()),
+            Just(header::TRACEPARENT.to_owned()),
+            "[a-z-]{1,12}",
+        ]
+    }
+
+    fn header_value() -> impl Strategy<Value = AMQPValue> {
+        prop_oneof![
+            any::<Vec<u8>>().prop_map(|b| AMQPValue::LongString(b.into())),
+            ".{0,40}".prop_map(|s| AMQPValue::LongString(s.into_bytes().into())),
+            any::<i64>().prop_map(AMQPValue::LongLongInt),
+            any::<i32>().prop_map(AMQPValue::LongInt),
+            any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+            any::<bool>().prop_map(AMQPValue::Boolean),
+            any::<f64>().prop_map(AMQPValue::Double),
+            Just(AMQPValue::Void),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            any::<Vec<u8>>(),
+            // Mostly-JSON bytes reach the deeper checks.
+            r#"[\{\}\[\]":,0-9eE.+\-a-z\\ ]{0,64}"#.prop_map(String::into_bytes),
+            r#"\{"[a-z\\]{0,6}":("[a-z\\u0]{0,8}"|-?[0-9]{1,4}(e-?[0-9]{1,6})?|\[\[\]\])\}"#
+                .prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn decoding_never_panics_and_every_refusal_has_a_code(
+            routing_key in ".{0,20}",
+            headers in proptest::collection::vec((header_name(), header_value()), 0..6),
+            content_type in prop_oneof![Just(None), Just(Some(CONTENT_TYPE_CLOUDEVENTS)), Just(Some("application/json; charset=utf-8")), Just(Some("text/plain"))],
+            message_id in proptest::option::of(".{0,20}"),
+            body in body(),
+        ) {
+            let mut table = FieldTable::default();
+            for (name, value) in headers {
+                table.insert(name.as_str().into(), value);
+            }
+            let mut props = BasicProperties::default().with_headers(table);
+            if let Some(ct) = content_type {
+                props = props.with_content_type(ct.into());
+            }
+            if let Some(id) = message_id {
+                props = props.with_message_id(id.as_str().into());
+            }
+            match decode(&routing_key, &props, &body, 4096) {
+                Ok(envelope) => {
+                    prop_assert!(envelope.attempt >= 1);
+                    prop_assert!(check_payload(envelope.payload.get()).is_ok());
+                    prop_assert!(!envelope.tenant.unwrap_or_default().contains('\0'));
+                }
+                Err(e) => prop_assert!(CODES.contains(&e.code())),
+            }
+        }
+
+        #[test]
+        fn the_payload_check_never_panics_on_any_text(text in ".{0,200}") {
+            let _ = check_payload(&text);
+        }
     }
 }

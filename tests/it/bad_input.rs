@@ -180,3 +180,142 @@ async fn a_cloudevents_structured_message_runs() {
     );
     worker.shutdown().await.unwrap();
 }
+
+/// Messages that decode but that Postgres could not store (a NUL in a string or a header, nesting
+/// deeper than its stack, a number beyond `numeric`, a key too long for an index), and messages
+/// that break the contract in quieter ways (an array for a body, a gzip body, a CloudEvents id
+/// over 255 bytes): each is dead-lettered once, at once, with a precise reason, and the good
+/// messages published among them all succeed.
+#[tokio::test(flavor = "multi_thread")]
+async fn input_postgres_cannot_store_is_dead_lettered_once_and_disturbs_no_other_run() {
+    use lapin::types::{AMQPValue, FieldTable};
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(demo::registry()).await;
+    let publisher = Publisher::connect(&env.amqp_url, "test-unstorable")
+        .await
+        .unwrap();
+    let exchange = env.topology().events_exchange();
+    let props = |id: &str, headers: &[(&str, &[u8])]| {
+        let mut table = FieldTable::default();
+        for (name, value) in headers {
+            table.insert((*name).into(), AMQPValue::LongString(value.to_vec().into()));
+        }
+        BasicProperties::default()
+            .with_message_id(id.into())
+            .with_content_type("application/json".into())
+            .with_headers(table)
+    };
+    let good = br#"{"playerId": "p"}"#.to_vec();
+    let deep = format!(
+        r#"{{"playerId": "p", "x": {}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let long_key = "k".repeat(3000);
+    let ce_id = "c".repeat(300);
+    let cloudevent = format!(
+        r#"{{"specversion":"1.0","type":"{}","source":"/t","id":"{ce_id}","data":{{"playerId":"p"}}}}"#,
+        player::TASK
+    );
+    let bad: Vec<(&str, Vec<u8>, BasicProperties, &str)> = vec![
+        (
+            "nul-string",
+            br#"{"playerId": "a\u0000b"}"#.to_vec(),
+            props("nul-string", &[]),
+            "u0000",
+        ),
+        (
+            "nul-tenant",
+            good.clone(),
+            props("nul-tenant", &[(header::TENANT, b"ac\0me")]),
+            "NUL",
+        ),
+        (
+            "nul-key",
+            good.clone(),
+            props("nul-key", &[(header::IDEMPOTENCY_KEY, b"k\0")]),
+            "NUL",
+        ),
+        ("deep", deep.into_bytes(), props("deep", &[]), "nest deeper"),
+        (
+            "long-key",
+            good.clone(),
+            props(
+                "long-key",
+                &[(header::IDEMPOTENCY_KEY, long_key.as_bytes())],
+            ),
+            "3000 bytes",
+        ),
+        (
+            "huge-number",
+            br#"{"playerId": "p", "n": 1e999999}"#.to_vec(),
+            props("huge-number", &[]),
+            "exponent",
+        ),
+        (
+            "array",
+            br#"["p-arr"]"#.to_vec(),
+            props("array", &[]),
+            "must be a JSON object",
+        ),
+        (
+            "gzip",
+            good.clone(),
+            props("gzip", &[]).with_content_encoding("gzip".into()),
+            "content encoding",
+        ),
+        (
+            "long-ce-id",
+            cloudevent.into_bytes(),
+            BasicProperties::default()
+                .with_message_id("long-ce-id".into())
+                .with_content_type("application/cloudevents+json".into()),
+            "300 bytes",
+        ),
+    ];
+    for (i, (id, body, properties, _)) in bad.iter().enumerate() {
+        publisher
+            .send(&exchange, player::TASK, body, properties.clone())
+            .await
+            .unwrap();
+        for n in 0..2 {
+            let good_id = format!("good-{i}-{n}");
+            publisher
+                .send(&exchange, player::TASK, &good, props(&good_id, &[]))
+                .await
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+        }
+    }
+
+    for i in 0..bad.len() {
+        for n in 0..2 {
+            let run = env.wait_finished(&format!("good-{i}-{n}")).await;
+            assert_eq!(run.summary.status, "succeeded");
+            assert_eq!(run.summary.attempt, 1, "its batch was never rolled back");
+        }
+    }
+    let letters = env.wait_dead_letters(player::TASK, bad.len()).await;
+    assert_eq!(letters.len(), bad.len());
+    for (id, _, _, expected) in &bad {
+        let letter = letters
+            .iter()
+            .find(|l| {
+                l.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str())
+                    == Some(*id)
+            })
+            .unwrap_or_else(|| panic!("no dead letter for {id}"));
+        let (code, message) = reason(letter);
+        assert_eq!(code, "malformed_message", "{id}: {message}");
+        assert!(message.contains(expected), "{id}: {message}");
+        assert!(env.runs_of(id).await.is_empty(), "{id} has no run");
+    }
+    // Dead-lettered once: nothing comes back through a requeue loop.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(env.take_dead_letters(player::TASK).await.is_empty());
+    publisher.close().await;
+    worker.shutdown().await.unwrap();
+}

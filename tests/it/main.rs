@@ -9,6 +9,7 @@ mod cli;
 mod deploy;
 mod failures;
 mod fleet;
+mod identity;
 mod observability;
 mod ownership;
 mod pipelines;

@@ -15,6 +15,11 @@ pub(crate) struct DeadLetter {
     pub(crate) message: String,
     pub(crate) attempts: i64,
     pub(crate) run_id: Option<uuid::Uuid>,
+    /// The identity of the run's message, which the dead letter keeps (a replay resumes the
+    /// run by it, even when the producer set no message id and the worker gave it one).
+    pub(crate) message_id: Option<String>,
+    /// The event, when known: the routing key of a copy Warren forwarded is not the event.
+    pub(crate) event: Option<String>,
     pub(crate) first_failed_at: DateTime<Utc>,
     pub(crate) last_failed_at: DateTime<Utc>,
 }
@@ -28,6 +33,8 @@ impl DeadLetter {
             message: message.into(),
             attempts: 0,
             run_id: None,
+            message_id: None,
+            event: None,
             first_failed_at: now,
             last_failed_at: now,
         }
@@ -36,6 +43,8 @@ impl DeadLetter {
     /// Names the run and its attempt count.
     pub(crate) fn for_run(mut self, run: &RunFields) -> Self {
         self.run_id = Some(run.id);
+        self.message_id = Some(run.message_id.clone());
+        self.event = Some(run.event.clone());
         self.attempts = i64::from(run.attempt);
         self
     }
@@ -72,13 +81,20 @@ pub(crate) fn properties(delivery: &Delivery, task: &str, letter: &DeadLetter) -
     if let Some(run) = letter.run_id {
         text(header::DEAD_RUN_ID, &run.to_string());
     }
+    if let Some(event) = &letter.event {
+        text(header::EVENT, event);
+    }
     headers.insert(
         header::DEAD_ATTEMPTS.into(),
         AMQPValue::LongLongInt(letter.attempts),
     );
-    delivery
+    let properties = delivery
         .properties
         .clone()
         .with_headers(headers)
-        .with_delivery_mode(2)
+        .with_delivery_mode(2);
+    match &letter.message_id {
+        Some(id) => properties.with_message_id(id.as_str().into()),
+        None => properties,
+    }
 }

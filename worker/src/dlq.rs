@@ -73,8 +73,10 @@ impl DeadLetter {
         let text = |name: &'static str| contract::string_header(headers, name).ok().flatten();
         let time = |name: &'static str| contract::time_header(headers, name).ok().flatten();
         let death = broker_death(headers);
-        let event = text(header::DEAD_ROUTING_KEY)
-            .or_else(|| text(header::EVENT))
+        // A copy Warren forwarded (a retry, a replay) names its event in a header; its routing
+        // key is a queue or delay route, never to be taken for the event.
+        let event = text(header::EVENT)
+            .or_else(|| text(header::DEAD_ROUTING_KEY))
             .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
             .unwrap_or_else(|| message.delivery.routing_key.to_string());
         let (reason, explanation) = match (text(header::DEAD_REASON), &death) {

@@ -254,12 +254,8 @@ impl Executor {
                 // the broker took back from a run longer than its consumer_timeout). Look again
                 // later through the delay cascade: a requeue would spend the poison budget.
                 tracing::info!(run = %run.id, %owner, "run busy elsewhere; looking again later");
-                let properties = contract::forwarded_properties(
-                    &delivery.properties,
-                    &run.event,
-                    u32::try_from(run.attempt).unwrap_or(1),
-                    &[],
-                );
+                let properties =
+                    copy_properties(delivery, &run, u32::try_from(run.attempt).unwrap_or(1), &[]);
                 self.send_later(BUSY_RECHECK, &delivery.data, properties)
                     .await
             }
@@ -379,12 +375,7 @@ impl Executor {
                         // The copy that will wake the run goes out first: if we die before the
                         // commit, the redelivered original repeats this step, never loses the run.
                         let wake = [(header::WAKE, info.name.clone())];
-                        let properties = contract::forwarded_properties(
-                            &delivery.properties,
-                            &run.event,
-                            attempt_no,
-                            &wake,
-                        );
+                        let properties = copy_properties(delivery, run, attempt_no, &wake);
                         self.send_later(duration, &delivery.data, properties)
                             .await?;
                         let until = Utc::now()
@@ -456,7 +447,8 @@ impl Executor {
         for event in &emitted {
             let n = seen.entry(event.event.as_str()).or_default();
             let mut outgoing = Outgoing::new();
-            outgoing.message_id = format!("{}/{}/{}/{n}", run.id, step.name, event.event);
+            outgoing.message_id =
+                contract::bounded_id(format!("{}/{}/{}/{n}", run.id, step.name, event.event));
             *n += 1;
             outgoing.tenant = run.tenant.clone();
             if let Some(trace) = &trace {
@@ -465,7 +457,12 @@ impl Executor {
             }
             let confirm = self
                 .publisher
-                .start(&exchange, &event.event, &event.body, outgoing.properties())
+                .start(
+                    &exchange,
+                    &event.event,
+                    &event.body,
+                    outgoing.properties().map_err(PublishError::from)?,
+                )
                 .await?;
             pending.push(confirm);
         }
@@ -512,9 +509,9 @@ impl Executor {
             Some(delay) => {
                 let next_attempt = run.attempt + 1;
                 let first = [(header::FIRST_FAILED_AT, format_time(first_failed_at))];
-                let properties = contract::forwarded_properties(
-                    &delivery.properties,
-                    &run.event,
+                let properties = copy_properties(
+                    delivery,
+                    run,
                     u32::try_from(next_attempt).unwrap_or(u32::MAX),
                     &first,
                 );
@@ -684,6 +681,20 @@ impl Executor {
             idempotency_window: self.idempotency_window,
         }
     }
+}
+
+/// The properties of a copy of the run's message that Warren sends on (a retry, a wake-up, a
+/// look-again): the original's, with the identity Warren gave the run. A message published
+/// without a message id got one invented on its first delivery; a copy without it would start
+/// a second run instead of resuming this one.
+fn copy_properties(
+    delivery: &Delivery,
+    run: &RunFields,
+    attempt: u32,
+    extra: &[(&str, String)],
+) -> BasicProperties {
+    contract::forwarded_properties(&delivery.properties, &run.event, attempt, extra)
+        .with_message_id(run.message_id.as_str().into())
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -95,6 +95,13 @@ impl<I> StepContext<I> {
             .map_err(|e| StepError::fatal("invalid_event", e.to_string()))?;
         let body = serde_json::to_vec(payload)
             .map_err(|e| StepError::fatal("invalid_event", e.to_string()))?;
+        // The task that receives it would dead-letter it: say so where the mistake is made.
+        std::str::from_utf8(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                warren_shared::contract::check_payload(json).map_err(|e| e.to_string())
+            })
+            .map_err(|e| StepError::fatal("invalid_event", e))?;
         self.outbox.push(Emitted {
             event: event.to_owned(),
             body,
