@@ -104,13 +104,15 @@ pub(crate) enum DlqCommand {
     },
     /// Send dead letters back to the task's queue with a fresh retry budget; runs resume from
     /// their checkpoints.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
     Replay {
         /// The task.
         task: String,
         /// Only the dead letter with this message id or run id.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        #[arg(long)]
         id: Option<String>,
-        /// Every dead letter (up to --limit).
+        /// Every dead letter the queue holds when the replay starts (up to --limit); letters
+        /// dead-lettered again meanwhile are left for the next replay.
         #[arg(long)]
         all: bool,
         /// Replay at most this many.
@@ -310,12 +312,42 @@ pub(crate) fn report_usage_error(error: clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = error.render().to_string();
-            let first = rendered
-                .lines()
-                .next()
-                .unwrap_or("error: invalid command line");
-            eprintln!("{first} (see 'warren --help')");
+            eprintln!("{} (see 'warren --help')", usage_line(&rendered));
             ExitCode::from(2)
         }
+    }
+}
+
+/// clap's usage error as one line: its first line, with the items it lists below a line that
+/// ends in a colon ("the following required arguments were not provided:") folded in, so that
+/// the line names what is missing.
+fn usage_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let mut line = lines
+        .next()
+        .unwrap_or("error: invalid command line")
+        .to_owned();
+    if line.ends_with(':') {
+        let items: Vec<&str> = lines.map(str::trim).take_while(|l| !l.is_empty()).collect();
+        line = format!("{} {}", line, items.join(", "));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_error_that_lists_what_is_missing_names_it_on_its_one_line() {
+        let rendered = "error: the following required arguments were not provided:\n  --id <ID>\n  --all\n\nUsage: warren dlq replay --id <ID> <TASK>\n";
+        assert_eq!(
+            usage_line(rendered),
+            "error: the following required arguments were not provided: --id <ID>, --all"
+        );
+        assert_eq!(
+            usage_line("error: unexpected argument '--x' found\n\n  tip"),
+            "error: unexpected argument '--x' found"
+        );
     }
 }

@@ -38,6 +38,12 @@ use std::time::Duration;
 /// publish a fresh message; only crashes, connection losses and hand-backs count.
 pub const DEFAULT_DELIVERY_LIMIT: i64 = 20;
 
+/// The delivery limit of a quorum dead-letter queue: never reached. RabbitMQ 4 gives a quorum
+/// queue without one a limit of 20, and a dead-letter queue has nowhere to send a message past
+/// it: it would drop a dead letter that operators looked at (`warren dlq list` reads and returns
+/// letters) twenty times. RabbitMQ 3.x has no default and takes the explicit value as it is.
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 /// Delay levels: level `n` holds messages for 2^n seconds.
 pub const DELAY_LEVELS: u32 = 28;
 
@@ -333,8 +339,18 @@ impl Topology {
         task: &str,
         events: &[String],
     ) -> lapin::Result<()> {
-        self.declare_exchange(channel).await?;
-        self.declare_delivery(channel).await?;
+        self.declare_dead_letter_queue(channel, task).await?;
+        self.declare_task_queue(channel, task, events).await
+    }
+
+    /// Declares a task's dead-letter queue. A queue created by an older Warren (without the
+    /// explicit delivery limit) makes the broker refuse this with `PRECONDITION_FAILED` and
+    /// close the channel: see [`is_inequivalent`] and `docs/operations.md` on upgrades.
+    pub async fn declare_dead_letter_queue(
+        &self,
+        channel: &Channel,
+        task: &str,
+    ) -> lapin::Result<()> {
         let dlq = self.dead_letter_queue(task);
         channel
             .queue_declare(
@@ -343,6 +359,20 @@ impl Topology {
                 self.dlq_arguments(),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Declares the exchanges, a task's queue and its bindings; its dead-letter queue must
+    /// exist (the task queue's broker-side dead-lettering points at it).
+    pub async fn declare_task_queue(
+        &self,
+        channel: &Channel,
+        task: &str,
+        events: &[String],
+    ) -> lapin::Result<()> {
+        self.declare_exchange(channel).await?;
+        self.declare_delivery(channel).await?;
+        let dlq = self.dead_letter_queue(task);
         let queue = self.task_queue(task);
         channel
             .queue_declare(
@@ -377,7 +407,14 @@ impl Topology {
     }
 
     fn dlq_arguments(&self) -> FieldTable {
-        self.plain_queue_arguments()
+        let mut args = self.plain_queue_arguments();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
+            );
+        }
+        args
     }
 
     fn plain_queue_arguments(&self) -> FieldTable {
@@ -529,6 +566,11 @@ pub async fn inspect_queue(channel: &Channel, queue: &str) -> lapin::Result<Opti
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Did the broker refuse a declaration because the queue exists with other arguments?
+pub fn is_inequivalent(error: &lapin::Error) -> bool {
+    error.to_string().contains("PRECONDITION_FAILED")
 }
 
 /// Did the broker answer 404 NOT_FOUND?

@@ -228,6 +228,27 @@ impl<'a> DeadLetterQueue<'a> {
         Ok(letters)
     }
 
+    /// Finds the dead letter with this message id or run id, reading the queue one letter at a
+    /// time (what it passes over is not kept: a large queue is never held in memory) and no
+    /// further than what the queue held when it started.
+    pub async fn find(&self, id: &str) -> Result<Option<DeadLetter>, DlqError> {
+        let available = self.count().await?;
+        let channel = self.connection.create_channel().await?;
+        let mut found = None;
+        for _ in 0..available {
+            let Some(message) = self.get(&channel).await? else {
+                break;
+            };
+            let letter = DeadLetter::from_message(&message);
+            if letter.is(id) {
+                found = Some(letter);
+                break;
+            }
+        }
+        warren_shared::amqp::close_channel(&channel, "peeked").await;
+        Ok(found)
+    }
+
     async fn get(&self, channel: &Channel) -> Result<Option<BasicGetMessage>, DlqError> {
         match channel
             .basic_get(self.queue().as_str().into(), BasicGetOptions::default())
@@ -242,8 +263,12 @@ impl<'a> DeadLetterQueue<'a> {
     }
 
     /// Sends dead letters back to the task's queue with a fresh retry budget: those `select`
-    /// accepts, at most `limit`. Each replayed run is logged `dead → queued` and resumes from
-    /// its checkpoint. A message is acked here only after its copy is confirmed in the task queue.
+    /// accepts, at most `limit`, among the letters the queue held when the replay started. Each
+    /// replayed run is logged `dead → queued` and resumes from its checkpoint. A message is acked
+    /// here only after its copy is confirmed in the task queue.
+    ///
+    /// Bounded by what was there at the start: while the cause is not fixed, the workers
+    /// dead-letter the replayed runs again, and a replay that took those too would never end.
     pub async fn replay(
         &self,
         pool: &Pool,
@@ -256,7 +281,11 @@ impl<'a> DeadLetterQueue<'a> {
         let mut client = pool.get().await?;
         let mut report = ReplayReport::default();
         let queue = self.topology.task_queue(self.task);
-        while report.replayed.len() < limit {
+        let available = self.count().await?;
+        for _ in 0..available {
+            if report.replayed.len() >= limit {
+                break;
+            }
             let Some(message) = self.get(&channel).await? else {
                 break;
             };

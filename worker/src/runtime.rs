@@ -452,10 +452,22 @@ async fn declare_topology(
         .await
         .map_err(DbError::from)?;
     let declared = async {
-        let channel = connection.create_channel().await?;
+        let mut channel = connection.create_channel().await?;
         for task in registry.tasks() {
+            if let Err(e) = topology.declare_dead_letter_queue(&channel, task.id()).await {
+                if !warren_shared::topology::is_inequivalent(&e) {
+                    return Err(e);
+                }
+                // Created by an older Warren: it keeps its arguments (a queue's arguments
+                // cannot change), and the refusal closed the channel.
+                tracing::warn!(
+                    queue = %topology.dead_letter_queue(task.id()),
+                    "dead-letter queue has no explicit delivery limit; on RabbitMQ 4.0-4.2 set one by policy (docs/operations.md)"
+                );
+                channel = connection.create_channel().await?;
+            }
             topology
-                .declare_task(&channel, task.id(), &task.events())
+                .declare_task_queue(&channel, task.id(), &task.events())
                 .await?;
         }
         warren_shared::amqp::close_channel(&channel, "declared").await;

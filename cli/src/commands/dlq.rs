@@ -37,7 +37,7 @@ pub(crate) async fn run(global: &Global, args: DlqArgs, registry: &Registry) -> 
             let mut found = None;
             for task in &tasks {
                 let dlq = DeadLetterQueue::new(&connection, &topology, task);
-                if let Some(letter) = dlq.peek(usize::MAX).await?.into_iter().find(|l| l.is(&id)) {
+                if let Some(letter) = dlq.find(&id).await? {
                     found = Some((task.clone(), letter));
                     break;
                 }
