@@ -42,12 +42,12 @@ use warren_shared::trace_context::{self, TraceHeaders};
 /// does not turn into a tight redelivery loop.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
-/// How often a delivery of a run owned by another live replica looks again.
-const BUSY_POLL: Duration = Duration::from_secs(1);
-
-/// When a run is still busy elsewhere after one owner lease, its message comes back this much
-/// later.
-const BUSY_RECHECK: Duration = Duration::from_secs(30);
+/// How much later a delivery of a run that another live replica holds comes back to look
+/// again. It waits in the broker's delay cascade, not here: a delivery waiting in the worker
+/// would hold a run slot (and a prefetch place) that other work could use, for as long as the
+/// owner's run or lease lasts. Short, because a crashed owner's runs are free to take as soon
+/// as its lease lapses, and a copy costs one confirmed publish and one ack.
+const BUSY_RECHECK: Duration = Duration::from_secs(3);
 
 /// One attempt at a run: the run, when the attempt claimed it, and where its retry budget
 /// started.
@@ -250,10 +250,11 @@ impl Executor {
                 Err(Requeue::BusyWhileDraining { owner })
             }
             Claim::Busy { owner } => {
-                // Another live replica is still running this run (a duplicate, or a message
-                // the broker took back from a run longer than its consumer_timeout). Look again
-                // later through the delay cascade: a requeue would spend the poison budget.
-                tracing::info!(run = %run.id, %owner, "run busy elsewhere; looking again later");
+                // Another live replica is still running this run (a duplicate, a message the
+                // broker took back from a run longer than its consumer_timeout, or the run of a
+                // replica whose lease has not lapsed yet). Look again later through the delay
+                // cascade: a requeue would spend the poison budget, and waiting here a slot.
+                tracing::debug!(run = %run.id, %owner, "run busy elsewhere; looking again later");
                 let properties =
                     copy_properties(delivery, &run, u32::try_from(run.attempt).unwrap_or(1), &[]);
                 self.send_later(BUSY_RECHECK, &delivery.data, properties)
@@ -282,25 +283,9 @@ impl Executor {
         }
     }
 
-    /// Claims the run; while another live replica owns it, looks again every second for up to
-    /// one owner lease (the owner finishes, or its lease runs out and the run is ours) before
-    /// handing the message back (at once when this replica is draining).
+    /// Claims the run (see [`Claim`]).
     async fn claim(&self, run: &Arc<RunFields>) -> Result<Claim, Requeue> {
-        let deadline = tokio::time::Instant::now() + store::OWNER_LEASE;
-        loop {
-            let claim = self.writer.write(ClaimRun(Arc::clone(run))).await?;
-            match claim {
-                Claim::Busy { .. }
-                    if tokio::time::Instant::now() < deadline && !self.draining.is_cancelled() =>
-                {
-                    tokio::select! {
-                        () = tokio::time::sleep(BUSY_POLL) => {}
-                        () = self.draining.cancelled() => {}
-                    }
-                }
-                other => return Ok(other),
-            }
-        }
+        Ok(self.writer.write(ClaimRun(Arc::clone(run))).await?)
     }
 
     async fn run_steps(
