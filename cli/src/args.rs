@@ -152,6 +152,10 @@ pub(crate) struct WorkerArgs {
     /// Larger messages are dead-lettered.
     #[arg(long, env = "WARREN_MAX_MESSAGE_BYTES", default_value_t = warren_shared::contract::DEFAULT_MAX_MESSAGE_BYTES)]
     pub(crate) max_message_bytes: usize,
+    /// The most memory message bodies pushed ahead by the broker may take (every task's
+    /// prefetch × --max-message-bytes); prefetches are lowered to fit.
+    #[arg(long, env = "WARREN_MESSAGE_BUDGET_BYTES", default_value_t = warren_worker::DEFAULT_MESSAGE_BUDGET_BYTES)]
+    pub(crate) message_budget_bytes: usize,
     /// This replica's id (default: host-pid-random).
     #[arg(long, env = "WARREN_WORKER_ID")]
     pub(crate) worker_id: Option<String>,

@@ -168,3 +168,20 @@ fn metric_names_are_found_in_expressions() {
     );
     assert!(metric_names("my_warren_thing").is_empty());
 }
+
+/// The broker refuses what no worker would accept anyway (well above the workers' default
+/// limit, so that those bodies are dead-lettered with a reason, and far below RabbitMQ's own
+/// default of 128 MiB, which every replica a message is pushed to would buffer).
+#[test]
+fn the_broker_caps_message_size_above_the_workers_limit() {
+    let conf = read(&repo().join("deploy/rabbitmq/rabbitmq.conf"));
+    let size: usize = conf
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("max_message_size"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .find_map(|value| value.trim().parse().ok())
+        .expect("deploy/rabbitmq/rabbitmq.conf sets max_message_size");
+    let worker_limit = warren_shared::contract::DEFAULT_MAX_MESSAGE_BYTES;
+    assert!(size >= 2 * worker_limit, "{size}");
+    assert!(size <= 16 << 20, "{size}");
+}

@@ -28,6 +28,7 @@
 //! * [`task`]: task definitions and the registry.
 //! * [`runtime`]: the replica: connection, consumers, concurrency, drain.
 //! * `execute`: one delivery from bytes to ack.
+//! * `budget`: the memory message bodies may take (prefetch × size limit), capped and stated.
 //! * `state_writer` and `writes`: group commit of run state to Postgres.
 //! * `dead_letter`: the dead-letter format.
 //! * `run_locks`: one delivery per run at a time inside a replica.
@@ -42,6 +43,7 @@ pub mod settle;
 pub mod step;
 pub mod task;
 
+mod budget;
 mod dead_letter;
 mod execute;
 mod fleet;
@@ -52,6 +54,7 @@ mod state_writer;
 mod task_metrics;
 mod writes;
 
+pub use budget::DEFAULT_MESSAGE_BUDGET_BYTES;
 pub use runtime::{RunningWorker, Worker, WorkerConfig, WorkerError};
 pub use step::{
     ErrorClass, Step, StepContext, StepDef, StepError, StepOutcome, StepResult, StepResultExt,

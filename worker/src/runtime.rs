@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     pub prefetch: Option<u16>,
     /// Larger message bodies are dead-lettered.
     pub max_message_bytes: usize,
+    /// The most memory the bodies of deliveries pushed ahead may take (Σ prefetch ×
+    /// `max_message_bytes`): prefetches are lowered to fit (see `budget`).
+    pub message_budget_bytes: usize,
     /// How long in-flight runs may take to finish after a shutdown signal.
     pub grace_period: Duration,
     /// Postgres connections.
@@ -73,6 +76,7 @@ impl WorkerConfig {
             concurrency: None,
             prefetch: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            message_budget_bytes: crate::budget::DEFAULT_MESSAGE_BUDGET_BYTES,
             grace_period: Duration::from_secs(30),
             db_pool_size: 6,
             retry: RetryPolicy::default(),
@@ -80,6 +84,47 @@ impl WorkerConfig {
             http_addr: None,
         }
     }
+}
+
+/// Each task's prefetch (its concurrency unless set), lowered to fit the message memory
+/// budget; says at start what the bodies of pushed deliveries may take at most.
+fn message_budget(config: &WorkerConfig, registry: &Registry) -> BTreeMap<String, u16> {
+    let asked: Vec<(String, u16)> = registry
+        .tasks()
+        .map(|task| {
+            let concurrency = config
+                .concurrency
+                .unwrap_or_else(|| task.concurrency())
+                .max(1);
+            let prefetch = config
+                .prefetch
+                .unwrap_or_else(|| u16::try_from(concurrency).unwrap_or(u16::MAX));
+            (task.id().to_owned(), prefetch)
+        })
+        .collect();
+    let plan = crate::budget::plan(
+        &asked,
+        config.max_message_bytes,
+        config.message_budget_bytes,
+    );
+    let worst = crate::budget::mib(plan.worst_case_bytes);
+    let budget = crate::budget::mib(config.message_budget_bytes);
+    let deliveries: usize = plan.prefetch.iter().map(|(_, p)| usize::from(*p)).sum();
+    if plan.capped {
+        tracing::warn!(
+            deliveries,
+            max_message_mib = crate::budget::mib(config.max_message_bytes),
+            budget_mib = budget,
+            "prefetch lowered to fit the message memory budget; lower --max-message-bytes or raise --message-budget-bytes to push more ahead"
+        );
+    }
+    tracing::info!(
+        deliveries,
+        worst_case_mib = worst,
+        budget_mib = budget,
+        "message bodies in memory at most: prefetch x max message size"
+    );
+    plan.prefetch.into_iter().collect()
 }
 
 /// `host-pid-xxxx`: unique per process, readable in `warren runs show`.
@@ -157,6 +202,8 @@ struct Shared {
     /// Run slots per task, shared by every session so that runs still finishing from a lost
     /// connection count against the concurrency of the next one.
     slots: BTreeMap<String, Arc<Semaphore>>,
+    /// Prefetch per task, within the message memory budget.
+    prefetch: BTreeMap<String, u16>,
     health: Arc<Health>,
 }
 
@@ -207,6 +254,7 @@ impl Worker {
                 (task.id().to_owned(), Arc::new(Semaphore::new(concurrency)))
             })
             .collect();
+        let prefetch = message_budget(&config, &registry);
         let health = Arc::new(Health::new(writer.health()));
         let shared = Arc::new(Shared {
             worker_id: Arc::from(config.worker_id.as_str()),
@@ -220,6 +268,7 @@ impl Worker {
             tracker: TaskTracker::new(),
             abandon: CancellationToken::new(),
             slots,
+            prefetch,
         });
         let shutdown = CancellationToken::new();
         let stop_http = CancellationToken::new();
@@ -336,13 +385,7 @@ async fn attach(
             .get(task.id())
             .cloned()
             .unwrap_or_else(|| Arc::new(Semaphore::new(1)));
-        let concurrency = config
-            .concurrency
-            .unwrap_or_else(|| task.concurrency())
-            .max(1);
-        let prefetch = config
-            .prefetch
-            .unwrap_or_else(|| u16::try_from(concurrency).unwrap_or(u16::MAX));
+        let prefetch = shared.prefetch.get(task.id()).copied().unwrap_or(1);
         let channel = connection.create_channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())

@@ -40,6 +40,7 @@ pub(crate) async fn run(
     config.grace_period = args.grace_period;
     config.idempotency_window = args.idempotency_window;
     config.max_message_bytes = args.max_message_bytes;
+    config.message_budget_bytes = args.message_budget_bytes;
     config.http_addr = args.http_addr.0;
 
     let what = format!(
