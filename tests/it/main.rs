@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod cli;
+mod cli_operator;
 mod deploy;
 mod failures;
 mod fleet;
