@@ -25,10 +25,11 @@ pub(crate) struct Cli {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Global {
     /// RabbitMQ URL.
-    #[arg(long, global = true, env = config::ENV_AMQP_URL, default_value = config::DEFAULT_AMQP_URL)]
+    // The environment's value is never shown: it usually carries a password.
+    #[arg(long, global = true, env = config::ENV_AMQP_URL, hide_env_values = true, default_value = config::DEFAULT_AMQP_URL)]
     pub(crate) amqp_url: String,
-    /// Postgres URL; the database is created if it does not exist.
-    #[arg(long, global = true, env = config::ENV_DATABASE_URL, default_value = config::DEFAULT_DATABASE_URL)]
+    /// Postgres URL (or libpq key=value string); the database is created if it does not exist.
+    #[arg(long, global = true, env = config::ENV_DATABASE_URL, hide_env_values = true, default_value = config::DEFAULT_DATABASE_URL)]
     pub(crate) database_url: String,
     /// Prefix of every exchange and queue name.
     #[arg(long, global = true, env = config::ENV_NAMESPACE, default_value = config::DEFAULT_NAMESPACE)]
@@ -36,6 +37,17 @@ pub(crate) struct Global {
     /// Log format: `text` for a terminal, `json` for log pipelines.
     #[arg(long, global = true, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Show log lines: a command prints only its answer and its error otherwise (-v: info,
+    /// -vv: debug, -vvv: trace; RUST_LOG overrides). The worker logs at info without it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+impl Global {
+    /// The passwords of the connection strings, to keep out of every line printed.
+    pub(crate) fn secrets(&self) -> warren_shared::redact::Secrets {
+        warren_shared::redact::Secrets::of([self.amqp_url.as_str(), self.database_url.as_str()])
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,10 +195,24 @@ pub(crate) struct WorkerArgs {
     #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = warren_shared::topology::DEFAULT_DELIVERY_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
     pub(crate) delivery_limit: i64,
     /// Where to serve /metrics, /healthz and /readyz (host:port; port 0 picks a free one; "off"
-    /// serves nothing).
-    #[arg(long, env = "WARREN_HTTP_ADDR", default_value = "0.0.0.0:9464", value_parser = parse_http_addr)]
-    pub(crate) http_addr: HttpAddr,
+    /// serves nothing). Default 0.0.0.0:9464, or a free port, logged, when another process
+    /// (another replica on this host) has that one; an address given here is used or refused.
+    #[arg(long, env = "WARREN_HTTP_ADDR", value_parser = parse_http_addr)]
+    pub(crate) http_addr: Option<HttpAddr>,
+    /// Postgres connections this replica may open. Budget them: replicas × this + other
+    /// clients must stay under the server's max_connections (docs/operations.md).
+    #[arg(long, env = "WARREN_DB_POOL_SIZE", default_value_t = DEFAULT_DB_POOL_SIZE, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub(crate) db_pool_size: u32,
 }
+
+/// The worker's default HTTP address, when neither --http-addr nor WARREN_HTTP_ADDR is given.
+pub(crate) const DEFAULT_HTTP_ADDR: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 9464),
+);
+
+/// Postgres connections per replica unless told otherwise: three committers taking turns at group
+/// commit, plus the heartbeat and reads beside them.
+pub(crate) const DEFAULT_DB_POOL_SIZE: u32 = 6;
 
 /// The worker's HTTP address, or none.
 #[derive(Debug, Clone, Copy)]

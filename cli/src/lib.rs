@@ -9,10 +9,13 @@
 //! * `args`: the command line (clap), flags and environment variables.
 //! * `commands`: one module per subcommand.
 //! * `output`: tables and JSON.
+//! * `report`: an error as one line, said once, without passwords.
+//! * `telemetry`: logs (off for commands unless `-v`) and traces.
 
 mod args;
 mod commands;
 mod output;
+mod report;
 mod telemetry;
 
 use args::{Cli, Command};
@@ -28,6 +31,7 @@ pub fn main(registry: Registry) -> ExitCode {
         Err(e) => return args::report_usage_error(e),
     };
     let telemetry = telemetry::init(&cli);
+    let secrets = cli.global.secrets();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,7 +48,7 @@ pub fn main(registry: Registry) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report::print(&e, &secrets);
             ExitCode::FAILURE
         }
     }
@@ -56,7 +60,7 @@ async fn run(cli: Cli, registry: Registry) -> anyhow::Result<()> {
         Command::Worker(args) => commands::worker::run(&global, args, registry).await,
         Command::Publish(args) => commands::publish::run(&global, args).await,
         Command::Migrate => commands::migrate::run(&global).await,
-        Command::Runs(args) => commands::runs::run(&global, args).await,
+        Command::Runs(args) => commands::runs::run(&global, args, &registry).await,
         Command::Tasks(args) => commands::tasks::run(&global, args, &registry).await,
         Command::Dlq(args) => commands::dlq::run(&global, args, &registry).await,
         Command::Workers(args) => commands::workers::run(&global, args).await,

@@ -1,7 +1,11 @@
 //! Logs and traces. Logs go to standard error, human-readable or JSON (`--log-format`,
-//! `WARREN_LOG_FORMAT`), filtered by `RUST_LOG`. Spans are exported over OTLP/HTTP when the
-//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with
-//! the standard variables for the rest (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `WARREN_LOG_FORMAT`), filtered by `RUST_LOG`, else by `-v`: the worker logs at `info`, and
+//! every other command logs only its own warnings unless asked, so that its answer (or its one
+//! `error:` line) is all an operator sees; a library's complaint about the connection it is
+//! closing is not news to them. Every line passes through [`Secrets::scrub`] first: no password reaches a log.
+//!
+//! Spans are exported over OTLP/HTTP when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the standard variables for the rest (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` = `http/protobuf` (default) or `http/json`, headers, timeouts,
 //! `OTEL_BSP_*` batching); when neither is set nothing is exported and no exporter is built.
 
@@ -10,9 +14,13 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::Write;
+use std::sync::Arc;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+use warren_shared::redact::Secrets;
 
 /// Flushes exported spans when the program ends.
 pub(crate) struct Telemetry {
@@ -33,13 +41,11 @@ impl Telemetry {
 
 /// Installs the log subscriber and, when configured, the OTLP trace exporter.
 pub(crate) fn init(cli: &Cli) -> Telemetry {
-    let default = match cli.command {
-        Command::Worker(_) => "info",
-        _ => "warn,lapin=error",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let worker = matches!(cli.command, Command::Worker(_));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_filter(worker, cli.global.verbose)));
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(ScrubbedStderr(Arc::new(cli.global.secrets())))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = match cli.global.log_format {
         LogFormat::Json => fmt.json().boxed(),
@@ -64,6 +70,61 @@ pub(crate) fn init(cli: &Cli) -> Telemetry {
         tracing::warn!(%error, "traces will not be exported");
     }
     Telemetry { provider }
+}
+
+/// The log filter when `RUST_LOG` is not set.
+fn default_filter(worker: bool, verbose: u8) -> &'static str {
+    match (worker, verbose) {
+        (true, 0) => "info",
+        // The command's own warnings (something it could not show), no library's.
+        (false, 0) => "off,warren_cli=warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        (_, _) => "trace",
+    }
+}
+
+/// Standard error, through [`Secrets::scrub`]. Each log line is gathered whole and scrubbed when
+/// the formatter lets go of it, so a password split across two writes is still found.
+struct ScrubbedStderr(Arc<Secrets>);
+
+struct ScrubbedLine {
+    secrets: Arc<Secrets>,
+    line: Vec<u8>,
+}
+
+impl<'a> MakeWriter<'a> for ScrubbedStderr {
+    type Writer = ScrubbedLine;
+
+    fn make_writer(&'a self) -> ScrubbedLine {
+        ScrubbedLine {
+            secrets: Arc::clone(&self.0),
+            line: Vec::new(),
+        }
+    }
+}
+
+impl Write for ScrubbedLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ScrubbedLine {
+    fn drop(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let line = String::from_utf8_lossy(&self.line);
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(self.secrets.scrub(&line).as_bytes());
+    }
 }
 
 fn otlp_provider() -> Result<Option<SdkTracerProvider>, String> {

@@ -59,13 +59,14 @@ pub struct PendingConfirm {
     routing_key: String,
     message_id: String,
     sent: Instant,
+    labels: [metrics::Label; 2],
 }
 
 impl PendingConfirm {
     /// Waits for the broker's answer: `Ok` only for an ack of a routed message.
     pub async fn wait(self) -> Result<(), PublishError> {
         let confirmation = self.confirm.await?;
-        let label = [metrics::Label::new("routing_key", self.routing_key.clone())];
+        let label = self.labels;
         metrics::histogram!(names::PUBLISH_CONFIRM_LATENCY, label.to_vec())
             .record(self.sent.elapsed().as_secs_f64());
         if confirmation.is_nack() {
@@ -86,6 +87,26 @@ impl PendingConfirm {
         metrics::counter!(names::PUBLISH_CONFIRMS, label.to_vec()).increment(1);
         Ok(())
     }
+}
+
+/// The metric labels of a publish: the kind of route and where it leads, never the raw routing
+/// key, which for a delayed message holds its delay in seconds (one time series per delay ever
+/// used). `route` is `event` (to the events exchange), `delay` (into the delay cascade) or
+/// `queue` (straight to a queue: dead letters, sub-second retries); `destination` is the event,
+/// the delayed message's `task.{task}` or `event.{event}`, or the queue, so the set of values
+/// is bounded by the tasks and events a namespace has.
+fn route_labels(exchange: &str, routing_key: &str) -> [metrics::Label; 2] {
+    let (route, destination) = if exchange.is_empty() {
+        ("queue", routing_key)
+    } else if let Some(destination) = warren_shared::topology::delayed_destination(routing_key) {
+        ("delay", destination)
+    } else {
+        ("event", routing_key)
+    };
+    [
+        metrics::Label::new("route", route),
+        metrics::Label::new("destination", destination.to_owned()),
+    ]
 }
 
 impl Publisher {
@@ -149,13 +170,15 @@ impl Publisher {
                 properties,
             )
             .await?;
-        metrics::counter!(names::PUBLISHES, "routing_key" => routing_key.to_owned()).increment(1);
+        let labels = route_labels(exchange, routing_key);
+        metrics::counter!(names::PUBLISHES, labels.to_vec()).increment(1);
         Ok(PendingConfirm {
             confirm,
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
             message_id,
             sent: Instant::now(),
+            labels,
         })
     }
 
@@ -171,5 +194,68 @@ impl Publisher {
             .await?
             .wait()
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_labels;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+    use warren_shared::topology::{Destination, QueueType, Topology};
+
+    fn labels(exchange: &str, routing_key: &str) -> Vec<(String, String)> {
+        route_labels(exchange, routing_key)
+            .iter()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn delayed_publishes_of_any_delay_share_one_label_set_per_destination() {
+        let t = Topology::new("w", QueueType::Quorum);
+        let mut seen = BTreeSet::new();
+        for seconds in 1..=10_000 {
+            for destination in [
+                Destination::Task("video.process"),
+                Destination::Event("player.dump"),
+            ] {
+                let (exchange, key) = t
+                    .delayed_route(Duration::from_secs(seconds), destination)
+                    .unwrap();
+                seen.insert(labels(&exchange, &key));
+            }
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            [
+                labels(
+                    "w.delay.0",
+                    &format!("{}event.player.dump", "0.".repeat(27) + "1.")
+                ),
+                labels(
+                    "w.delay.0",
+                    &format!("{}task.video.process", "0.".repeat(27) + "1.")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn events_and_queues_are_labelled_by_their_name() {
+        assert_eq!(
+            labels("w.events", "player.dump"),
+            [
+                ("route".into(), "event".into()),
+                ("destination".into(), "player.dump".into())
+            ]
+        );
+        assert_eq!(
+            labels("", "w.dlq.video.process"),
+            [
+                ("route".into(), "queue".into()),
+                ("destination".into(), "w.dlq.video.process".into())
+            ]
+        );
     }
 }

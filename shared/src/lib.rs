@@ -16,12 +16,14 @@
 //! * [`db`]: Postgres pools and embedded migrations (`migrations/`).
 //! * [`amqp`]: connecting to the broker.
 //! * [`config`]: defaults and environment variable names.
+//! * [`redact`]: connection strings without their passwords, for messages and logs.
 
 pub mod amqp;
 pub mod config;
 pub mod contract;
 pub mod db;
 pub mod metrics;
+pub mod redact;
 pub mod retry;
 pub mod state;
 pub mod store;

@@ -4,7 +4,8 @@
 //! so that `docs/metrics.md`, the Grafana dashboard and the alert rules can be checked against
 //! this list (a test does). Names follow Prometheus conventions: base units in the name
 //! (`_seconds`), `_total` on counters, and labels with a bounded set of values only (task, step,
-//! event, reason codes, outcomes; never run or message ids).
+//! event, reason codes, outcomes, routes; never run or message ids, nor a routing key, which for a
+//! delayed message holds its delay).
 
 /// The kind of a metric, as Prometheus shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,19 +94,19 @@ catalog! {
     STATE_WRITES = "warren_state_writes_total", Counter, [],
         "State writes (claims, checkpoints, failures) committed; writes per commit is the group-commit factor.";
     /// Publishes sent.
-    PUBLISHES = "warren_publishes_total", Counter, ["routing_key"],
+    PUBLISHES = "warren_publishes_total", Counter, ["route", "destination"],
         "Messages published with a publisher confirm requested (events, retries, wake-ups, dead letters).";
     /// Publishes confirmed and routed.
-    PUBLISH_CONFIRMS = "warren_publish_confirms_total", Counter, ["routing_key"],
+    PUBLISH_CONFIRMS = "warren_publish_confirms_total", Counter, ["route", "destination"],
         "Publishes the broker confirmed and routed to a queue.";
     /// Publishes refused.
-    PUBLISH_NACKS = "warren_publish_nacks_total", Counter, ["routing_key"],
+    PUBLISH_NACKS = "warren_publish_nacks_total", Counter, ["route", "destination"],
         "Publishes the broker refused (negative confirm).";
     /// Publishes returned unroutable.
-    PUBLISH_RETURNS = "warren_publish_returns_total", Counter, ["routing_key"],
+    PUBLISH_RETURNS = "warren_publish_returns_total", Counter, ["route", "destination"],
         "Publishes returned as unroutable: no queue is bound to the event.";
     /// Publish confirm latency.
-    PUBLISH_CONFIRM_LATENCY = "warren_publish_confirm_seconds", Histogram, ["routing_key"],
+    PUBLISH_CONFIRM_LATENCY = "warren_publish_confirm_seconds", Histogram, ["route", "destination"],
         "Time from a publish to its confirm (ack, nack or return).";
     /// Replica readiness.
     WORKER_READY = "warren_worker_ready", Gauge, [],
@@ -159,7 +160,7 @@ mod tests {
             }
             for label in m.labels {
                 assert!(
-                    !["run", "run_id", "message_id", "id"].contains(label),
+                    !["run", "run_id", "message_id", "id", "routing_key"].contains(label),
                     "{} has an unbounded label {label}",
                     m.name
                 );

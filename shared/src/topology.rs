@@ -469,6 +469,19 @@ async fn declare_exchange(
         .await
 }
 
+/// The destination words of a delayed route's routing key (`task.{task}` or `event.{event}`),
+/// without the delay bits: what a delayed message is for, in a bounded set of values (the raw key
+/// has one value per delay in seconds). `None` when `routing_key` is not a delayed route's.
+pub fn delayed_destination(routing_key: &str) -> Option<&str> {
+    let mut rest = routing_key;
+    for _ in 0..DELAY_LEVELS {
+        rest = rest
+            .strip_prefix("0.")
+            .or_else(|| rest.strip_prefix("1."))?;
+    }
+    Some(rest)
+}
+
 /// The routing-key words naming a destination.
 fn destination_words(destination: Destination<'_>) -> String {
     match destination {
@@ -685,6 +698,20 @@ mod tests {
             t.delayed_route(Duration::from_secs(u64::MAX / 2), Destination::Task("a"))
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_delayed_route_names_its_destination_whatever_the_delay() {
+        let t = Topology::new("w", QueueType::Quorum);
+        for seconds in [1, 5, 30, 3600, MAX_DELAY_SECONDS] {
+            let (_, key) = t
+                .delayed_route(Duration::from_secs(seconds), Destination::Task("a.b"))
+                .unwrap();
+            assert_eq!(delayed_destination(&key), Some("task.a.b"), "{key}");
+        }
+        assert_eq!(delayed_destination("player.dump"), None);
+        assert_eq!(delayed_destination("w.dlq.a"), None);
+        assert_eq!(delayed_destination("1.0.task.a"), None);
     }
 
     #[test]

@@ -130,6 +130,34 @@ fn every_exported_metric_is_documented() {
     }
 }
 
+/// The labels column of the table is the catalogue's, so that the page says what a query can
+/// group by (and a label dropped for its cardinality does not linger in the docs).
+#[test]
+fn every_exported_metric_is_documented_with_its_labels() {
+    let doc = read(&repo().join("docs/metrics.md"));
+    for metric in ALL {
+        let row = doc
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{}` |", metric.name)))
+            .unwrap_or_else(|| panic!("docs/metrics.md has no table row for {}", metric.name));
+        let labels = if metric.labels.is_empty() {
+            "none".to_owned()
+        } else {
+            metric
+                .labels
+                .iter()
+                .map(|label| format!("`{label}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        assert!(
+            row.contains(&format!("| {labels} |")),
+            "docs/metrics.md gives {} other labels than {labels}: {row}",
+            metric.name
+        );
+    }
+}
+
 #[test]
 fn kubernetes_waits_longer_than_the_worker_drains() {
     let k8s = repo().join("deploy/k8s");

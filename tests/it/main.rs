@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod cli;
+mod cli_operator;
 mod dead_letters;
 mod deploy;
 mod failures;

@@ -208,7 +208,7 @@ async fn prometheus_reads_what_a_worker_did_from_its_metrics_endpoint() {
         ),
         // The dead letter was published with a confirm.
         (
-            "sum(warren_publish_confirms_total{routing_key=~\".*dlq.video.process\"})".into(),
+            "sum(warren_publish_confirms_total{route=\"queue\",destination=~\".*dlq.video.process\"})".into(),
             1.0,
         ),
         ("max(warren_worker_ready)".into(), 1.0),

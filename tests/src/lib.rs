@@ -286,6 +286,13 @@ impl std::ops::DerefMut for TestWorker {
     }
 }
 
+impl From<std::process::Child> for TestWorker {
+    /// Any process a test started, killed when dropped like the test workers.
+    fn from(child: std::process::Child) -> Self {
+        TestWorker(child)
+    }
+}
+
 impl Drop for TestWorker {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {

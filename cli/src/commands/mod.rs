@@ -15,7 +15,7 @@ use std::time::Duration;
 use warren_shared::topology::{QueueType, Topology};
 
 /// How long a command waits for the broker or the database before giving up with a clear line.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a connection attempt with [`CONNECT_TIMEOUT`].
 pub(crate) async fn within_timeout<T, E>(
@@ -34,11 +34,16 @@ where
     }
 }
 
+/// Postgres connections a one-shot command may hold: they query one at a time (two leaves room
+/// for a replay that records while it reads). Part of the connection budget in
+/// `docs/operations.md`.
+const COMMAND_POOL_SIZE: usize = 2;
+
 /// A Postgres pool on an existing, migrated database.
 pub(crate) async fn database(global: &Global) -> anyhow::Result<deadpool_postgres::Pool> {
     let pool = within_timeout(
         &format!("Postgres at {}", redact(&global.database_url)),
-        warren_shared::db::connect(&global.database_url, 2),
+        warren_shared::db::connect(&global.database_url, COMMAND_POOL_SIZE),
     )
     .await?;
     Ok(pool)
@@ -49,34 +54,7 @@ pub(crate) fn topology(global: &Global) -> Topology {
     Topology::new(global.namespace.clone(), QueueType::default())
 }
 
-/// The URL without its password, for error messages.
+/// The connection string without its password, for messages (see [`warren_shared::redact`]).
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_hidden_in_error_messages() {
-        assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact("postgres://postgres@h/db"),
-            "postgres://postgres@h/db"
-        );
-        assert_eq!(redact("postgres:///db"), "postgres:///db");
-    }
+    warren_shared::redact::url(url)
 }

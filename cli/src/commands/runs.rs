@@ -2,9 +2,18 @@
 
 use crate::args::{Global, RunsArgs, RunsCommand};
 use crate::output::{or_dash, print_json, short_json, table, time};
-use warren_shared::store::{self, RunDetail, RunFilter};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use std::collections::HashMap;
+use uuid::Uuid;
+use warren_shared::store::{self, RunDetail, RunFilter, RunSummary};
+use warren_worker::Registry;
 
-pub(crate) async fn run(global: &Global, args: RunsArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    global: &Global,
+    args: RunsArgs,
+    registry: &Registry,
+) -> anyhow::Result<()> {
     let pool = super::database(global).await?;
     let client = pool.get().await?;
     match args.command {
@@ -17,14 +26,19 @@ pub(crate) async fn run(global: &Global, args: RunsArgs) -> anyhow::Result<()> {
             let runs = store::list_runs(
                 &client,
                 &RunFilter {
-                    task,
+                    task: task.clone(),
                     status,
                     limit,
                 },
             )
             .await?;
+            if let Some(task) = &task
+                && runs.is_empty()
+            {
+                check_known(&client, registry, task).await?;
+            }
             if json {
-                return print_json(&runs);
+                return print_json(&with_message_ids(&client, runs).await?);
             }
             let mut t = table(&[
                 "RUN",
@@ -72,6 +86,67 @@ pub(crate) async fn run(global: &Global, args: RunsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A task is known when this program runs it or the database has a run of it (a task another
+/// program runs, or one since retired). Anything else is a typo, and an empty table would say
+/// "no runs" where the truth is "no such task".
+async fn check_known(
+    client: &impl GenericClient,
+    registry: &Registry,
+    task: &str,
+) -> anyhow::Result<()> {
+    if registry.tasks().any(|t| t.id() == task) {
+        return Ok(());
+    }
+    let any = store::list_runs(
+        client,
+        &RunFilter {
+            task: Some(task.to_owned()),
+            status: None,
+            limit: 1,
+        },
+    )
+    .await?;
+    if any.is_empty() {
+        let known: Vec<&str> = registry.tasks().map(|t| t.id()).collect();
+        anyhow::bail!(
+            "unknown task {task:?}: no run of it in the database, and this program's tasks are {}",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A `runs list --json` row: the summary and the message id, which `runs show` and `dlq show`
+/// also accept and which the producer knows.
+#[derive(Serialize)]
+struct ListedRun {
+    #[serde(flatten)]
+    summary: RunSummary,
+    message_id: Option<String>,
+}
+
+async fn with_message_ids(
+    client: &impl GenericClient,
+    runs: Vec<RunSummary>,
+) -> anyhow::Result<Vec<ListedRun>> {
+    let ids: Vec<Uuid> = runs.iter().map(|run| run.id).collect();
+    let rows = client
+        .query(
+            "SELECT id, message_id FROM runs WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut message_ids: HashMap<Uuid, String> =
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    Ok(runs
+        .into_iter()
+        .map(|summary| ListedRun {
+            message_id: message_ids.remove(&summary.id),
+            summary,
+        })
+        .collect())
 }
 
 pub(crate) fn print_run(run: &RunDetail) {

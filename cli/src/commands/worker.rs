@@ -1,11 +1,13 @@
 //! `warren worker`: one replica, until a signal.
 
-use super::{redact, within_timeout};
-use crate::args::{Global, WorkerArgs};
+use super::{CONNECT_TIMEOUT, redact};
+use crate::args::{DEFAULT_HTTP_ADDR, Global, HttpAddr, WorkerArgs};
 use anyhow::Context;
+use std::net::SocketAddr;
 use tokio::signal::unix::{SignalKind, signal};
+use warren_shared::db::DbError;
 use warren_shared::topology::Topology;
-use warren_worker::{Registry, RetryPolicy, Worker, WorkerConfig};
+use warren_worker::{Registry, RetryPolicy, RunningWorker, Worker, WorkerConfig, WorkerError};
 
 pub(crate) async fn run(
     global: &Global,
@@ -41,18 +43,21 @@ pub(crate) async fn run(
     config.idempotency_window = args.idempotency_window;
     config.max_message_bytes = args.max_message_bytes;
     config.message_budget_bytes = args.message_budget_bytes;
-    config.http_addr = args.http_addr.0;
+    config.db_pool_size = args.db_pool_size as usize;
+    let http = match args.http_addr {
+        Some(HttpAddr(addr)) => Http::Given(addr),
+        None => Http::Default,
+    };
+    config.http_addr = match http {
+        Http::Given(addr) => addr,
+        Http::Default => Some(DEFAULT_HTTP_ADDR),
+    };
 
-    let what = format!(
-        "the broker at {} or Postgres at {}",
-        redact(&global.amqp_url),
-        redact(&global.database_url)
-    );
     // Listen before starting: a replica told to stop while it starts up exits cleanly too.
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let worker = tokio::select! {
-        worker = within_timeout(&what, Worker::new(config, registry).start()) => worker?,
+        worker = start(global, config, registry, http) => worker?,
         _ = terminate.recv() => return stopped_while_starting(),
         _ = interrupt.recv() => return stopped_while_starting(),
     };
@@ -74,6 +79,99 @@ pub(crate) async fn run(
         std::process::exit(130);
     });
     worker.wait().await.context("worker stopped")
+}
+
+/// Where the HTTP endpoints were asked to be.
+#[derive(Clone, Copy)]
+enum Http {
+    /// By --http-addr or WARREN_HTTP_ADDR: that address or nothing.
+    Given(Option<SocketAddr>),
+    /// Nobody said: [`DEFAULT_HTTP_ADDR`], or a free port when another process holds it.
+    Default,
+}
+
+/// Starts the replica. Several replicas started on one host with the defaults (as the README
+/// suggests) cannot all have port 9464: the ones that find it taken serve on a free port and
+/// say which. Deployments name the address (the image sets `WARREN_HTTP_ADDR`), so a probe or
+/// a scrape config never silently points at another process: a given address is used or
+/// refused.
+async fn start(
+    global: &Global,
+    config: WorkerConfig,
+    registry: Registry,
+    http: Http,
+) -> anyhow::Result<RunningWorker> {
+    let fallback = matches!(http, Http::Default).then(|| (config.clone(), registry.clone()));
+    match start_once(config, registry).await {
+        Ok(worker) => Ok(worker),
+        Err(StartError::Worker(WorkerError::Http { source, .. }))
+            if source.kind() == std::io::ErrorKind::AddrInUse
+                && let Some((mut config, registry)) = fallback =>
+        {
+            config.http_addr = Some(SocketAddr::new(DEFAULT_HTTP_ADDR.ip(), 0));
+            let worker = start_once(config, registry)
+                .await
+                .map_err(|e| e.explain(global))?;
+            tracing::warn!(
+                taken = %DEFAULT_HTTP_ADDR,
+                serving = %worker.http_addr().map_or_else(|| "-".into(), |a| a.to_string()),
+                "the default HTTP port is taken (another replica on this host?): serving /metrics, /healthz and /readyz on a free port instead; choose one with --http-addr"
+            );
+            Ok(worker)
+        }
+        Err(e) => Err(e.explain(global)),
+    }
+}
+
+/// Why a start failed, before it is put into words.
+enum StartError {
+    Worker(WorkerError),
+    TimedOut,
+}
+
+async fn start_once(config: WorkerConfig, registry: Registry) -> Result<RunningWorker, StartError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, Worker::new(config, registry).start()).await {
+        Ok(Ok(worker)) => Ok(worker),
+        Ok(Err(e)) => Err(StartError::Worker(e)),
+        Err(_) => Err(StartError::TimedOut),
+    }
+}
+
+impl StartError {
+    /// The error with what it concerns: the HTTP port, the broker, or Postgres (each named by
+    /// its address, without the password).
+    fn explain(self, global: &Global) -> anyhow::Error {
+        let broker = format!("the broker at {}", redact(&global.amqp_url));
+        let postgres = format!("Postgres at {}", redact(&global.database_url));
+        match self {
+            StartError::TimedOut => anyhow::anyhow!(
+                "cannot reach {broker} or {postgres}: no answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            StartError::Worker(WorkerError::Http { addr, source })
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                anyhow::anyhow!(
+                    "cannot serve /metrics, /healthz and /readyz on {addr}: the port is in use (by another replica on this host?): give each replica its own with --http-addr (or WARREN_HTTP_ADDR), e.g. 127.0.0.1:9465, or 127.0.0.1:0 for any free port, or off"
+                )
+            }
+            StartError::Worker(e @ WorkerError::Http { .. }) => {
+                anyhow::Error::new(e).context("check --http-addr (or WARREN_HTTP_ADDR)")
+            }
+            StartError::Worker(e @ WorkerError::Db(DbError::Connect(_) | DbError::Pool(_))) => {
+                anyhow::Error::new(e).context(format!("cannot reach {postgres}"))
+            }
+            StartError::Worker(e @ (WorkerError::Db(_) | WorkerError::Register(_))) => {
+                anyhow::Error::new(e).context(postgres)
+            }
+            StartError::Worker(
+                e @ (WorkerError::Broker(_)
+                | WorkerError::Publisher(_)
+                | WorkerError::ConsumerLost { .. }),
+            ) => anyhow::Error::new(e).context(format!("cannot reach {broker}")),
+            StartError::Worker(e) => anyhow::Error::new(e),
+        }
+    }
 }
 
 /// Nothing was taken from the broker yet: there is nothing to drain.
