@@ -319,3 +319,50 @@ async fn input_postgres_cannot_store_is_dead_lettered_once_and_disturbs_no_other
     publisher.close().await;
     worker.shutdown().await.unwrap();
 }
+
+/// A step whose output Postgres refuses (here a NUL in a string) fails for good, once: the run
+/// is dead with `unstorable_output` and Postgres's reason, one dead letter, and no loop of
+/// redeliveries repeating the step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_output_postgres_refuses_fails_the_run_once_with_the_reason() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use warren_worker::{Registry, StepContext, StepOutcome, Task, step};
+    let env = TestEnv::new().await;
+    let executions = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&executions);
+    let task = Task::<serde_json::Value>::new("nul.output").step(step(
+        "emit_nul",
+        move |_ctx: StepContext<serde_json::Value>| {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(StepOutcome::next(json!({ "text": "a\u{0}b" })))
+            }
+        },
+    ));
+    let worker = env.start_worker(Registry::new().register(task)).await;
+    let options = PublishOptions {
+        message_id: Some("nul-output".into()),
+        ..PublishOptions::default()
+    };
+    env.producer()
+        .await
+        .publish("nul.output", &json!({}), options)
+        .await
+        .unwrap();
+    let run = env.wait_finished("nul-output").await;
+    assert_eq!(run.summary.status, "dead");
+    assert_eq!(run.summary.error_code.as_deref(), Some("unstorable_output"));
+    let letters = env.wait_dead_letters("nul.output", 1).await;
+    let (code, message) = reason(&letters[0]);
+    assert_eq!(code, "unstorable_output");
+    assert!(
+        message.contains("SQLSTATE"),
+        "Postgres's own reason: {message}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(executions.load(Ordering::SeqCst), 1, "the step ran once");
+    assert!(env.take_dead_letters("nul.output").await.is_empty());
+    worker.shutdown().await.unwrap();
+}

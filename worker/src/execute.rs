@@ -190,6 +190,14 @@ impl Executor {
         let _exclusive = self.run_locks.lock(run.id).await;
         let claimed = match self.claim(&run).await {
             Ok(claimed) => claimed,
+            Err(Requeue::Write(WriteError::Store(e))) if e.is_refused_data() => {
+                // What the contract let through and Postgres still refuses would be refused
+                // on every delivery: dead-letter it once, now, with Postgres's own words.
+                let message = format!("Postgres cannot store this message: {e}");
+                return self
+                    .dead_letter(delivery, DeadLetter::new("malformed_message", message))
+                    .await;
+            }
             Err(e) => {
                 // The claim may have committed after all (its commit's outcome unknown): do
                 // not keep a run this replica is not going to work on.
@@ -394,6 +402,18 @@ impl Executor {
                 Err(WriteError::Store(StoreError::Conflict { .. })) => {
                     tracing::warn!(run = %run.id, "run was moved on or taken over by another replica; leaving it");
                     return Ok(());
+                }
+                Err(WriteError::Store(e)) if e.is_refused_data() => {
+                    // Running the step again would produce the same output: a failure for good.
+                    let error = StepError::fatal(
+                        code::UNSTORABLE_OUTPUT,
+                        format!(
+                            "Postgres cannot store the output of step {}: {e}",
+                            info.name
+                        ),
+                    );
+                    let step = (info.name.clone(), position);
+                    return self.fail(delivery, attempt, step, started_at, error).await;
                 }
                 Err(e) => return Err(e.into()),
             }

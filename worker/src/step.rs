@@ -211,6 +211,9 @@ pub mod code {
     pub const CONTENT_POLICY: &str = "content_policy";
     /// The thing asked for does not exist (HTTP 404). Not retryable.
     pub const NOT_FOUND: &str = "not_found";
+    /// Postgres refused to store the step's output (a NUL in a string, a document nested too
+    /// deep): the step would produce it again. Not retryable.
+    pub const UNSTORABLE_OUTPUT: &str = "unstorable_output";
 }
 
 impl ErrorClass {
@@ -222,7 +225,8 @@ impl ErrorClass {
             | code::QUOTA_EXCEEDED
             | code::INVALID_CREDENTIALS
             | code::CONTENT_POLICY
-            | code::NOT_FOUND => ErrorClass::Fatal,
+            | code::NOT_FOUND
+            | code::UNSTORABLE_OUTPUT => ErrorClass::Fatal,
             _ => ErrorClass::Retryable,
         }
     }

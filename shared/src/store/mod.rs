@@ -27,6 +27,8 @@ mod batch;
 
 pub use batch::{complete_steps, start_new_runs};
 
+mod db_error;
+
 use crate::state::{self, IllegalTransition, RunStatus};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -40,7 +42,7 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A query failed.
-    #[error("Postgres query failed: {0}")]
+    #[error("Postgres query failed: {}", db_error::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     /// The change is not a legal transition.
     #[error(transparent)]
