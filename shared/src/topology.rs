@@ -179,6 +179,39 @@ impl Topology {
         queues
     }
 
+    /// Checks that every name and binding key the namespace needs for these tasks (and the events
+    /// they listen to) fits an AMQP short string: the AMQP library panics on a longer one, and
+    /// the namespace, task ids and event names all come from users.
+    pub fn check_names<'a>(
+        &self,
+        tasks: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Result<(), crate::contract::ContractError> {
+        let mut names = self.all_exchanges();
+        for (task, events) in tasks {
+            names.extend(self.all_queues([task]));
+            names.push(delivered_pattern(Destination::Task(task)));
+            names.extend(
+                events
+                    .iter()
+                    .map(|event| delivered_pattern(Destination::Event(event))),
+            );
+        }
+        match names
+            .into_iter()
+            .find(|name| name.len() > crate::contract::MAX_SHORT_STRING_LEN)
+        {
+            Some(name) => Err(crate::contract::ContractError::ShortStringTooLong {
+                what: format!(
+                    "the queue, exchange or binding name {:?}... (namespace {:?})",
+                    name.chars().take(60).collect::<String>(),
+                    self.namespace.chars().take(40).collect::<String>()
+                ),
+                len: name.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Every exchange of the namespace.
     pub fn all_exchanges(&self) -> Vec<String> {
         let mut exchanges = vec![
@@ -738,5 +771,25 @@ mod tests {
         assert_eq!("quorum".parse(), Ok(QueueType::Quorum));
         assert_eq!("classic".parse(), Ok(QueueType::Classic));
         assert!("stream".parse::<QueueType>().is_err());
+    }
+
+    #[test]
+    fn names_longer_than_amqp_allows_are_found_before_the_library_panics_on_them() {
+        let t = Topology::new("warren", QueueType::Quorum);
+        let events = vec!["video.process".to_owned()];
+        assert!(
+            t.check_names([("video.process", events.as_slice())])
+                .is_ok()
+        );
+        let long_task = "t".repeat(250);
+        assert!(
+            t.check_names([(long_task.as_str(), events.as_slice())])
+                .is_err()
+        );
+        let long_event = vec!["e".repeat(200)];
+        let err = t.check_names([("a", long_event.as_slice())]).unwrap_err();
+        assert!(err.to_string().contains("AMQP allows at most 255"), "{err}");
+        let long_namespace = Topology::new("n".repeat(250), QueueType::Quorum);
+        assert!(long_namespace.check_names([]).is_err());
     }
 }

@@ -366,3 +366,37 @@ async fn a_step_output_postgres_refuses_fails_the_run_once_with_the_reason() {
     assert!(env.take_dead_letters("nul.output").await.is_empty());
     worker.shutdown().await.unwrap();
 }
+
+/// Names that would not fit AMQP's 255-byte short strings (a long namespace, task or event)
+/// are an error at start or at the command line, never a panic in the AMQP library.
+#[tokio::test(flavor = "multi_thread")]
+async fn names_too_long_for_amqp_are_an_error_not_a_panic() {
+    use warren_worker::{Registry, StepContext, StepOutcome, Task, Worker, step};
+    let env = TestEnv::new().await;
+    let long_event = "e".repeat(230);
+    let task = Task::<serde_json::Value>::new("short")
+        .on(long_event.as_str())
+        .step(step(
+            "s",
+            |_ctx: StepContext<serde_json::Value>| async move { Ok(StepOutcome::next(json!(1))) },
+        ));
+    let started = Worker::new(env.worker_config(), Registry::new().register(task))
+        .start()
+        .await;
+    let error = started
+        .err()
+        .expect("a worker with a name too long for AMQP must not start");
+    assert!(
+        error.to_string().contains("AMQP allows at most 255"),
+        "{error}"
+    );
+
+    let output = env
+        .warren()
+        .args(["dlq", "list", &"t".repeat(260)])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "an error, not a panic");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AMQP allows at most 255"), "{stderr}");
+}

@@ -155,6 +155,9 @@ pub enum WorkerError {
     /// No task to run.
     #[error("no tasks to run")]
     NoTasks,
+    /// A queue, exchange or binding name would not fit AMQP (namespace, task or event too long).
+    #[error(transparent)]
+    Names(#[from] warren_shared::contract::ContractError),
     /// The HTTP endpoint could not listen.
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
@@ -230,6 +233,15 @@ impl Worker {
         if registry.tasks().next().is_none() {
             return Err(WorkerError::NoTasks);
         }
+        let events: Vec<(String, Vec<String>)> = registry
+            .tasks()
+            .map(|task| (task.id().to_owned(), task.events()))
+            .collect();
+        config.topology.check_names(
+            events
+                .iter()
+                .map(|(task, events)| (task.as_str(), events.as_slice())),
+        )?;
         // Before any metric handle is registered, so that they all record into it.
         crate::http::prometheus();
         let listener = match config.http_addr {

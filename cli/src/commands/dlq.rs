@@ -9,7 +9,13 @@ use warren_worker::Registry;
 use warren_worker::dlq::{DeadLetter, DeadLetterQueue};
 
 pub(crate) async fn run(global: &Global, args: DlqArgs, registry: &Registry) -> anyhow::Result<()> {
-    let topology = super::topology(global);
+    let task = match &args.command {
+        DlqCommand::List { task, .. }
+        | DlqCommand::Replay { task, .. }
+        | DlqCommand::Purge { task, .. } => Some(task.as_str()),
+        DlqCommand::Show { task, .. } => task.as_deref(),
+    };
+    let topology = super::topology(global, task.as_slice())?;
     let connection = within_timeout(
         &format!("the broker at {}", redact(&global.amqp_url)),
         warren_shared::amqp::connect(&global.amqp_url, "warren-cli dlq"),

@@ -50,8 +50,12 @@ pub(crate) async fn database(global: &Global) -> anyhow::Result<deadpool_postgre
 }
 
 /// The topology for read-only commands (the queue type does not matter to them).
-pub(crate) fn topology(global: &Global) -> Topology {
-    Topology::new(global.namespace.clone(), QueueType::default())
+/// The namespace's topology; refused when its names would not fit AMQP (see
+/// [`Topology::check_names`]), for `tasks` too when given.
+pub(crate) fn topology(global: &Global, tasks: &[&str]) -> anyhow::Result<Topology> {
+    let topology = Topology::new(global.namespace.clone(), QueueType::default());
+    topology.check_names(tasks.iter().map(|task| (*task, &[][..])))?;
+    Ok(topology)
 }
 
 /// The connection string without its password, for messages (see [`warren_shared::redact`]).

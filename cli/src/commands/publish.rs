@@ -35,7 +35,7 @@ pub(crate) async fn run(global: &Global, args: PublishArgs) -> anyhow::Result<()
     }
     let producer = within_timeout(
         &format!("the broker at {}", redact(&global.amqp_url)),
-        Producer::connect(&global.amqp_url, super::topology(global)),
+        Producer::connect(&global.amqp_url, super::topology(global, &[])?),
     )
     .await?;
     let options = PublishOptions {

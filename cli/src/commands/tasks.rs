@@ -25,7 +25,7 @@ pub(crate) async fn run(
     args: TasksArgs,
     registry: &Registry,
 ) -> anyhow::Result<()> {
-    let topology = super::topology(global);
+    let topology = super::topology(global, &[])?;
     let connection = within_timeout(
         &format!("the broker at {}", redact(&global.amqp_url)),
         warren_shared::amqp::connect(&global.amqp_url, "warren-cli"),
