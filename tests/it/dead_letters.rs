@@ -179,3 +179,36 @@ async fn dead_letter_queues_are_declared_with_a_delivery_limit_that_is_never_rea
     );
     worker.shutdown().await.unwrap();
 }
+
+/// A dead letter whose input fails the task's schema, replayed, dies again as `invalid_input`:
+/// its run goes `queued -> dead`, never left queued with no message behind it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_letter_whose_input_is_still_invalid_leaves_no_run_queued() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(warren_worker::demo::registry()).await;
+    let task = warren_worker::demo::player::TASK;
+    let options = PublishOptions {
+        message_id: Some("still-invalid".into()),
+        ..PublishOptions::default()
+    };
+    env.producer()
+        .await
+        .publish(task, &json!({ "playerId": 42 }), options)
+        .await
+        .unwrap();
+    wait_attempt(&env, "still-invalid", 1, "dead").await;
+    let out = warren_ok(&env, &["dlq", "replay", task, "--id", "still-invalid"]);
+    assert!(out.contains("replayed 1 dead letter(s)"), "{out}");
+    wait_attempt(&env, "still-invalid", 2, "dead").await;
+    let run = &env.runs_of("still-invalid").await[0];
+    let path: Vec<_> = run
+        .transitions
+        .iter()
+        .map(|t| t.to_status.as_str())
+        .collect();
+    assert_eq!(path, ["dead", "queued", "dead"]);
+    assert_eq!(run.summary.error_code.as_deref(), Some("invalid_input"));
+    let listing = warren_ok(&env, &["dlq", "list", task]);
+    assert!(listing.contains("1 dead letter(s)"), "{listing}");
+    worker.shutdown().await.unwrap();
+}

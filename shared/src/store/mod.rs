@@ -914,8 +914,9 @@ pub async fn replay_run(
 }
 
 /// Records a run whose message can never run (its input fails the task's schema) straight as
-/// `dead`. A redelivery of the same message changes nothing. Returns whether the task's failure
-/// handler has already run for it.
+/// `dead`. A redelivery of the same message changes nothing; a replay of its dead letter (the
+/// run `queued`) makes it `dead` again, so that no run is left queued with no message behind
+/// it. Returns whether the task's failure handler has already run for this death.
 pub async fn dead_on_arrival(
     client: &impl GenericClient,
     run: &NewRun<'_>,
@@ -932,6 +933,33 @@ pub async fn dead_on_arrival(
             stage: None,
         };
         log_transition(client, run.id, None, RunStatus::Dead, &change).await?;
+        return Ok(false);
+    }
+    let replayed = client
+        .query_opt(
+            "UPDATE runs SET status = 'dead', error_code = $2, error_message = $3,
+                    finished_at = now(), updated_at = now(), failure_handled_at = NULL
+             WHERE id = $1 AND status = 'queued'
+             RETURNING attempt",
+            &[&run.id, &code, &message],
+        )
+        .await?;
+    if let Some(row) = replayed {
+        let change = Change {
+            attempt: row.get(0),
+            worker: run.worker,
+            reason: message,
+            step: None,
+            stage: None,
+        };
+        log_transition(
+            client,
+            run.id,
+            Some(RunStatus::Queued),
+            RunStatus::Dead,
+            &change,
+        )
+        .await?;
         return Ok(false);
     }
     let handled = client
