@@ -64,7 +64,7 @@ pub(crate) enum Command {
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkersArgs {
-    /// Include replicas that stopped cleanly.
+    /// Include replicas that stopped (or were restarted) and those silent for over an hour.
     #[arg(long)]
     pub(crate) all: bool,
     /// Print JSON instead of a table.

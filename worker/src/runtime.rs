@@ -36,7 +36,8 @@ pub struct WorkerConfig {
     pub database_url: String,
     /// Names and queue type.
     pub topology: Topology,
-    /// This replica's id, recorded on every transition it makes.
+    /// This replica's id. Each start of it is a new incarnation, and what it records (runs'
+    /// owner, steps, transitions) carries `{worker_id}#{incarnation}`.
     pub worker_id: String,
     /// Overrides every task's concurrency on this replica.
     pub concurrency: Option<usize>,
@@ -137,6 +138,7 @@ pub struct Worker {
 /// A started replica.
 pub struct RunningWorker {
     id: String,
+    owner: String,
     http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     done: JoinHandle<Result<(), WorkerError>>,
@@ -148,6 +150,7 @@ struct Shared {
     registry: Registry,
     pool: deadpool_postgres::Pool,
     writer: StateWriter,
+    /// This incarnation's owner name (not the configured id): what its writes carry.
     worker_id: Arc<str>,
     run_locks: Arc<RunLocks>,
     delay_levels: Arc<DelayLevels>,
@@ -195,7 +198,7 @@ impl Worker {
         };
         let pool = db::prepare(&config.database_url, config.db_pool_size).await?;
         let task_ids: Vec<String> = registry.tasks().map(|t| t.id().to_owned()).collect();
-        fleet::register(&pool, &config.worker_id, &task_ids).await?;
+        let owner = fleet::register(&pool, &config.worker_id, &task_ids).await?;
         let (writer, writer_task) = StateWriter::start(pool.clone());
         let slots = registry
             .tasks()
@@ -209,7 +212,7 @@ impl Worker {
             .collect();
         let health = Arc::new(Health::new(writer.health()));
         let shared = Arc::new(Shared {
-            worker_id: Arc::from(config.worker_id.as_str()),
+            worker_id: Arc::from(owner.as_str()),
             config,
             registry,
             pool: pool.clone(),
@@ -258,7 +261,7 @@ impl Worker {
         let stop_heartbeat = CancellationToken::new();
         let heartbeat = tokio::spawn(fleet::heartbeat(
             pool,
-            shared.config.worker_id.clone(),
+            owner.clone(),
             shared.tracker.clone(),
             stop_heartbeat.clone(),
         ));
@@ -273,6 +276,7 @@ impl Worker {
         ));
         Ok(RunningWorker {
             id,
+            owner,
             http_addr,
             shutdown,
             done,
@@ -398,6 +402,12 @@ impl RunningWorker {
     /// This replica's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The owner name of this start of the replica (`{id}#{incarnation}`): what its runs,
+    /// steps and transitions record.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Where the HTTP endpoints listen, if they do.
