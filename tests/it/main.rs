@@ -16,5 +16,6 @@ mod poison;
 mod polyglot;
 mod producer;
 mod replicas;
+mod retention;
 mod schema;
 mod settle;

@@ -57,6 +57,11 @@ pub struct WorkerConfig {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0 picks a free port); `None`
     /// serves nothing.
     pub http_addr: Option<SocketAddr>,
+    /// How long finished runs, idempotency keys and gone replicas are kept before the fleet
+    /// prunes them (one replica at a time); `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// How often the replica offers to prune.
+    pub prune_every: Duration,
 }
 
 impl WorkerConfig {
@@ -79,6 +84,8 @@ impl WorkerConfig {
             retry: RetryPolicy::default(),
             idempotency_window: Duration::from_secs(24 * 60 * 60),
             http_addr: None,
+            retention: Some(crate::retention::DEFAULT_RETENTION),
+            prune_every: crate::retention::DEFAULT_PRUNE_EVERY,
         }
     }
 }
@@ -259,6 +266,14 @@ impl Worker {
         tracing::info!(worker = %shared.worker_id, tasks = session.consumers.len(), ?http_addr, "worker consuming");
 
         let stop_heartbeat = CancellationToken::new();
+        if let Some(keep) = shared.config.retention {
+            tokio::spawn(crate::retention::run(
+                pool.clone(),
+                crate::retention::Policy::new(keep, shared.config.idempotency_window),
+                shared.config.prune_every,
+                shutdown.clone(),
+            ));
+        }
         let heartbeat = tokio::spawn(fleet::heartbeat(
             pool,
             owner.clone(),

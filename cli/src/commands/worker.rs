@@ -41,6 +41,7 @@ pub(crate) async fn run(
     config.idempotency_window = args.idempotency_window;
     config.max_message_bytes = args.max_message_bytes;
     config.http_addr = args.http_addr.0;
+    config.retention = args.retention.0;
 
     let what = format!(
         "the broker at {} or Postgres at {}",

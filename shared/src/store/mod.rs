@@ -26,6 +26,7 @@ macro_rules! step_checkpoint_upsert {
 
 mod batch;
 mod replicas;
+pub mod retention;
 
 pub use batch::{complete_steps, start_new_runs};
 pub use replicas::{
