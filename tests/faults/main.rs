@@ -496,7 +496,10 @@ async fn runs_of_a_replica_restarted_under_the_same_id_finish_at_once() {
     let (victim, mut in_flight) = (fleet.slots[0].0.clone(), Vec::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     while in_flight.is_empty() {
-        assert!(Instant::now() < deadline, "{victim} never had a run in flight");
+        assert!(
+            Instant::now() < deadline,
+            "{victim} never had a run in flight"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         in_flight = client
             .query(

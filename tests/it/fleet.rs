@@ -120,11 +120,11 @@ async fn a_run_cut_short_by_the_grace_period_resumes_elsewhere_from_its_checkpoi
             step.executions
         );
     }
-    assert!(
-        run.transitions
-            .iter()
-            .any(|t| t.worker.as_deref().is_some_and(|w| w.starts_with("grace-b#")))
-    );
+    assert!(run.transitions.iter().any(|t| {
+        t.worker
+            .as_deref()
+            .is_some_and(|w| w.starts_with("grace-b#"))
+    }));
     signal(&second, "-TERM");
     wait_exit(&mut second, Duration::from_secs(10));
 }
@@ -208,7 +208,9 @@ async fn a_replica_restarted_under_the_same_id_frees_the_run_its_predecessor_hel
         .filter_map(|t| t.worker.as_deref())
         .collect();
     assert!(
-        owners.iter().all(|w| w.starts_with("pod-a#") || w.starts_with("pod-b#")),
+        owners
+            .iter()
+            .all(|w| w.starts_with("pod-a#") || w.starts_with("pod-b#")),
         "transitions name the process incarnation that made them: {owners:?}"
     );
     signal(&other, "-TERM");

@@ -212,3 +212,29 @@ async fn two_live_processes_with_one_id_cannot_both_record_a_run() {
         "one step, recorded once"
     );
 }
+
+/// During a rolling upgrade: a run owned by a replica of the previous release (its row and the
+/// run carry the plain id) is freed when the new release starts under that id, as a restart of
+/// the same release would free it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_start_supersedes_a_replica_of_the_release_before_incarnations() {
+    let env = TestEnv::new().await;
+    let mut client = env.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO workers (id, host, pid, tasks, version) VALUES ('pod-0', 'h', 1, '{}', 'old')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let other = start_process(&mut client, "pod-1").await;
+    let run = store::run_id("owned.job", "owned-1");
+    let claimed = store::claim(&client, &new_run(run, "pod-0")).await.unwrap();
+    assert!(matches!(claimed, Claim::Run { .. }), "{claimed:?}");
+    let busy = store::claim(&client, &new_run(run, &other)).await.unwrap();
+    assert!(matches!(busy, Claim::Busy { .. }), "{busy:?}");
+
+    start_process(&mut client, "pod-0").await;
+    let takeover = store::claim(&client, &new_run(run, &other)).await.unwrap();
+    assert!(matches!(takeover, Claim::Run { .. }), "{takeover:?}");
+}

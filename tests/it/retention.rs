@@ -160,7 +160,10 @@ async fn prune_deletes_exactly_the_old_finished_runs_of_a_million_and_their_rows
         (2..10).map(|d| (d, 100_000)).collect::<Vec<_>>(),
         "runs left, by the last digit of their number"
     );
-    assert_eq!(count(&client, "SELECT count(*) FROM run_steps").await, 100_000);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM run_steps").await,
+        100_000
+    );
     assert_eq!(
         count(&client, "SELECT count(*) FROM run_transitions").await,
         100_000
@@ -188,12 +191,7 @@ async fn prune_deletes_exactly_the_old_finished_runs_of_a_million_and_their_rows
     );
 }
 
-async fn insert_run(
-    client: &deadpool_postgres::Client,
-    id: Uuid,
-    status: &str,
-    age: Age,
-) -> Uuid {
+async fn insert_run(client: &deadpool_postgres::Client, id: Uuid, status: &str, age: Age) -> Uuid {
     let created = Utc::now() - age;
     let finished = matches!(status, "succeeded" | "halted" | "dead").then_some(created);
     client
@@ -244,7 +242,10 @@ async fn a_prune_batch_holds_no_lock_on_live_runs_and_waits_for_none() {
     .await
     .expect("the batch waited for a run another transaction holds")
     .unwrap();
-    assert_eq!(deleted.runs, 3, "the old finished runs, not the one being replayed");
+    assert_eq!(
+        deleted.runs, 3,
+        "the old finished runs, not the one being replayed"
+    );
 
     // The batch is still open: the hot path writes the live runs at once.
     let hot = env.pool.get().await.unwrap();
@@ -304,7 +305,10 @@ async fn a_replica_prunes_on_schedule_unless_another_replica_is_pruning() {
     config.prune_every = Duration::from_millis(200);
     let worker = env.start_worker_with(config, demo::registry()).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(exists(old).await, "pruned while another replica held the lock");
+    assert!(
+        exists(old).await,
+        "pruned while another replica held the lock"
+    );
 
     other_replica
         .execute(
@@ -388,4 +392,30 @@ async fn replicas_silent_for_an_hour_leave_the_listing_and_prune_forgets_the_lon
             pair("stopped#4", "stopped")
         ]
     );
+}
+
+/// A cutoff shorter than the idempotency window does not shorten it: a key keeps making later
+/// publishes duplicates for the whole window.
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_keeps_idempotency_keys_for_the_whole_window() {
+    let env = TestEnv::new().await;
+    let client = env.pool.get().await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO idempotency_keys (task, key, run_id, created_at) VALUES
+               ('k.job', 'in-window', gen_random_uuid(), now() - interval '2 hours'),
+               ('k.job', 'expired', gen_random_uuid(), now() - interval '30 hours')",
+        )
+        .await
+        .unwrap();
+    let report = warren_json(&env, &["prune", "--older-than", "1h", "--json"]);
+    assert_eq!(report["idempotency_keys"], 1, "{report}");
+    let left: Vec<String> = client
+        .query("SELECT key FROM idempotency_keys", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, ["in-window"]);
 }

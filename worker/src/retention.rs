@@ -7,7 +7,9 @@ use deadpool_postgres::Pool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use warren_shared::store::StoreError;
-use warren_shared::store::retention::{self, DEFAULT_PRUNE_BATCH, MIN_RETENTION, Prune, PruneReport};
+use warren_shared::store::retention::{
+    self, DEFAULT_PRUNE_BATCH, MIN_RETENTION, Prune, PruneReport,
+};
 
 /// Finished runs are kept this long unless configured otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);

@@ -15,6 +15,10 @@ pub(crate) struct PruneArgs {
     /// running, retrying or waiting are kept, however old.
     #[arg(long, value_parser = parse_age)]
     older_than: Duration,
+    /// The workers' idempotency window (the same setting): keys are kept at least this long,
+    /// whatever the cutoff.
+    #[arg(long, env = "WARREN_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_window)]
+    idempotency_window: Duration,
     /// Runs deleted per transaction.
     #[arg(long, default_value_t = DEFAULT_PRUNE_BATCH, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     batch_size: i64,
@@ -27,6 +31,7 @@ pub(crate) async fn run(global: &Global, args: PruneArgs) -> anyhow::Result<()> 
     let pool = super::database(global).await?;
     let mut client = pool.get().await?;
     let policy = Prune {
+        keys_older_than: args.older_than.max(args.idempotency_window),
         batch: args.batch_size,
         ..Prune::older_than(args.older_than)
     };
@@ -60,6 +65,10 @@ fn parse_age(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(age)
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 24h, 7d)"))
 }
 
 /// `warren worker --retention`: an age, or `off`.
