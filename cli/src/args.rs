@@ -72,11 +72,13 @@ pub(crate) enum Command {
     Dlq(DlqArgs),
     /// The fleet: every replica, its heartbeat and the runs it holds.
     Workers(WorkersArgs),
+    /// Delete finished runs, expired idempotency keys and gone replicas older than a cutoff.
+    Prune(crate::commands::prune::PruneArgs),
 }
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkersArgs {
-    /// Include replicas that stopped cleanly.
+    /// Include replicas that stopped (or were restarted) and those silent for over an hour.
     #[arg(long)]
     pub(crate) all: bool,
     /// Print JSON instead of a table.
@@ -171,6 +173,10 @@ pub(crate) struct WorkerArgs {
     /// This replica's id (default: host-pid-random).
     #[arg(long, env = "WARREN_WORKER_ID")]
     pub(crate) worker_id: Option<String>,
+    /// Keep finished runs, idempotency keys and gone replicas this long, then prune them (one
+    /// replica at a time, every 10 minutes); "off" keeps everything.
+    #[arg(long, env = "WARREN_RETENTION", default_value = "30d", value_parser = crate::commands::prune::parse_retention)]
+    pub(crate) retention: crate::commands::prune::Retention,
     /// Attempts per run, for tasks without their own retry policy (1 = never retry).
     #[arg(long, env = "WARREN_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_attempts: u32,

@@ -1,8 +1,8 @@
 //! # warren-cli: the operator's command line
 //!
 //! One binary, `warren`, with subcommands: `worker` runs a replica, `publish` sends events,
-//! `migrate` prepares the database, `runs` and `tasks` inspect. Errors are one line on standard
-//! error and a non-zero exit.
+//! `migrate` prepares the database, `runs` and `tasks` inspect, `prune` deletes old runs. Errors
+//! are one line on standard error and a non-zero exit.
 //!
 //! # Layout
 //!
@@ -64,5 +64,6 @@ async fn run(cli: Cli, registry: Registry) -> anyhow::Result<()> {
         Command::Tasks(args) => commands::tasks::run(&global, args, &registry).await,
         Command::Dlq(args) => commands::dlq::run(&global, args, &registry).await,
         Command::Workers(args) => commands::workers::run(&global, args).await,
+        Command::Prune(args) => commands::prune::run(&global, args).await,
     }
 }

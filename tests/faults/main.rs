@@ -24,7 +24,7 @@ const LEDGER_TASKS: [&str; 3] = ["ledger.2", "ledger.3", "ledger.4"];
 /// One scenario at a time: they share the broker they restart.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Three replicas, restarted as they die, each incarnation with a fresh id.
+/// Three replicas, restarted as they die, each with a fresh id (or, in one scenario, the same).
 struct Fleet<'a> {
     env: &'a TestEnv,
     slots: Vec<(String, TestWorker)>,
@@ -71,6 +71,21 @@ impl<'a> Fleet<'a> {
         let replica = self.spawn();
         self.slots.push(replica);
         self.fault("kill -9 and restart");
+    }
+
+    /// SIGKILL replica `i` and start a new process under the same id in its place, as
+    /// Kubernetes restarts a container in its pod after an OOM kill.
+    fn kill_and_restart_under_the_same_id(&mut self, i: usize) {
+        let (id, mut child) = self.slots.remove(i);
+        let _ = child.kill();
+        let _ = child.wait();
+        let restarted = self.env.spawn_test_worker(
+            BINARY,
+            &id,
+            &["--grace-period", "3s", "--concurrency", "8"],
+        );
+        self.slots.insert(i, (id, restarted));
+        self.fault("kill -9 and restart under the same id");
     }
 
     /// SIGTERM the longest-running replica (one just spawned may not have installed its signal
@@ -461,6 +476,75 @@ async fn two_thousand_jobs_survive_kills_drains_and_dropped_connections() {
     wait_all_terminal(&env, 2000, Duration::from_secs(240)).await;
     let faults = fleet.stop();
     assert_exactly_once(&env, 2000, &faults, started.elapsed()).await;
+}
+
+/// A replica killed with runs in flight and restarted under the same id: the restart frees its
+/// predecessor's runs, so whichever replica their messages reach takes them over at once. When
+/// ownership was by id, the restarted process kept them looking owned: their messages waited a
+/// 15 s lease on the other replicas, were parked 30 s, and so on until a copy happened to reach
+/// the restarted process (runs finished 50 to 230 s after the kill).
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_of_a_replica_restarted_under_the_same_id_finish_at_once() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    create_ledger(&env).await;
+    let started = Instant::now();
+    let mut fleet = Fleet::start(&env, 3);
+    publish_jobs(&env, 600).await;
+    let client = env.pool.get().await.unwrap();
+    // The first replica's runs in flight when it is killed.
+    let (victim, mut in_flight) = (fleet.slots[0].0.clone(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_flight.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{victim} never had a run in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        in_flight = client
+            .query(
+                "SELECT id FROM runs WHERE status = 'running' AND split_part(worker, '#', 1) = $1",
+                &[&victim],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, uuid::Uuid>(0))
+            .collect();
+    }
+    fleet.kill_and_restart_under_the_same_id(0);
+    let killed = Instant::now();
+    let bound = Duration::from_secs(20);
+    loop {
+        let unfinished: i64 = client
+            .query_one(
+                "SELECT count(*) FROM runs
+                 WHERE id = ANY($1) AND status NOT IN ('succeeded', 'halted', 'dead')",
+                &[&in_flight],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if unfinished == 0 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < bound,
+            "{unfinished} of the {} runs in flight on the killed replica were not finished \
+             {bound:?} after its restart under the same id",
+            in_flight.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "restart under the same id: the {} runs in flight on the killed replica finished within \
+         {:.1} s of the kill",
+        in_flight.len(),
+        killed.elapsed().as_secs_f64()
+    );
+    wait_all_terminal(&env, 600, Duration::from_secs(120)).await;
+    let faults = fleet.stop();
+    assert_exactly_once(&env, 600, &faults, started.elapsed()).await;
 }
 
 /// The broker itself stops and starts while 500 jobs run: replicas reconnect and finish them.

@@ -120,11 +120,11 @@ async fn a_run_cut_short_by_the_grace_period_resumes_elsewhere_from_its_checkpoi
             step.executions
         );
     }
-    assert!(
-        run.transitions
-            .iter()
-            .any(|t| t.worker.as_deref() == Some("grace-b"))
-    );
+    assert!(run.transitions.iter().any(|t| {
+        t.worker
+            .as_deref()
+            .is_some_and(|w| w.starts_with("grace-b#"))
+    }));
     signal(&second, "-TERM");
     wait_exit(&mut second, Duration::from_secs(10));
 }
@@ -164,6 +164,82 @@ async fn a_run_of_a_killed_replica_resumes_on_another_from_its_checkpoint() {
     );
     signal(&survivor, "-TERM");
     wait_exit(&mut survivor, Duration::from_secs(10));
+}
+
+/// A replica killed mid-run and restarted under the same id, as a container restarted in its
+/// pod is: the run's message comes back to another replica, which takes the run over as soon
+/// as the restart registers, instead of waiting out the lease of an owner that the restarted
+/// process kept looking alive (and then parking the message, 45 s and more in all).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_restarted_under_the_same_id_frees_the_run_its_predecessor_held() {
+    let env = TestEnv::new().await;
+    let mut doomed = spawn_worker(&env, "pod-a", &[]);
+    publish_slow_video(&env, "restart-1", 600).await;
+    wait_checkpoints(&env, "restart-1", 1).await;
+    let mut other = spawn_worker(&env, "pod-b", &[]);
+    wait_consumers(&env, video::TASK, 2).await;
+    signal(&doomed, "-KILL");
+    wait_exit(&mut doomed, Duration::from_secs(5));
+    let killed = Instant::now();
+    // The message goes back to the queue and on to `pod-b`, its only consumer now.
+    let mut restarted = spawn_worker(&env, "pod-a", &[]);
+
+    let within = Duration::from_secs(20);
+    let run = loop {
+        if let Some(run) = env.runs_of("restart-1").await.pop()
+            && run.summary.status == "succeeded"
+        {
+            break run;
+        }
+        assert!(
+            killed.elapsed() < within,
+            "the run was not finished {within:?} after the kill: {:?}",
+            env.runs_of("restart-1").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "run of the killed replica finished {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    let owners: Vec<&str> = run
+        .transitions
+        .iter()
+        .filter_map(|t| t.worker.as_deref())
+        .collect();
+    assert!(
+        owners
+            .iter()
+            .all(|w| w.starts_with("pod-a#") || w.starts_with("pod-b#")),
+        "transitions name the process incarnation that made them: {owners:?}"
+    );
+    signal(&other, "-TERM");
+    signal(&restarted, "-TERM");
+    wait_exit(&mut other, Duration::from_secs(10));
+    wait_exit(&mut restarted, Duration::from_secs(10));
+}
+
+/// Waits until `task`'s queue has at least `count` consumers.
+async fn wait_consumers(env: &TestEnv, task: &str, count: u32) {
+    let connection = warren_shared::amqp::connect(&env.amqp_url, "fleet-test")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let channel = connection.create_channel().await.unwrap();
+        let stats = inspect_queue(&channel, &env.topology().task_queue(task))
+            .await
+            .unwrap();
+        if stats.is_some_and(|s| s.consumers >= count) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{task} never had {count} consumers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    warren_shared::amqp::close(&connection, "inspected").await;
 }
 
 /// The broker closing a replica's connection: it reconnects with backoff, declares its topology
@@ -258,7 +334,7 @@ async fn a_replica_that_lost_its_run_cannot_record_the_step_it_was_running() {
     let owner = env
         .start_worker_with(named("owner"), demo::registry())
         .await;
-    give_up_for_lost(&env, late.id()).await;
+    give_up_for_lost(&env, late.owner()).await;
     // Its message goes back to the queue and reaches `owner` (the only consumer until `late`
     // reconnects), which takes the run over from the checkpoint.
     warren_tests::close_broker_connections(&format!("warren-worker {}", late.id()));
@@ -268,12 +344,12 @@ async fn a_replica_that_lost_its_run_cannot_record_the_step_it_was_running() {
     let takeover = run
         .transitions
         .iter()
-        .position(|t| t.worker.as_deref() == Some(owner.id()))
+        .position(|t| t.worker.as_deref() == Some(owner.owner()))
         .expect("the run was taken over");
     assert!(
         run.transitions[takeover..]
             .iter()
-            .all(|t| t.worker.as_deref() == Some(owner.id())),
+            .all(|t| t.worker.as_deref() == Some(owner.owner())),
         "the replica that lost the run recorded a transition after the takeover: {:?}",
         run.transitions
     );
@@ -330,9 +406,9 @@ async fn start_counted_job(env: &TestEnv, producer: &Producer, id: &str) {
     }
 }
 
-/// The fleet gives the replica up for lost, as when its lease lapses: it is marked stopped
-/// (which its heartbeat does not undo), so that whoever gets one of its runs' messages takes
-/// the run over while it goes on executing.
+/// The fleet gives the replica (by its owner name) up for lost, as when its lease lapses: it is
+/// marked stopped (which its heartbeat does not undo), so that whoever gets one of its runs'
+/// messages takes the run over while it goes on executing.
 async fn give_up_for_lost(env: &TestEnv, worker: &str) {
     let client = env.pool.get().await.unwrap();
     client
@@ -526,7 +602,7 @@ async fn a_replica_that_lost_its_run_sends_no_dead_letter_for_it() {
         .await;
     // The fleet gives `late` up while its step runs; a copy of the message (`late` takes one
     // at a time) reaches `owner`, which takes the run over and finishes it.
-    give_up_for_lost(&env, late.id()).await;
+    give_up_for_lost(&env, late.owner()).await;
     publish_copy(&producer, "lost-1").await;
     assert_succeeded_once(&env.wait_finished("lost-1").await);
     // `late`'s step fails about 2 s after it started.

@@ -19,5 +19,6 @@ mod poison;
 mod polyglot;
 mod producer;
 mod replicas;
+mod retention;
 mod schema;
 mod settle;

@@ -32,12 +32,14 @@
 //! * `state_writer` and `writes`: group commit of run state to Postgres.
 //! * `dead_letter`: the dead-letter format.
 //! * `run_locks`: one delivery per run at a time inside a replica.
-//! * `fleet`: the replica's registration and heartbeat in Postgres.
+//! * `fleet`: the replica's registration (one incarnation per start) and heartbeat in Postgres.
+//! * [`retention`]: the scheduled prune of finished runs.
 //! * [`dlq`]: dead-letter queue operations (peek, replay, purge) for operators.
 //! * [`demo`]: the demo tasks (`video.process`, `player.dump`).
 
 pub mod demo;
 pub mod dlq;
+pub mod retention;
 pub mod runtime;
 pub mod settle;
 pub mod step;

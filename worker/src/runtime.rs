@@ -36,7 +36,8 @@ pub struct WorkerConfig {
     pub database_url: String,
     /// Names and queue type.
     pub topology: Topology,
-    /// This replica's id, recorded on every transition it makes.
+    /// This replica's id. Each start of it is a new incarnation, and what it records (runs'
+    /// owner, steps, transitions) carries `{worker_id}#{incarnation}`.
     pub worker_id: String,
     /// Overrides every task's concurrency on this replica.
     pub concurrency: Option<usize>,
@@ -59,6 +60,11 @@ pub struct WorkerConfig {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0 picks a free port); `None`
     /// serves nothing.
     pub http_addr: Option<SocketAddr>,
+    /// How long finished runs, idempotency keys and gone replicas are kept before the fleet
+    /// prunes them (one replica at a time); `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// How often the replica offers to prune.
+    pub prune_every: Duration,
 }
 
 impl WorkerConfig {
@@ -82,6 +88,8 @@ impl WorkerConfig {
             retry: RetryPolicy::default(),
             idempotency_window: Duration::from_secs(24 * 60 * 60),
             http_addr: None,
+            retention: Some(crate::retention::DEFAULT_RETENTION),
+            prune_every: crate::retention::DEFAULT_PRUNE_EVERY,
         }
     }
 }
@@ -185,6 +193,7 @@ pub struct Worker {
 /// A started replica.
 pub struct RunningWorker {
     id: String,
+    owner: String,
     http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     done: JoinHandle<Result<(), WorkerError>>,
@@ -196,6 +205,7 @@ struct Shared {
     registry: Registry,
     pool: deadpool_postgres::Pool,
     writer: StateWriter,
+    /// This incarnation's owner name (not the configured id): what its writes carry.
     worker_id: Arc<str>,
     run_locks: Arc<RunLocks>,
     delay_levels: Arc<DelayLevels>,
@@ -254,7 +264,7 @@ impl Worker {
         };
         let pool = db::prepare(&config.database_url, config.db_pool_size).await?;
         let task_ids: Vec<String> = registry.tasks().map(|t| t.id().to_owned()).collect();
-        fleet::register(&pool, &config.worker_id, &task_ids).await?;
+        let owner = fleet::register(&pool, &config.worker_id, &task_ids).await?;
         let (writer, writer_task) = StateWriter::start(pool.clone());
         let slots = registry
             .tasks()
@@ -269,7 +279,7 @@ impl Worker {
         let prefetch = message_budget(&config, &registry);
         let health = Arc::new(Health::new(writer.health()));
         let shared = Arc::new(Shared {
-            worker_id: Arc::from(config.worker_id.as_str()),
+            worker_id: Arc::from(owner.as_str()),
             config,
             registry,
             pool: pool.clone(),
@@ -317,9 +327,17 @@ impl Worker {
         tracing::info!(worker = %shared.worker_id, tasks = session.consumers.len(), ?http_addr, "worker consuming");
 
         let stop_heartbeat = CancellationToken::new();
+        if let Some(keep) = shared.config.retention {
+            tokio::spawn(crate::retention::run(
+                pool.clone(),
+                crate::retention::Policy::new(keep, shared.config.idempotency_window),
+                shared.config.prune_every,
+                shutdown.clone(),
+            ));
+        }
         let heartbeat = tokio::spawn(fleet::heartbeat(
             pool,
-            shared.config.worker_id.clone(),
+            owner.clone(),
             shared.tracker.clone(),
             stop_heartbeat.clone(),
         ));
@@ -334,6 +352,7 @@ impl Worker {
         ));
         Ok(RunningWorker {
             id,
+            owner,
             http_addr,
             shutdown,
             done,
@@ -453,6 +472,12 @@ impl RunningWorker {
     /// This replica's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The owner name of this start of the replica (`{id}#{incarnation}`): what its runs,
+    /// steps and transitions record.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Where the HTTP endpoints listen, if they do.

@@ -2,6 +2,7 @@
 
 pub(crate) mod dlq;
 pub(crate) mod migrate;
+pub(crate) mod prune;
 pub(crate) mod publish;
 pub(crate) mod runs;
 pub(crate) mod tasks;

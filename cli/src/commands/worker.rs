@@ -52,6 +52,7 @@ pub(crate) async fn run(
         Http::Given(addr) => addr,
         Http::Default => Some(DEFAULT_HTTP_ADDR),
     };
+    config.retention = args.retention.0;
 
     // Listen before starting: a replica told to stop while it starts up exits cleanly too.
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;

@@ -14,6 +14,7 @@ pub(crate) async fn run(global: &Global, args: WorkersArgs) -> anyhow::Result<()
     }
     let mut t = table(&[
         "WORKER",
+        "INCARNATION",
         "STATE",
         "HOST",
         "PID",
@@ -27,6 +28,7 @@ pub(crate) async fn run(global: &Global, args: WorkersArgs) -> anyhow::Result<()
         let ago = (Utc::now() - w.last_heartbeat).num_seconds().max(0);
         t.add_row(vec![
             w.id.clone(),
+            or_dash(w.incarnation.map(|n| format!("#{n}"))),
             w.state.clone(),
             w.host.clone(),
             w.pid.to_string(),

@@ -4,7 +4,8 @@
 //! Each write checks the state machine ([`crate::state::check`]) and fences on the row's current
 //! status, so a write based on a stale view of a run changes nothing and says so.
 //!
-//! A running run's writes also fence on its owner (`runs.worker`, set by every claim). A replica
+//! A running run's writes also fence on its owner (`runs.worker`, set by every claim: the owner
+//! name of one process incarnation, see `replicas`). A replica
 //! the fleet has given up for lost (its lease lapsed, or it stopped with runs still executing)
 //! may go on executing a step while another replica takes the run over from its checkpoints;
 //! without the owner in the fence, both would record the same steps. With it, whichever write
@@ -24,8 +25,14 @@ macro_rules! step_checkpoint_upsert {
 }
 
 mod batch;
+mod replicas;
+pub mod retention;
 
 pub use batch::{complete_steps, start_new_runs};
+pub use replicas::{
+    INCARNATION_SEPARATOR, STALE_LISTED_FOR, WorkerInfo, WorkerRecord, heartbeat, list_workers,
+    register_worker, stop_worker,
+};
 
 mod db_error;
 
@@ -166,131 +173,6 @@ pub const OWNER_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How often replicas heartbeat: well inside [`OWNER_LEASE`].
 pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// A replica's registration.
-#[derive(Debug, Clone)]
-pub struct WorkerInfo<'a> {
-    /// Replica id.
-    pub id: &'a str,
-    /// Host name.
-    pub host: &'a str,
-    /// Process id.
-    pub pid: i32,
-    /// Task ids it consumes.
-    pub tasks: &'a [String],
-    /// Warren version.
-    pub version: &'a str,
-}
-
-/// Registers (or re-registers) a replica as alive.
-pub async fn register_worker(
-    client: &impl GenericClient,
-    worker: &WorkerInfo<'_>,
-) -> Result<(), StoreError> {
-    client
-        .execute(
-            "INSERT INTO workers (id, host, pid, tasks, version) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
-                tasks = excluded.tasks, version = excluded.version, started_at = now(),
-                last_heartbeat = now(), stopped_at = NULL",
-            &[
-                &worker.id,
-                &worker.host,
-                &worker.pid,
-                &worker.tasks,
-                &worker.version,
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Records that a replica is still alive.
-pub async fn heartbeat(
-    client: &impl GenericClient,
-    worker: &str,
-    in_flight: i32,
-) -> Result<(), StoreError> {
-    let stmt = client
-        .prepare_cached(
-            "UPDATE workers SET last_heartbeat = now(), in_flight = $2
-             WHERE id = $1 AND stopped_at IS NULL",
-        )
-        .await?;
-    client.execute(&stmt, &[&worker, &in_flight]).await?;
-    Ok(())
-}
-
-/// One line of `warren workers`.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkerRecord {
-    /// Replica id.
-    pub id: String,
-    /// Host.
-    pub host: String,
-    /// Process id.
-    pub pid: i32,
-    /// Tasks it consumes.
-    pub tasks: Vec<String>,
-    /// Warren version.
-    pub version: String,
-    /// When it started.
-    pub started_at: DateTime<Utc>,
-    /// Its last heartbeat.
-    pub last_heartbeat: DateTime<Utc>,
-    /// When it stopped cleanly, if it did.
-    pub stopped_at: Option<DateTime<Utc>>,
-    /// `alive`, `stale` (no heartbeat within the owner lease: crashed or cut off) or `stopped`.
-    pub state: String,
-    /// Runs it holds in status `running`.
-    pub runs_in_flight: i64,
-}
-
-/// The fleet, newest first; stopped replicas only if `include_stopped`.
-pub async fn list_workers(
-    client: &impl GenericClient,
-    include_stopped: bool,
-) -> Result<Vec<WorkerRecord>, StoreError> {
-    let rows = client
-        .query(
-            "SELECT w.id, w.host, w.pid, w.tasks, w.version, w.started_at, w.last_heartbeat, w.stopped_at,
-                    CASE WHEN w.stopped_at IS NOT NULL THEN 'stopped'
-                         WHEN w.last_heartbeat > now() - make_interval(secs => $1) THEN 'alive'
-                         ELSE 'stale' END,
-                    CASE WHEN w.stopped_at IS NULL THEN w.in_flight::bigint ELSE 0 END
-             FROM workers w
-             WHERE $2 OR w.stopped_at IS NULL
-             ORDER BY w.started_at DESC",
-            &[&OWNER_LEASE.as_secs_f64(), &include_stopped],
-        )
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| WorkerRecord {
-            id: row.get(0),
-            host: row.get(1),
-            pid: row.get(2),
-            tasks: row.get(3),
-            version: row.get(4),
-            started_at: row.get(5),
-            last_heartbeat: row.get(6),
-            stopped_at: row.get(7),
-            state: row.get(8),
-            runs_in_flight: row.get(9),
-        })
-        .collect())
-}
-
-/// Records that a replica stopped: its unfinished runs may be taken over at once.
-pub async fn stop_worker(client: &impl GenericClient, worker: &str) -> Result<(), StoreError> {
-    client
-        .execute(
-            "UPDATE workers SET stopped_at = now() WHERE id = $1",
-            &[&worker],
-        )
-        .await?;
-    Ok(())
-}
 
 fn parse_status(text: &str) -> Result<RunStatus, StoreError> {
     text.parse()
