@@ -58,6 +58,10 @@ pub mod header {
     pub const WAKE: &str = "warren-wake";
     /// On retries: when the run's first attempt in this budget failed (RFC 3339).
     pub const FIRST_FAILED_AT: &str = "warren-first-failed-at";
+    /// On a retry of a step that has its own retry policy: that step, and how many times it
+    /// has been executed in its budget so far, as `{n}/{step}` (e.g. `2/transcribe`). Set by
+    /// Warren.
+    pub const STEP_ATTEMPT: &str = "warren-step-attempt";
     /// When a message that went through the delay queues was due (RFC 3339): a retry, a
     /// wake-up or a delayed publish. Queue wait is measured from here rather than from the
     /// publish. Set by Warren; producers need not set it.
@@ -181,6 +185,8 @@ pub struct Envelope {
     pub first_failed_at: Option<DateTime<Utc>>,
     /// When a message that went through the delay queues was due.
     pub due_at: Option<DateTime<Utc>>,
+    /// On a retry of a step with its own retry policy: the step, and its executions so far.
+    pub step_attempt: Option<(String, u32)>,
 }
 
 /// Is `name` usable as an event name (a topic routing key without wildcards)?
@@ -244,6 +250,7 @@ pub fn decode(
             wake: None,
             first_failed_at: None,
             due_at: None,
+            step_attempt: None,
         },
         Some(CONTENT_TYPE_CLOUDEVENTS) => decode_cloudevent(routing_key, headers, body)?,
         Some(other) => return Err(ContractError::UnsupportedContentType(other.to_owned())),
@@ -253,6 +260,17 @@ pub fn decode(
     envelope.wake = string_header(headers, header::WAKE)?;
     envelope.first_failed_at = time_header(headers, header::FIRST_FAILED_AT)?;
     envelope.due_at = time_header(headers, header::DUE_AT)?;
+    envelope.step_attempt = string_header(headers, header::STEP_ATTEMPT)?
+        .map(|text| {
+            text.split_once('/')
+                .and_then(|(n, step)| Some((step.to_owned(), n.parse::<u32>().ok()?)))
+                .filter(|(_, n)| *n >= 1)
+                .ok_or_else(|| ContractError::InvalidHeader {
+                    name: header::STEP_ATTEMPT,
+                    detail: format!("{text:?} is not {{executions}}/{{step}}"),
+                })
+        })
+        .transpose()?;
     if let Some(attempt) = int_header(headers, header::ATTEMPT)? {
         envelope.attempt = u32::try_from(attempt)
             .ok()
@@ -350,6 +368,7 @@ fn decode_cloudevent(
         wake: None,
         first_failed_at: None,
         due_at: None,
+        step_attempt: None,
     })
 }
 

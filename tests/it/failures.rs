@@ -551,3 +551,59 @@ async fn the_failure_handler_runs_once() {
     );
     worker.shutdown().await.unwrap();
 }
+
+/// Each step with its own retry policy has a budget of its own: two steps that each fail twice
+/// before succeeding both get through, where a run-wide budget of 3 attempts would have died
+/// at the fourth; and a step that keeps failing dies after its own budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn steps_with_their_own_retry_policy_each_get_their_own_budget() {
+    let env = TestEnv::new().await;
+    let ledger = Ledger::default();
+    let flaky = |name: &'static str, failures: usize, ledger: &Ledger| {
+        let ledger = ledger.clone();
+        step(name, move |ctx: StepContext<Value>| {
+            let ledger = ledger.clone();
+            async move {
+                assert_eq!(ctx.step_name(), name);
+                assert!(ctx.run().task.starts_with("own."));
+                if ledger.record(name) <= failures {
+                    return Err(StepError::new(code::NETWORK, "connection reset"));
+                }
+                ctx.set_stage(format!("{}_DONE", name.to_uppercase()));
+                Ok(StepOutcome::next(json!(name)))
+            }
+        })
+        .retry(quick_retries(3))
+    };
+    let task = Task::<Value>::new("own.budgets")
+        .retry(quick_retries(3))
+        .step(flaky("a", 2, &ledger))
+        .step(flaky("b", 2, &ledger));
+    let doomed = Task::<Value>::new("own.doomed")
+        .retry(quick_retries(5))
+        .step(flaky("c", usize::MAX, &ledger).retry(quick_retries(2)));
+    let worker = env
+        .start_worker(Registry::new().register(task).register(doomed))
+        .await;
+    publish(&env, "own.budgets", "budgets-1", json!({})).await;
+    publish(&env, "own.doomed", "doomed-1", json!({})).await;
+
+    let run = env.wait_finished("budgets-1").await;
+    assert_eq!(run.summary.status, "succeeded");
+    assert_eq!(run.summary.attempt, 5, "two retries of a, then two of b");
+    assert_eq!((ledger.count("a"), ledger.count("b")), (3, 3));
+    assert_eq!(
+        run.summary.stage.as_deref(),
+        Some("B_DONE"),
+        "the stage the step named"
+    );
+
+    let run = env.wait_finished("doomed-1").await;
+    assert_eq!(run.summary.status, "dead");
+    assert_eq!(
+        ledger.count("c"),
+        2,
+        "its own budget of 2, not the task's 5"
+    );
+    worker.shutdown().await.unwrap();
+}

@@ -13,7 +13,7 @@ use crate::dead_letter::{self, DeadLetter};
 use crate::run_locks::RunLocks;
 use crate::settle::{Pending, Settler};
 use crate::state_writer::{StateWriter, WriteError};
-use crate::step::{ErrorClass, Outbox, StepError, StepOutcome, code};
+use crate::step::{ErrorClass, Outbox, RunInfo, StepError, StepOutcome, code};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
 use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::writes::{
@@ -55,6 +55,15 @@ struct Attempt<'a> {
     run: &'a Arc<RunFields>,
     started: Instant,
     attempt_base: i32,
+}
+
+/// Which retry policy a failure is judged by, and how much of it is used.
+struct Budget {
+    policy: RetryPolicy,
+    /// The step's own policy (its executions are carried on the retry copy).
+    own: bool,
+    /// Attempts (or executions of the step) made in this budget, the failing one included.
+    used: u32,
 }
 
 /// Why a message goes back to the queue instead of being settled.
@@ -310,6 +319,14 @@ impl Executor {
             .map(|c| (c.step, c.output))
             .collect();
         let attempt_no = u32::try_from(run.attempt).unwrap_or(1);
+        let info_for_steps = Arc::new(RunInfo {
+            id: run.id,
+            task: self.task_id.to_string(),
+            event: run.event.clone(),
+            attempt: attempt_no,
+            message_id: run.message_id.clone(),
+            tenant: run.tenant.clone(),
+        });
         let deadline = tokio::time::Instant::now() + self.task.max_duration();
         for (index, info) in steps.iter().enumerate() {
             if outputs.contains_key(&info.name) {
@@ -323,8 +340,7 @@ impl Executor {
             let step_span = tracing::info_span!("step", step = %info.name, index);
             let future = self.task.run_step(
                 index,
-                run.id,
-                attempt_no,
+                Arc::clone(&info_for_steps),
                 input,
                 Arc::new(outputs.clone()),
                 outbox.clone(),
@@ -340,6 +356,7 @@ impl Executor {
                         limit.as_secs_f64()
                     ))),
                 };
+            let stage = outbox.stage().or_else(|| info.stage.clone());
             if result.is_ok() {
                 // What the step emitted goes out, confirmed, before its checkpoint commits.
                 if let Err(error) = self.publish_emitted(run, info, outbox, &step_span).await? {
@@ -392,7 +409,7 @@ impl Executor {
                 run: Arc::clone(run),
                 step: info.name.clone(),
                 position,
-                stage: info.stage.clone(),
+                stage,
                 output: output.clone(),
                 started_at,
                 end,
@@ -496,11 +513,11 @@ impl Executor {
         let run = attempt.run;
         let attempt_base = attempt.attempt_base;
         let retryable = self.task.classify(&error) == ErrorClass::Retryable;
-        let used = u32::try_from(run.attempt - attempt_base)
-            .unwrap_or(1)
-            .max(1);
+        let budget = self.budget(run, attempt_base, &step.0);
         let delay = if retryable {
-            self.retry.delay_after(used, rand::random::<f64>())
+            budget
+                .policy
+                .delay_after(budget.used, rand::random::<f64>())
         } else {
             None
         };
@@ -513,12 +530,16 @@ impl Executor {
         let after = match delay {
             Some(delay) => {
                 let next_attempt = run.attempt + 1;
-                let first = [(header::FIRST_FAILED_AT, format_time(first_failed_at))];
+                let mut carried = vec![(header::FIRST_FAILED_AT, format_time(first_failed_at))];
+                if budget.own {
+                    let executions = budget.used.saturating_add(1);
+                    carried.push((header::STEP_ATTEMPT, format!("{executions}/{}", step.0)));
+                }
                 let properties = copy_properties(
                     delivery,
                     run,
                     u32::try_from(next_attempt).unwrap_or(u32::MAX),
-                    &first,
+                    &carried,
                 );
                 self.send_later(delay, &delivery.data, properties).await?;
                 let at =
@@ -557,6 +578,33 @@ impl Executor {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The retry budget a failure of `step` spends: the step's own, counted by its executions
+    /// (carried on the retry copies of its message), or the run's, counted by its attempts.
+    fn budget(&self, run: &RunFields, attempt_base: i32, step: &str) -> Budget {
+        let own = self
+            .steps
+            .iter()
+            .find(|s| s.name == step)
+            .and_then(|s| s.retry);
+        match own {
+            Some(policy) => Budget {
+                policy,
+                own: true,
+                used: match &run.step_attempt {
+                    Some((carried, executions)) if carried == step => *executions,
+                    _ => 1,
+                },
+            },
+            None => Budget {
+                policy: self.retry,
+                own: false,
+                used: u32::try_from(run.attempt - attempt_base)
+                    .unwrap_or(1)
+                    .max(1),
+            },
+        }
     }
 
     /// The payload does not fit the task: dead-letter it, record the run dead, run the handler.
@@ -684,6 +732,7 @@ impl Executor {
             wake: envelope.wake,
             first_failed_at: envelope.first_failed_at,
             idempotency_window: self.idempotency_window,
+            step_attempt: envelope.step_attempt,
         }
     }
 }

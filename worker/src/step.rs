@@ -13,6 +13,25 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
+use warren_shared::retry::RetryPolicy;
+
+/// The run a step executes for: what a step running outside the worker (an HTTP endpoint, a
+/// command) is told about it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunInfo {
+    /// The run.
+    pub id: Uuid,
+    /// Its task.
+    pub task: String,
+    /// The event that started it.
+    pub event: String,
+    /// The attempt being executed (1 for the first).
+    pub attempt: u32,
+    /// The message's identity.
+    pub message_id: String,
+    /// The tenant, if the message named one.
+    pub tenant: Option<String>,
+}
 
 /// What a step gets: the run's identity, its typed input, and what earlier steps returned.
 pub struct StepContext<I> {
@@ -20,6 +39,8 @@ pub struct StepContext<I> {
     pub run_id: Uuid,
     /// The attempt being executed (1 for the first).
     pub attempt: u32,
+    run: Arc<RunInfo>,
+    step: Arc<str>,
     input: Arc<I>,
     outputs: Arc<BTreeMap<String, Value>>,
     outbox: Outbox,
@@ -30,6 +51,8 @@ impl<I> Clone for StepContext<I> {
         StepContext {
             run_id: self.run_id,
             attempt: self.attempt,
+            run: Arc::clone(&self.run),
+            step: Arc::clone(&self.step),
             input: Arc::clone(&self.input),
             outputs: Arc::clone(&self.outputs),
             outbox: self.outbox.clone(),
@@ -48,37 +71,77 @@ pub(crate) struct Emitted {
 /// only after the step returned successfully and before its checkpoint commits: an event is
 /// never lost, and a step that runs again (a crash before its checkpoint) emits the same
 /// message ids, so the tasks downstream make one run of each.
+///
+/// It also carries the stage a step names at run time ([`StepContext::set_stage`]), which
+/// replaces the stage its definition names.
 #[derive(Debug, Clone, Default)]
-pub struct Outbox(Arc<std::sync::Mutex<Vec<Emitted>>>);
+pub struct Outbox(Arc<std::sync::Mutex<Effects>>);
+
+/// What a step asked for besides its output.
+#[derive(Debug, Default)]
+struct Effects {
+    emitted: Vec<Emitted>,
+    stage: Option<String>,
+}
 
 impl Outbox {
+    fn effects(&self) -> std::sync::MutexGuard<'_, Effects> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn take(&self) -> Vec<Emitted> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut self.effects().emitted)
+    }
+
+    /// The stage the step named at run time, if it named one.
+    pub(crate) fn stage(&self) -> Option<String> {
+        self.effects().stage.clone()
     }
 
     fn push(&self, emitted: Emitted) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(emitted);
+        self.effects().emitted.push(emitted);
     }
 }
 
 impl<I> StepContext<I> {
     pub(crate) fn new(
-        run_id: Uuid,
-        attempt: u32,
+        run: Arc<RunInfo>,
+        step: Arc<str>,
         input: Arc<I>,
         outputs: Arc<BTreeMap<String, Value>>,
         outbox: Outbox,
     ) -> Self {
         StepContext {
-            run_id,
-            attempt,
+            run_id: run.id,
+            attempt: run.attempt,
+            run,
+            step,
             input,
             outputs,
             outbox,
         }
+    }
+
+    /// The run this step executes for.
+    pub fn run(&self) -> &RunInfo {
+        &self.run
+    }
+
+    /// This step's name.
+    pub fn step_name(&self) -> &str {
+        &self.step
+    }
+
+    /// Every earlier step's output, by step name.
+    pub fn outputs(&self) -> &BTreeMap<String, Value> {
+        &self.outputs
+    }
+
+    /// Names the stage the run reaches when this step completes, in place of the one the
+    /// step's definition names (for steps that learn their stage as they run: an HTTP
+    /// endpoint's answer, say).
+    pub fn set_stage(&self, stage: impl Into<String>) {
+        self.outbox.effects().stage = Some(stage.into());
     }
 
     /// Publishes `payload` as event `event` once this step succeeds. Its message id,
@@ -338,6 +401,7 @@ pub struct StepDef<I> {
     pub(crate) name: String,
     pub(crate) stage: Option<String>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
     pub(crate) step: Box<dyn Step<I>>,
 }
 
@@ -353,6 +417,14 @@ impl<I> StepDef<I> {
         self.timeout = Some(timeout);
         self
     }
+
+    /// This step's own retry policy: its failures are counted against a budget of its own
+    /// (`max_attempts` executions of this step), not the run's, so that each step of a long
+    /// pipeline may retry as often as the policy says.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
 }
 
 /// A step named `name` that runs `step`.
@@ -361,6 +433,7 @@ pub fn step<I>(name: impl Into<String>, step: impl Step<I>) -> StepDef<I> {
         name: name.into(),
         stage: None,
         timeout: None,
+        retry: None,
         step: Box::new(step),
     }
 }

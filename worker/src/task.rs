@@ -1,6 +1,6 @@
 //! Tasks: a typed input, the events that trigger it, a concurrency, and an ordered pipeline.
 
-use crate::step::{ErrorClass, Outbox, StepContext, StepDef, StepError, StepResult};
+use crate::step::{ErrorClass, Outbox, RunInfo, StepContext, StepDef, StepError, StepResult};
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -127,7 +127,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
 }
 
 /// A step's name, the stage it reaches, and its time limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepInfo {
     /// Step name.
     pub name: String,
@@ -135,6 +135,8 @@ pub struct StepInfo {
     pub stage: Option<String>,
     /// Its own time limit, if any.
     pub timeout: Option<Duration>,
+    /// Its own retry policy, if any (a budget of its own rather than the run's).
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A decoded task input, type-erased so that the runtime can hold tasks of any input type.
@@ -164,8 +166,7 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn run_step(
         &self,
         index: usize,
-        run_id: Uuid,
-        attempt: u32,
+        run: Arc<RunInfo>,
         input: &TaskInput,
         outputs: Arc<BTreeMap<String, Value>>,
         outbox: Outbox,
@@ -196,6 +197,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
                 name: s.name.clone(),
                 stage: s.stage.clone(),
                 timeout: s.timeout,
+                retry: s.retry,
             })
             .collect()
     }
@@ -228,8 +230,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
     fn run_step(
         &self,
         index: usize,
-        run_id: Uuid,
-        attempt: u32,
+        run: Arc<RunInfo>,
         input: &TaskInput,
         outputs: Arc<BTreeMap<String, Value>>,
         outbox: Outbox,
@@ -242,8 +243,9 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
             );
             return Box::pin(async move { Err(err) });
         };
+        let name: Arc<str> = Arc::from(step.name.as_str());
         step.step
-            .run(StepContext::new(run_id, attempt, input, outputs, outbox))
+            .run(StepContext::new(run, name, input, outputs, outbox))
     }
 }
 

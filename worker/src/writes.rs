@@ -29,6 +29,8 @@ pub(crate) struct RunFields {
     pub(crate) wake: Option<String>,
     pub(crate) first_failed_at: Option<DateTime<Utc>>,
     pub(crate) idempotency_window: std::time::Duration,
+    /// The step whose own retry budget this message carries, and its executions so far.
+    pub(crate) step_attempt: Option<(String, u32)>,
 }
 
 impl RunFields {
