@@ -18,3 +18,4 @@ mod producer;
 mod replicas;
 mod schema;
 mod settle;
+mod tls;
