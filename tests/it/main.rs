@@ -11,6 +11,7 @@ mod failures;
 mod fleet;
 mod observability;
 mod ownership;
+mod pg_timeouts;
 mod pipelines;
 mod poison;
 mod polyglot;
