@@ -197,3 +197,154 @@ async fn a_replica_waits_for_another_replicas_migration_longer_than_its_statemen
     drop(other);
     warren_tests::drop_database(&database).await;
 }
+
+/// A TCP relay to Postgres that can stop passing bytes, both ways, as a paused server or a
+/// network that drops packets would: connections stay open, and nothing answers.
+struct Stall {
+    port: u16,
+    paused: tokio::sync::watch::Sender<bool>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl Stall {
+    async fn start(upstream: String) -> Stall {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let gate = paused.clone();
+        let relay = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pass(client_read, server_write, gate.subscribe()));
+                tokio::spawn(Self::pass(server_read, client_write, gate.subscribe()));
+            }
+        });
+        Stall {
+            port,
+            paused,
+            relay,
+        }
+    }
+
+    /// Copies `from` to `to`, holding what it read while the relay is paused.
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut paused: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = vec![0; 16 * 1024];
+        loop {
+            let read = from.read(&mut buffer).await.unwrap_or(0);
+            if paused.wait_for(|paused| !paused).await.is_err() {
+                return;
+            }
+            if read == 0 || to.write_all(&buffer[..read]).await.is_err() {
+                let _ = to.shutdown().await;
+                return;
+            }
+        }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.relay.abort();
+    }
+}
+
+async fn readiness(addr: std::net::SocketAddr) -> Option<u16> {
+    reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .ok()
+        .map(|response| response.status().as_u16())
+}
+
+/// Waits until `/readyz` answers `status`, and returns how long that took.
+async fn wait_readiness(addr: std::net::SocketAddr, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = readiness(addr).await;
+        if got == Some(status) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz still answers {got:?} after {within:?}, expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_whose_postgres_stops_answering_turns_unready_then_resumes_losing_nothing() {
+    use warren_worker::demo::{self, video};
+    let env = TestEnv::new().await;
+    let server: tokio_postgres::Config = warren_tests::pg_server_url().parse().unwrap();
+    let host = match &server.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        other => panic!("this test relays TCP, not {other:?}"),
+    };
+    let port = server.get_ports().first().copied().unwrap_or(5432);
+    let stall = Stall::start(format!("{host}:{port}")).await;
+    let mut config = env.worker_config();
+    config.database_url = env.database_url.replacen(
+        &format!("{host}:{port}"),
+        &format!("127.0.0.1:{}", stall.port),
+        1,
+    );
+    assert_ne!(config.database_url, env.database_url);
+    config.http_addr = Some("127.0.0.1:0".parse().unwrap());
+    let worker = env.start_worker_with(config, demo::registry()).await;
+    let addr = worker.http_addr().unwrap();
+    wait_readiness(addr, 200, Duration::from_secs(15)).await;
+
+    let producer = env.producer().await;
+    let publish = |count: usize| {
+        let producer = &producer;
+        async move {
+            for _ in 0..count {
+                producer
+                    .publish(
+                        video::TASK,
+                        &warren_tests::video_payload(serde_json::json!({})),
+                        warren_producer::PublishOptions::default(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(10).await;
+    env.wait_for_finished_runs(10, Duration::from_secs(30))
+        .await;
+
+    // Postgres stops answering while runs are under way.
+    stall.pause(true);
+    publish(10).await;
+    let unready_after = wait_readiness(
+        addr,
+        503,
+        warren_worker::WRITE_TIMEOUT + Duration::from_secs(5),
+    )
+    .await;
+    eprintln!("unready {unready_after:?} after Postgres stopped answering");
+    stall.pause(false);
+    wait_readiness(addr, 200, Duration::from_secs(20)).await;
+
+    let runs = env
+        .wait_for_finished_runs(20, Duration::from_secs(40))
+        .await;
+    assert_eq!(runs.len(), 20);
+    assert!(runs.iter().all(|run| run.status == "succeeded"), "{runs:?}");
+    worker.shutdown().await.unwrap();
+}

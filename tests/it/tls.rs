@@ -471,3 +471,63 @@ async fn an_unreadable_postgres_root_certificate_is_named_at_start() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_warren_command_trusts_the_ca_files_named_in_its_environment() {
+    let amqp_ca = broker_with_tls().await;
+    let pg_ca = postgres_with_tls().await;
+    let amqps = format!("amqps://guest:guest@127.0.0.1:{}/%2f", amqps_port());
+    let database = format!("warren_test_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let verify_full = format!(
+        "{}/{database}?sslmode=verify-full",
+        warren_tests::pg_server_url()
+    );
+    let warren = || {
+        let mut command = Command::new(warren_tests::warren_binary());
+        command
+            .env("WARREN_AMQP_URL", &amqps)
+            .env("WARREN_DATABASE_URL", &verify_full)
+            .env("WARREN_NAMESPACE", format!("t{}", Uuid::new_v4().simple()))
+            .env_remove("WARREN_AMQP_CA_FILE")
+            .env_remove("WARREN_DATABASE_CA_FILE")
+            .env_remove("RUST_LOG");
+        command
+    };
+
+    let tasks = warren()
+        .env("WARREN_AMQP_CA_FILE", amqp_ca)
+        .args(["tasks", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        tasks.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tasks.stderr)
+    );
+    let untrusted = warren().args(["tasks", "--json"]).output().unwrap();
+    assert!(!untrusted.status.success());
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("UnknownIssuer"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+
+    let untrusted = warren().arg("migrate").output().unwrap();
+    assert!(!untrusted.status.success());
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("UnknownIssuer"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+    let migrate = warren()
+        .env("WARREN_DATABASE_CA_FILE", pg_ca)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    warren_tests::drop_database(&database).await;
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+}

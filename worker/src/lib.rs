@@ -53,6 +53,7 @@ mod task_metrics;
 mod writes;
 
 pub use runtime::{RunningWorker, Worker, WorkerConfig, WorkerError};
+pub use state_writer::WRITE_TIMEOUT;
 pub use step::{
     ErrorClass, Step, StepContext, StepDef, StepError, StepOutcome, StepResult, StepResultExt,
     code, step, wait_step,
