@@ -103,7 +103,6 @@ async fn broker_with_tls() -> &'static Path {
                 // A new directory each time: Erlang caches PEM files by path.
                 let dir = std::env::temp_dir().join(format!("warren-amqps-{}", Uuid::new_v4()));
                 write_certificates(&pki, &dir, "rabbitmq");
-                // World-readable parent, so the rabbitmq user reaches its own directory.
                 let port = amqps_port();
                 let listener = format!("{{\"127.0.0.1\", {port}}}");
                 // Stopping an absent listener is harmless; a present one has other certificates.
@@ -111,6 +110,19 @@ async fn broker_with_tls() -> &'static Path {
                     "eval",
                     &format!("catch rabbit_networking:stop_tcp_listener({listener})."),
                 ]));
+                // What earlier runs left for their listeners, gone with them.
+                if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+                    for entry in entries.flatten() {
+                        let path = entry.path();
+                        let earlier = path.file_name().is_some_and(|name| {
+                            name.to_string_lossy().starts_with("warren-amqps-")
+                        });
+                        if earlier && !path.starts_with(&dir) {
+                            let _ = std::fs::remove_dir_all(&path);
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
                 let started = run(Command::new("rabbitmqctl").args([
                     "eval",
                     &format!(
@@ -338,9 +350,12 @@ async fn postgres_with_tls() -> &'static Path {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        // A copy the tests may read whoever owns the original.
-        let ca = std::env::temp_dir().join(format!("warren-pg-ca-{}.pem", Uuid::new_v4()));
-        std::fs::copy(dir.join("ca.crt"), &ca).unwrap();
+        // A copy the tests may read whoever owns the original (the same for every run, as the
+        // certificates are).
+        let ca = std::env::temp_dir().join("warren-test-pg-ca.pem");
+        let staging = std::env::temp_dir().join(format!("warren-test-pg-ca.{}", Uuid::new_v4()));
+        std::fs::copy(dir.join("ca.crt"), &staging).unwrap();
+        std::fs::rename(&staging, &ca).unwrap();
         ca
     })
     .await
