@@ -1,6 +1,16 @@
 //! Connecting to RabbitMQ, and letting go of it.
+//!
+//! `amqps://` URLs are TLS: the broker's certificate must chain to the system's trust store or to
+//! the CA file named by `WARREN_AMQP_CA_FILE` (a private CA, a self-signed broker), and must name
+//! the URL's host. An `amqps://` URL never falls back to plain text: a broker that does not speak
+//! TLS on that port is an error.
 
-use lapin::{Channel, Connection, ConnectionProperties};
+use crate::config::ENV_AMQP_CA_FILE;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long a close waits for the broker's answer. A close that does not complete in time is
@@ -9,10 +19,88 @@ use std::time::Duration;
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Opens a connection named `name` (shown in the broker's connection list), so an operator can
-/// tell replicas, producers and the CLI apart.
+/// tell replicas, producers and the CLI apart. Over `amqps://`, trusts the system's roots and the
+/// CA file named by `WARREN_AMQP_CA_FILE`, if set.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let ca_file = std::env::var_os(ENV_AMQP_CA_FILE)
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from);
+    connect_trusting(url, name, ca_file.as_deref()).await
+}
+
+/// [`connect`] with the extra CA file given rather than read from the environment.
+pub async fn connect_trusting(
+    url: &str,
+    name: &str,
+    ca_file: Option<&Path>,
+) -> lapin::Result<Connection> {
+    // The URL is not echoed in errors: it may carry a password.
+    let uri: AMQPUri = url.parse().map_err(|e: String| {
+        lapin::Error::from(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid AMQP URL: {e}"),
+        ))
+    })?;
+    let tls = match (&uri.scheme, ca_file) {
+        (AMQPScheme::AMQPS, Some(path)) => OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(read_ca_file(path)?),
+        },
+        _ => OwnedTLSConfig::default(),
+    };
+    let secure = uri.scheme == AMQPScheme::AMQPS;
+    let endpoint = format!("{}:{}", uri.authority.host, uri.authority.port);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties).await
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_uri_with_config(uri, properties, tls, runtime)
+        .await
+        .map_err(|e| match e.kind() {
+            // rustls's own words ("invalid peer certificate: UnknownIssuer", "received corrupt
+            // message") do not say that it was TLS that failed, nor where.
+            ErrorKind::IOError(cause) if secure => lapin::Error::from(io::Error::new(
+                cause.kind(),
+                format!(
+                    "TLS connection to {endpoint} failed (amqps://): {cause}{}",
+                    if not_tls(cause) {
+                        " (the server does not speak TLS on this port; RabbitMQ's TLS port is \
+                         usually 5671)"
+                    } else {
+                        ""
+                    }
+                ),
+            )),
+            _ => e,
+        })
+}
+
+/// Whether the handshake failed on bytes that are not TLS at all: a plain listener answering.
+fn not_tls(cause: &io::Error) -> bool {
+    cause
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidMessage(_)))
+}
+
+/// The PEM text of an extra CA file, checked to hold at least one certificate, so that a wrong
+/// path or file says so rather than surfacing later as an unknown issuer.
+fn read_ca_file(path: &Path) -> lapin::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot read the AMQP CA file {}: {e}", path.display()),
+        )
+    })?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the AMQP CA file {} holds no PEM certificate",
+                path.display()
+            ),
+        )
+        .into());
+    }
+    Ok(text)
 }
 
 /// Closes a connection politely, within [`CLOSE_TIMEOUT`].

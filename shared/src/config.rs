@@ -4,6 +4,12 @@
 pub const ENV_AMQP_URL: &str = "WARREN_AMQP_URL";
 /// Environment variable holding the Postgres URL.
 pub const ENV_DATABASE_URL: &str = "WARREN_DATABASE_URL";
+/// Environment variable naming a PEM file of CA certificates that an `amqps://` broker's
+/// certificate may chain to, in addition to the system's trust store (a private or self-signed CA).
+pub const ENV_AMQP_CA_FILE: &str = "WARREN_AMQP_CA_FILE";
+/// Environment variable naming a PEM file of root certificates for Postgres's TLS, used when the
+/// URL has no `sslrootcert`.
+pub const ENV_DATABASE_CA_FILE: &str = "WARREN_DATABASE_CA_FILE";
 /// Environment variable holding the namespace (prefix of every exchange and queue name).
 pub const ENV_NAMESPACE: &str = "WARREN_NAMESPACE";
 

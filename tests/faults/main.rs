@@ -687,3 +687,137 @@ fn pg_cluster(action: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Postgres is paused (SIGSTOP on the postmaster and every backend) for 20 s while a replica
+/// has work: its connections stay open and their packets are acknowledged, but nothing answers.
+/// The replica must turn unready within its write timeout rather than wait with it, lose
+/// nothing, and go on once Postgres runs again (SIGCONT).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_turns_unready_while_postgres_is_paused_and_resumes_after() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    create_ledger(&env).await;
+    let data_directory: String = env
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SHOW data_directory", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let started = Instant::now();
+    let addr = format!("127.0.0.1:{}", warren_tests::free_port());
+    let _replica = env.spawn_test_worker(
+        BINARY,
+        "paused-pg",
+        &[
+            "--http-addr",
+            &addr,
+            "--grace-period",
+            "3s",
+            "--concurrency",
+            "8",
+        ],
+    );
+    publish_jobs(&env, 150).await;
+    wait_readiness(&addr, 200, Duration::from_secs(30)).await;
+
+    let paused = pause_postgres(&data_directory);
+    let resume = scopeguard(move || resume_postgres(&paused));
+    let paused_at = Instant::now();
+    // More work arrives while Postgres is paused (the broker is not).
+    let producer = env.producer().await;
+    for i in 0..150 {
+        let task = LEDGER_TASKS[i % 3];
+        let options = PublishOptions {
+            message_id: Some(format!("late-{i}")),
+            ..PublishOptions::default()
+        };
+        producer
+            .publish(task, &json!({ "ms": 5 }), options)
+            .await
+            .unwrap();
+    }
+    let within =
+        (warren_worker::WRITE_TIMEOUT + Duration::from_secs(5)).saturating_sub(paused_at.elapsed());
+    let unready = wait_readiness(&addr, 503, within).await;
+    println!(
+        "paused Postgres: the replica turned unready {:.1} s after the pause",
+        unready.duration_since(paused_at).as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(paused_at.elapsed())).await;
+    assert_ne!(
+        readiness(&addr).await,
+        Some(200),
+        "ready while Postgres is paused"
+    );
+    drop(resume);
+
+    wait_readiness(&addr, 200, Duration::from_secs(30)).await;
+    wait_all_terminal(&env, 300, Duration::from_secs(120)).await;
+    let mut faults = HashMap::new();
+    faults.insert("Postgres paused 20 s", 1);
+    assert_exactly_once(&env, 300, &faults, started.elapsed()).await;
+}
+
+/// The replica's `/readyz` status, if it answers.
+async fn readiness(addr: &str) -> Option<u16> {
+    reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .ok()
+        .map(|response| response.status().as_u16())
+}
+
+/// Waits until `/readyz` answers `status`; returns when it did.
+async fn wait_readiness(addr: &str, status: u16, within: Duration) -> Instant {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = readiness(addr).await;
+        if got == Some(status) {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz answered {got:?}, not {status}, for {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGSTOPs the postmaster (so it forks no one new), then its children; returns their pids.
+fn pause_postgres(data_directory: &str) -> Vec<String> {
+    let pid_file = std::fs::read_to_string(format!("{data_directory}/postmaster.pid"))
+        .expect("the postmaster's pid file (the fault suite runs beside Postgres, as root)");
+    let postmaster = pid_file.lines().next().unwrap().trim().to_owned();
+    signal("-STOP", std::slice::from_ref(&postmaster));
+    let children = Command::new("pgrep")
+        .args(["-P", &postmaster])
+        .output()
+        .unwrap();
+    let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    signal("-STOP", &pids);
+    pids.push(postmaster);
+    pids
+}
+
+/// SIGCONTs what [`pause_postgres`] stopped, the postmaster last. Never panics: it also runs
+/// while a failed assertion unwinds, and must leave the machine's Postgres running.
+fn resume_postgres(pids: &[String]) {
+    let _ = Command::new("kill").arg("-CONT").args(pids).status();
+}
+
+fn signal(signal: &str, pids: &[String]) {
+    if pids.is_empty() {
+        return;
+    }
+    let status = Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pids:?}");
+}

@@ -58,6 +58,7 @@ mod writes;
 
 pub use budget::DEFAULT_MESSAGE_BUDGET_BYTES;
 pub use runtime::{RunningWorker, Worker, WorkerConfig, WorkerError};
+pub use state_writer::WRITE_TIMEOUT;
 pub use step::{
     ErrorClass, Step, StepContext, StepDef, StepError, StepOutcome, StepResult, StepResultExt,
     code, step, wait_step,

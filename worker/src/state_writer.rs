@@ -309,19 +309,61 @@ impl CommitError {
 /// The receiver, held by the committer whose turn it is to take a batch.
 type Turn<'a> = tokio::sync::MutexGuard<'a, mpsc::UnboundedReceiver<Box<dyn Queued>>>;
 
-/// Applies every write of the batch in one transaction and commits it, handing the `turn` on
-/// once the statements are applied (before the commit's round trip and flush).
+/// How long a batch may wait for Postgres: for a connection, then for its statements and its
+/// commit. Commits take milliseconds; a Postgres that has not answered one in 10 s is not
+/// serving (paused, or its packets lost), and the replica must say so (unready, consuming
+/// nothing) rather than wait with it. Postgres's own statement timeout cannot do this: a
+/// server that does not run does not time anything out, and its kernel still acknowledges
+/// the packets, so TCP timeouts do not fire either.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Applies every write of the batch in one transaction and commits it, within
+/// [`WRITE_TIMEOUT`]. A connection that has not answered in time is closed rather than handed
+/// back to the pool, where the next batch would wait on it too; the transaction then counts as
+/// never applied, or as of unknown outcome if its `COMMIT` had been sent.
 async fn commit(
     pool: &Pool,
     batch: &mut [Box<dyn Queued>],
     turn: Option<Turn<'_>>,
 ) -> Result<(), CommitError> {
+    let unanswered = || {
+        format!(
+            "Postgres did not answer within {}s",
+            WRITE_TIMEOUT.as_secs()
+        )
+    };
+    let mut client = tokio::time::timeout(WRITE_TIMEOUT, pool.get())
+        .await
+        .map_err(|_| CommitError::Unreachable(unanswered()))?
+        .map_err(|e| CommitError::Unreachable(e.to_string()))?;
+    let committing = std::sync::atomic::AtomicBool::new(false);
+    match tokio::time::timeout(
+        WRITE_TIMEOUT,
+        apply_and_commit(&mut client, batch, turn, &committing),
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(if committing.load(std::sync::atomic::Ordering::Relaxed) {
+                CommitError::Ambiguous(unanswered())
+            } else {
+                CommitError::Unreachable(unanswered())
+            })
+        }
+    }
+}
+
+/// [`commit`]'s transaction, on `client`; `committing` is set once the `COMMIT` is sent.
+async fn apply_and_commit(
+    client: &mut deadpool_postgres::Client,
+    batch: &mut [Box<dyn Queued>],
+    turn: Option<Turn<'_>>,
+    committing: &std::sync::atomic::AtomicBool,
+) -> Result<(), CommitError> {
     // Whatever an earlier, rolled-back try recorded is void.
     batch.iter_mut().for_each(|entry| entry.reset());
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| CommitError::Unreachable(e.to_string()))?;
     let tx = client.transaction().await.map_err(CommitError::from_db)?;
     let writes = batch.len() as u64;
     // Every write at once, so that tokio-postgres pipelines the statements: the hot path's
@@ -387,6 +429,7 @@ async fn commit(
             CommitError::Refused("a write in the batch failed".into())
         });
     }
+    committing.store(true, std::sync::atomic::Ordering::Relaxed);
     tx.commit()
         .await
         .map_err(|e| match CommitError::from_db(e) {
