@@ -26,6 +26,7 @@
 //!
 //! * [`step`]: the step abstraction, its context, outcomes and errors.
 //! * [`task`]: task definitions and the registry.
+//! * [`steps`]: steps that run outside the worker: HTTP endpoints and commands.
 //! * [`runtime`]: the replica: connection, consumers, concurrency, drain.
 //! * `execute`: one delivery from bytes to ack.
 //! * `budget`: the memory message bodies may take (prefetch × size limit), capped and stated.
@@ -43,6 +44,7 @@ pub mod retention;
 pub mod runtime;
 pub mod settle;
 pub mod step;
+pub mod steps;
 pub mod task;
 
 mod budget;
@@ -60,7 +62,7 @@ pub use budget::DEFAULT_MESSAGE_BUDGET_BYTES;
 pub use runtime::{RunningWorker, Worker, WorkerConfig, WorkerError};
 pub use state_writer::WRITE_TIMEOUT;
 pub use step::{
-    ErrorClass, Step, StepContext, StepDef, StepError, StepOutcome, StepResult, StepResultExt,
+    ErrorClass, RunInfo, Step, StepContext, StepDef, StepError, StepOutcome, StepResult, StepResultExt,
     code, step, wait_step,
 };
 pub use task::{FailedRun, Registry, Task, TaskRunner};
