@@ -8,7 +8,6 @@ use crate::step::StepError;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// A command step as a task file declares it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -22,9 +21,6 @@ pub struct CommandStepConfig {
     /// Its whole environment (besides `PATH`): nothing of the worker's own leaks in.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// How long one execution may take (default 5 min); then its process group is killed.
-    #[serde(default, deserialize_with = "super::duration::optional")]
-    pub timeout: Option<Duration>,
     /// The most standard output (and error) kept (default 1 MiB); more fails the step.
     #[serde(default)]
     pub max_output_bytes: Option<usize>,

@@ -7,7 +7,6 @@ use super::{ExternalStep, StepConfigError, StepReply, StepRequest};
 use crate::step::StepError;
 use futures::future::BoxFuture;
 use serde::Deserialize;
-use std::time::Duration;
 
 /// An HTTP step as a task file declares it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -15,9 +14,6 @@ use std::time::Duration;
 pub struct HttpStepConfig {
     /// The endpoint (http or https).
     pub url: String,
-    /// How long one request may take (default 30 s).
-    #[serde(default, deserialize_with = "super::duration::optional")]
-    pub timeout: Option<Duration>,
     /// The largest response body read (default 1 MiB); a larger one fails the step.
     #[serde(default)]
     pub max_response_bytes: Option<usize>,

@@ -6,6 +6,9 @@
 //! held by the broker, dead letters, group commit, traces, metrics.
 //!
 //! Both kinds implement [`ExternalStep`]; [`external`] turns one into a step of a pipeline.
+//! How long a step may take is the pipeline step's own `timeout` (one setting for every kind):
+//! when it runs out the call's future is dropped, so dropping it must stop the work (an HTTP
+//! request is abandoned, a command's whole process group is killed).
 //! The request and reply are a public contract, documented for any language in `docs/steps.md`.
 
 pub mod command;
