@@ -11,6 +11,7 @@ mod dead_letters;
 mod deploy;
 mod failures;
 mod fleet;
+mod http_steps;
 mod identity;
 mod observability;
 mod ownership;

@@ -518,6 +518,7 @@ impl Executor {
             budget
                 .policy
                 .delay_after(budget.used, rand::random::<f64>())
+                .map(|delay| error.retry_after.map_or(delay, |least| delay.max(least)))
         } else {
             None
         };
