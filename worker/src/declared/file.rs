@@ -58,11 +58,19 @@ enum Kind {
     Wait,
 }
 
-/// Reads `source`, the text of the task file `file`, into its tasks.
-pub(super) fn read(source: &str, file: &Path) -> Result<Vec<Task<Value>>, Mistakes> {
+/// Reads `source`, the text of the task file `file`, into its tasks; `taken` are the names of
+/// tasks the program already has.
+pub(super) fn read(
+    source: &str,
+    file: &Path,
+    taken: &[&str],
+    purpose: Purpose,
+) -> Result<Vec<Task<Value>>, Mistakes> {
     let name = file.display().to_string();
     let mut reader = Reader {
         found: Found::new(source),
+        taken,
+        purpose,
         // Absolute, so that a command's program still resolves in its own working directory.
         base: std::path::absolute(file)
             .ok()
@@ -84,13 +92,27 @@ pub(super) fn read(source: &str, file: &Path) -> Result<Vec<Task<Value>>, Mistak
     Ok(tasks)
 }
 
-struct Reader<'s> {
+/// What a file is read for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// Tasks a replica runs: each HTTP or command step is built, which may look at the
+    /// environment (an HTTP step's signing secret).
+    Run,
+    /// Only what the file says, wherever it is checked (`warren tasks validate` on a laptop or
+    /// in CI, without the replicas' secrets): the tasks are not to be run.
+    Check,
+}
+
+struct Reader<'s, 't> {
     found: Found<'s>,
+    purpose: Purpose,
+    /// Names of the program's own tasks, which a declared one may not take.
+    taken: &'t [&'t str],
     /// The task file's directory: what relative paths in it are relative to.
     base: PathBuf,
 }
 
-impl Reader<'_> {
+impl Reader<'_, '_> {
     fn document(&mut self, document: &toml::Spanned<DeTable<'_>>) -> Vec<Task<Value>> {
         let file = Table::document(document);
         file.only(&["task"], &mut self.found);
@@ -143,8 +165,14 @@ impl Reader<'_> {
         let name = table
             .require("name", &mut self.found)
             .and_then(|name| self.event_name(name, "name"));
-        if let Some(name) = name {
-            self.unique(names, name, table.get("name"), "task");
+        if let (Some(name), Some(item)) = (name, table.get("name")) {
+            self.unique(names, name, Some(item), "task");
+            if self.taken.contains(&name) {
+                self.found.at(
+                    &item.span(),
+                    format!("task `{name}` is built into this program: give the declared one another name"),
+                );
+            }
         }
         let events = table.get("events").and_then(|events| self.events(events));
         let concurrency = table
@@ -478,17 +506,25 @@ impl Reader<'_> {
         table: &Table<'_, '_>,
         taken: &[&str],
     ) -> Option<Arc<dyn ExternalStep>> {
-        let built = match kind {
-            Kind::Http => {
+        let built = match (kind, self.purpose) {
+            (Kind::Http, Purpose::Run) => {
                 let config: HttpStepConfig = table.rest_as(taken, &mut self.found)?;
                 HttpStep::new(config).map(|step| Arc::new(step) as Arc<dyn ExternalStep>)
             }
-            Kind::Command => {
+            (Kind::Command, Purpose::Run) => {
                 let mut config: CommandStepConfig = table.rest_as(taken, &mut self.found)?;
                 config.program = resolve_program(&self.base, config.program);
                 CommandStep::new(config).map(|step| Arc::new(step) as Arc<dyn ExternalStep>)
             }
-            Kind::Wait => return None,
+            (Kind::Http, Purpose::Check) => {
+                let _: HttpStepConfig = table.rest_as(taken, &mut self.found)?;
+                Ok(Arc::new(Unbuilt) as Arc<dyn ExternalStep>)
+            }
+            (Kind::Command, Purpose::Check) => {
+                let _: CommandStepConfig = table.rest_as(taken, &mut self.found)?;
+                Ok(Arc::new(Unbuilt) as Arc<dyn ExternalStep>)
+            }
+            (Kind::Wait, _) => return None,
         };
         match built {
             Ok(step) => Some(step),
@@ -497,6 +533,24 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+}
+
+/// The step of a file read only to be checked ([`Purpose::Check`]): never run.
+struct Unbuilt;
+
+impl ExternalStep for Unbuilt {
+    fn call(
+        &self,
+        _request: crate::steps::StepRequest,
+    ) -> futures::future::BoxFuture<'static, Result<crate::steps::StepReply, crate::StepError>>
+    {
+        Box::pin(async {
+            Err(crate::StepError::fatal(
+                "internal",
+                "a task file read only to be checked was run",
+            ))
+        })
     }
 }
 

@@ -26,6 +26,8 @@ mod schema;
 pub use file::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_HTTP_TIMEOUT};
 pub use mistakes::{Mistake, Mistakes};
 
+use file::Purpose;
+
 use crate::task::{Registry, Task, TaskRunner};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -65,19 +67,33 @@ pub enum LoadError {
 )]
 pub struct NameTaken(pub Vec<String>);
 
-/// Reads the task file at `path`.
-pub fn load(path: &Path) -> Result<DeclaredTasks, LoadError> {
-    let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(parse(&source, path)?)
+/// Reads the task file at `path`, for a program whose own tasks are `builtin` (a declared task
+/// may not take one of their names).
+pub fn load(path: &Path, builtin: &Registry) -> Result<DeclaredTasks, LoadError> {
+    Ok(parse(&read(path)?, path, builtin)?)
 }
 
 /// Reads `source`, the text of the task file at `path` (which names it in mistakes, and which
 /// relative paths in it are relative to).
-pub fn parse(source: &str, path: &Path) -> Result<DeclaredTasks, Mistakes> {
-    file::read(source, path).map(|tasks| DeclaredTasks { tasks })
+pub fn parse(source: &str, path: &Path, builtin: &Registry) -> Result<DeclaredTasks, Mistakes> {
+    let taken: Vec<&str> = builtin.tasks().map(|task| task.id()).collect();
+    file::read(source, path, &taken, Purpose::Run).map(|tasks| DeclaredTasks { tasks })
+}
+
+/// Checks the task file at `path` for mistakes, as [`load`] would find them, but without
+/// looking at this machine's environment (the replicas' signing secrets need not be here):
+/// what `warren tasks validate` does. Returns how many tasks the file declares.
+pub fn check(path: &Path, builtin: &Registry) -> Result<usize, LoadError> {
+    let source = read(path)?;
+    let taken: Vec<&str> = builtin.tasks().map(|task| task.id()).collect();
+    Ok(file::read(&source, path, &taken, Purpose::Check)?.len())
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl DeclaredTasks {

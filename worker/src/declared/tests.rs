@@ -10,7 +10,7 @@ use std::time::Duration;
 const FILE: &str = "tasks.toml";
 
 fn read(source: &str) -> Result<DeclaredTasks, Mistakes> {
-    parse(source, Path::new(FILE))
+    parse(source, Path::new(FILE), &Registry::new())
 }
 
 /// The mistakes of `source`, as `warren tasks validate` prints them.
@@ -210,6 +210,21 @@ fn declared_tasks_join_a_registry_unless_they_take_a_built_in_name() {
     let registry = read(VALID).unwrap().register_into(registry).unwrap();
     let ids: Vec<&str> = registry.tasks().map(|t| t.id()).collect();
     assert_eq!(ids, ["media.track", "report.daily", "video.process"]);
+}
+
+#[test]
+fn a_declared_task_may_not_take_the_name_of_a_built_in_one() {
+    let builtin = Registry::new().register(Task::<Value>::new("report.daily"));
+    let Err(mistakes) = parse(VALID, Path::new(FILE), &builtin) else {
+        panic!("a declared task took a built-in name");
+    };
+    let lines: Vec<String> = mistakes.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "tasks.toml:43:8: task `report.daily` is built into this program: give the declared one another name"
+        ]
+    );
 }
 
 #[test]
@@ -425,13 +440,18 @@ fn a_schema_file_is_read_next_to_the_task_file_and_an_unreadable_one_is_a_mistak
         )
     };
     let path = dir.0.join("tasks.toml");
-    let tasks = parse(&file("schemas/a.json"), &path).unwrap().into_tasks();
+    let tasks = parse(&file("schemas/a.json"), &path, &Registry::new())
+        .unwrap()
+        .into_tasks();
     assert!(tasks[0].decode_input(&raw(json!({ "id": 1 }))).is_ok());
     let reason = tasks[0].decode_input(&raw(json!({}))).err().unwrap();
     assert!(reason.contains("\"id\" is a required property"), "{reason}");
 
     let lines = |schema: &str| -> Vec<String> {
-        parse(&file(schema), &path).unwrap_err().lines().collect()
+        parse(&file(schema), &path, &Registry::new())
+            .unwrap_err()
+            .lines()
+            .collect()
     };
     let missing = lines("schemas/missing.json");
     assert_eq!(missing.len(), 1, "{missing:#?}");
@@ -516,5 +536,36 @@ url = "http://x"
             "tasks.toml:16:11",
         ],
         "{found:#?}"
+    );
+}
+
+#[test]
+fn checking_a_file_finds_what_loading_it_finds_and_counts_its_tasks() {
+    let dir = TempDir::new("check");
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, VALID).unwrap();
+    assert_eq!(check(&good, &Registry::new()).unwrap(), 2);
+
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, VALID.replace("kind = \"wait\"", "kind = \"sleep\"")).unwrap();
+    let lines = |result: Result<(), LoadError>| -> Vec<String> {
+        match result {
+            Err(LoadError::Invalid(mistakes)) => mistakes.lines().collect(),
+            other => panic!("expected mistakes, got {other:?}"),
+        }
+    };
+    let checked = lines(check(&bad, &Registry::new()).map(|_| ()));
+    let loaded = lines(load(&bad, &Registry::new()).map(|_| ()));
+    assert_eq!(checked, loaded);
+    assert_eq!(checked.len(), 1, "{checked:#?}");
+    assert!(
+        checked[0].contains("unknown step kind `sleep`"),
+        "{checked:#?}"
+    );
+
+    let missing = check(&dir.0.join("missing.toml"), &Registry::new()).unwrap_err();
+    assert!(
+        matches!(&missing, LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{missing}"
     );
 }
