@@ -103,6 +103,21 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_outside_the_schema_is_refused_when_it_is_compiled_not_fetched() {
+        let error = InputSchema::compile(&json!({ "$ref": "https://127.0.0.1:1/schema.json" }))
+            .err()
+            .unwrap();
+        assert!(error.contains("https://127.0.0.1:1/schema.json"), "{error}");
+        assert!(
+            InputSchema::compile(&json!({
+                "$defs": { "id": { "type": "string" } },
+                "properties": { "id": { "$ref": "#/$defs/id" } }
+            }))
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn a_reason_names_a_few_errors_and_counts_the_rest() {
         let schema = InputSchema::compile(&json!({
             "type": "array", "items": { "type": "integer" }

@@ -569,3 +569,19 @@ fn checking_a_file_finds_what_loading_it_finds_and_counts_its_tasks() {
         "{missing}"
     );
 }
+
+/// The walk-through's task file is one a new user can copy: it must stay valid.
+#[test]
+fn the_task_file_of_docs_tasks_md_is_valid() {
+    let doc = include_str!("../../../docs/tasks.md");
+    let start = doc
+        .find("```toml\n")
+        .expect("a toml block in docs/tasks.md")
+        + "```toml\n".len();
+    let end = start + doc[start..].find("```").expect("the end of the block");
+    let tasks = file::read(&doc[start..end], Path::new(FILE), &[], file::Purpose::Check)
+        .unwrap_or_else(|mistakes| panic!("{}", mistakes.lines().collect::<Vec<_>>().join("\n")));
+    assert_eq!(tasks.len(), 1);
+    let steps: Vec<String> = tasks[0].steps().into_iter().map(|s| s.name).collect();
+    assert_eq!(steps, ["welcome", "give_them_time", "check_in"]);
+}
