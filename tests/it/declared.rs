@@ -289,3 +289,39 @@ async fn a_replica_refuses_to_start_on_an_invalid_task_file() {
     let queues = warren_tests::broker_queues(env.topology().namespace());
     assert!(queues.is_empty(), "a refused replica declared {queues:?}");
 }
+
+/// `--tasks` used to filter the built-in tasks; `--only` does now, and an old filter given to
+/// `--tasks` is told so (both before anything connects).
+#[test]
+fn the_task_filter_is_only_now_and_an_old_filter_given_to_tasks_says_so() {
+    let warren = |args: &[&str], vars: &[(&str, &str)]| {
+        let output = std::process::Command::new(warren_tests::warren_binary())
+            .args(args)
+            .env("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env(
+                "WARREN_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/nowhere",
+            )
+            .env_remove("RUST_LOG")
+            .env_remove("WARREN_TASKS")
+            .env_remove("WARREN_ONLY")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        text(&output).1
+    };
+    let stderr = warren(
+        &["worker"],
+        &[("WARREN_TASKS", "video.process,player.dump")],
+    );
+    assert!(
+        stderr.contains("--tasks (WARREN_TASKS) names a task file now")
+            && stderr.contains("use --only video.process,player.dump (WARREN_ONLY)"),
+        "{stderr}"
+    );
+    let stderr = warren(&["worker", "--only", "video.process,no.such"], &[]);
+    assert!(stderr.contains("unknown task(s): no.such"), "{stderr}");
+    let stderr = warren(&["worker"], &[("WARREN_ONLY", "no.such")]);
+    assert!(stderr.contains("unknown task(s): no.such"), "{stderr}");
+}
