@@ -162,11 +162,10 @@ impl Reader<'_, '_> {
         let before = self.found.count();
         let table = Table::of(item, "[[task]]", &mut self.found)?;
         table.only(TASK_KEYS, &mut self.found);
-        let name = table
-            .require("name", &mut self.found)
-            .and_then(|name| self.event_name(name, "name"));
-        if let (Some(name), Some(item)) = (name, table.get("name")) {
-            self.unique(names, name, Some(item), "task");
+        let item = table.require("name", &mut self.found);
+        let name = item.and_then(|name| self.event_name(name, "name"));
+        if let (Some(name), Some(item)) = (name, item) {
+            self.unique(names, name, item, "task");
             if self.taken.contains(&name) {
                 self.found.at(
                     &item.span(),
@@ -223,10 +222,9 @@ impl Reader<'_, '_> {
         &mut self,
         names: &mut HashMap<String, usize>,
         name: &str,
-        item: Option<&Item<'_>>,
+        item: &Item<'_>,
         what: &str,
     ) {
-        let Some(item) = item else { return };
         match names.get(name) {
             Some(&first) => {
                 let line = self.found.line_of(first);
@@ -412,11 +410,10 @@ impl Reader<'_, '_> {
     ) -> Option<StepDef<Value>> {
         let before = self.found.count();
         let table = Table::of(item, "[[task.step]]", &mut self.found)?;
-        let name = table
-            .require("name", &mut self.found)
-            .and_then(|name| fields::word(name, "name", &mut self.found));
-        if let Some(name) = name {
-            self.unique(names, name, table.get("name"), "step");
+        let item = table.require("name", &mut self.found);
+        let name = item.and_then(|name| fields::word(name, "name", &mut self.found));
+        if let (Some(name), Some(item)) = (name, item) {
+            self.unique(names, name, item, "step");
         }
         let kind = table
             .require("kind", &mut self.found)
