@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod cli_operator;
 mod dead_letters;
+mod declared;
 mod deploy;
 mod failures;
 mod fleet;
