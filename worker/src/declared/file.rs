@@ -65,12 +65,14 @@ pub(super) fn read(
     file: &Path,
     taken: &[&str],
     purpose: Purpose,
+    environment: &Environment<'_>,
 ) -> Result<Vec<Task<Value>>, Mistakes> {
     let name = file.display().to_string();
     let mut reader = Reader {
         found: Found::new(source),
         taken,
         purpose,
+        environment,
         // Absolute, so that a command's program still resolves in its own working directory.
         base: std::path::absolute(file)
             .ok()
@@ -103,9 +105,13 @@ pub(super) enum Purpose {
     Check,
 }
 
+/// Where the variables a step's settings name (an HTTP step's signing secret) are read.
+pub(super) type Environment<'e> = dyn Fn(&str) -> Option<std::ffi::OsString> + 'e;
+
 struct Reader<'s, 't> {
     found: Found<'s>,
     purpose: Purpose,
+    environment: &'t Environment<'t>,
     /// Names of the program's own tasks, which a declared one may not take.
     taken: &'t [&'t str],
     /// The task file's directory: what relative paths in it are relative to.
@@ -508,7 +514,8 @@ impl Reader<'_, '_> {
                 let mut config: HttpStepConfig = table.rest_as(taken, &mut self.found)?;
                 // Like a command's program: relative to the task file.
                 config.ca_file = config.ca_file.map(|file| self.base.join(file));
-                HttpStep::new(config).map(|step| Arc::new(step) as Arc<dyn ExternalStep>)
+                HttpStep::with_secret_from(config, self.environment)
+                    .map(|step| Arc::new(step) as Arc<dyn ExternalStep>)
             }
             (Kind::Command, Purpose::Run) => {
                 let mut config: CommandStepConfig = table.rest_as(taken, &mut self.found)?;

@@ -76,8 +76,19 @@ pub fn load(path: &Path, builtin: &Registry) -> Result<DeclaredTasks, LoadError>
 /// Reads `source`, the text of the task file at `path` (which names it in mistakes, and which
 /// relative paths in it are relative to).
 pub fn parse(source: &str, path: &Path, builtin: &Registry) -> Result<DeclaredTasks, Mistakes> {
+    parse_in(source, path, builtin, &|name| std::env::var_os(name))
+}
+
+/// As [`parse`], with the variables steps name (signing secrets) read from `environment`
+/// rather than from this process's.
+pub fn parse_in(
+    source: &str,
+    path: &Path,
+    builtin: &Registry,
+    environment: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<DeclaredTasks, Mistakes> {
     let taken: Vec<&str> = builtin.tasks().map(|task| task.id()).collect();
-    file::read(source, path, &taken, Purpose::Run).map(|tasks| DeclaredTasks { tasks })
+    file::read(source, path, &taken, Purpose::Run, environment).map(|tasks| DeclaredTasks { tasks })
 }
 
 /// Checks the task file at `path` for mistakes, as [`load`] would find them, but without
@@ -86,7 +97,7 @@ pub fn parse(source: &str, path: &Path, builtin: &Registry) -> Result<DeclaredTa
 pub fn check(path: &Path, builtin: &Registry) -> Result<usize, LoadError> {
     let source = read(path)?;
     let taken: Vec<&str> = builtin.tasks().map(|task| task.id()).collect();
-    Ok(file::read(&source, path, &taken, Purpose::Check)?.len())
+    Ok(file::read(&source, path, &taken, Purpose::Check, &|_| None)?.len())
 }
 
 fn read(path: &Path) -> Result<String, LoadError> {

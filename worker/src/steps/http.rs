@@ -120,9 +120,18 @@ impl HttpStep {
     /// Checks the configuration, reads the signing secret from the variable it names (refusing
     /// an unset or empty one) and prepares the client.
     pub fn new(config: HttpStepConfig) -> Result<Self, StepConfigError> {
+        Self::with_secret_from(config, &|name| std::env::var_os(name))
+    }
+
+    /// As [`HttpStep::new`], reading the secret's variable through `environment` (a task file
+    /// read for a replica whose environment is not this process's own, or a test's).
+    pub fn with_secret_from(
+        config: HttpStepConfig,
+        environment: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, StepConfigError> {
         config.check()?;
         let name = config.secret_env();
-        let secret = match std::env::var_os(name) {
+        let secret = match environment(name) {
             Some(value) if !value.is_empty() => Secret::new(value.as_encoded_bytes()),
             _ => {
                 return Err(StepConfigError::Invalid(format!(
