@@ -7,6 +7,7 @@
 mod bad_input;
 mod cli;
 mod cli_operator;
+mod command_steps;
 mod dead_letters;
 mod deploy;
 mod failures;

@@ -155,7 +155,7 @@ impl ExternalStep for CommandStep {
 fn resolve(program: &str, base: &Path) -> PathBuf {
     let path = Path::new(program);
     if program.contains('/') && path.is_relative() {
-        base.join(path)
+        base.join(path.strip_prefix(".").unwrap_or(path))
     } else {
         path.to_path_buf()
     }
