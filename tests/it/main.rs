@@ -10,6 +10,7 @@ mod cli_operator;
 mod command_steps;
 mod dead_letters;
 mod deploy;
+mod examples;
 mod failures;
 mod fleet;
 mod identity;
