@@ -113,7 +113,11 @@ if [ "$(wc -l < "$TRIES")" -lt 2 ]; then echo 'encoder busy' >&2; exit 75; fi
 echo '{"done": true}'"#;
     let task = Task::<Value>::new("cmd.flaky")
         .retry(attempts(3))
-        .step(shell("encode", script, &[("TRIES", tries.to_str().unwrap())]));
+        .step(shell(
+            "encode",
+            script,
+            &[("TRIES", tries.to_str().unwrap())],
+        ));
     let run = run_once(&env, task, "flaky-1", json!({})).await;
 
     assert_eq!(run.summary.status, "succeeded", "{run:#?}");
@@ -144,7 +148,10 @@ exit 3"#;
     assert_eq!(run.summary.status, "dead", "{run:#?}");
     assert_eq!(run.summary.attempt, 1, "a fatal failure is not retried");
     assert_eq!(run.summary.error_code.as_deref(), Some("bad_clip"));
-    assert_eq!(run.error_message.as_deref(), Some("no video stream in a.mp4"));
+    assert_eq!(
+        run.error_message.as_deref(),
+        Some("no video stream in a.mp4")
+    );
     assert_eq!(run.steps[0].executions, 1);
 }
 
@@ -158,7 +165,9 @@ async fn a_missing_program_fails_the_run_for_good_and_names_it() {
         max_output_bytes: None,
         retry_exit_code: None,
     };
-    let step = CommandStep::new(config).unwrap().with_base_dir("/opt/media");
+    let step = CommandStep::new(config)
+        .unwrap()
+        .with_base_dir("/opt/media");
     let task = Task::<Value>::new("cmd.missing")
         .retry(attempts(3))
         .step(external("encode", Arc::new(step)));

@@ -17,7 +17,14 @@ fn repository() -> PathBuf {
 /// One value of `ffprobe -show_entries ENTRY` for `file` (e.g. `format=duration`).
 fn ffprobe(file: &str, entry: &str) -> String {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "0", "-show_entries", entry])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "0",
+            "-show_entries",
+            entry,
+        ])
         .args(["-of", "default=noprint_wrappers=1:nokey=1", file])
         .output()
         .expect("ffprobe runs (scripts/test.sh installs Debian's ffmpeg)");
@@ -111,5 +118,8 @@ async fn media_track_extracts_a_clips_audio_then_a_thumbnail_with_the_real_ffmpe
     assert!(file_size(&thumbnail["thumbnail"]) > 1_000);
     assert_eq!(thumbnail["audio"], audio["audio"]);
     let half = audio["seconds"].as_f64().unwrap() / 2.0;
-    assert!((thumbnail["at"].as_f64().unwrap() - half).abs() < 1e-6, "{thumbnail}");
+    assert!(
+        (thumbnail["at"].as_f64().unwrap() - half).abs() < 1e-6,
+        "{thumbnail}"
+    );
 }

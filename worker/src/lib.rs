@@ -62,8 +62,8 @@ pub use budget::DEFAULT_MESSAGE_BUDGET_BYTES;
 pub use runtime::{RunningWorker, Worker, WorkerConfig, WorkerError};
 pub use state_writer::WRITE_TIMEOUT;
 pub use step::{
-    ErrorClass, RunInfo, Step, StepContext, StepDef, StepError, StepOutcome, StepResult, StepResultExt,
-    code, step, wait_step,
+    ErrorClass, RunInfo, Step, StepContext, StepDef, StepError, StepOutcome, StepResult,
+    StepResultExt, code, step, wait_step,
 };
 pub use task::{FailedRun, Registry, Task, TaskRunner};
 pub use warren_shared::retry::RetryPolicy;

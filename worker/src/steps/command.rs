@@ -166,7 +166,10 @@ impl Spec {
     /// process group and removes its working directory (see [`RunningGroup`]).
     async fn execute(&self, request: &StepRequest) -> Result<StepReply, StepError> {
         let body = serde_json::to_vec(request).map_err(|e| {
-            StepError::fatal("invalid_request", format!("the step request is not JSON: {e}"))
+            StepError::fatal(
+                "invalid_request",
+                format!("the step request is not JSON: {e}"),
+            )
         })?;
         let workdir = tempfile::Builder::new()
             .prefix("warren-step-")
@@ -295,9 +298,9 @@ impl Spec {
                 format!("cannot run {program}: permission denied (is it executable?): {e}"),
             ),
             _ => match e.raw_os_error().map(Errno::from_raw) {
-                Some(Errno::EAGAIN | Errno::ENOMEM | Errno::EMFILE | Errno::ENFILE | Errno::ETXTBSY) => {
-                    StepError::retryable("spawn_failed", format!("cannot run {program} now: {e}"))
-                }
+                Some(
+                    Errno::EAGAIN | Errno::ENOMEM | Errno::EMFILE | Errno::ENFILE | Errno::ETXTBSY,
+                ) => StepError::retryable("spawn_failed", format!("cannot run {program} now: {e}")),
                 _ => StepError::fatal("spawn_failed", format!("cannot run {program}: {e}")),
             },
         }
@@ -364,7 +367,12 @@ mod tests {
     /// Whether `pid` is a live process (a zombie is not: it only waits to be reaped).
     fn alive(pid: i32) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
             Err(_) => false,
         }
     }
@@ -395,7 +403,11 @@ mod tests {
     async fn the_program_reads_the_request_on_stdin_and_its_stdout_is_the_output() {
         let request = request();
         let sent = serde_json::to_value(&request).unwrap();
-        let reply = CommandStep::new(shell("cat")).unwrap().call(request).await.unwrap();
+        let reply = CommandStep::new(shell("cat"))
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap();
         assert_eq!(reply.output, sent);
         assert_eq!(reply.output["outputs"]["probe"]["seconds"], 3);
     }
@@ -409,18 +421,26 @@ mod tests {
     #[tokio::test]
     async fn stdout_that_is_not_json_fails_for_good_and_quotes_it() {
         let error = run(shell("echo '<html>oops'")).await.unwrap_err();
-        assert_eq!((error.class, error.code.as_str()), (ErrorClass::Fatal, "invalid_output"));
+        assert_eq!(
+            (error.class, error.code.as_str()),
+            (ErrorClass::Fatal, "invalid_output")
+        );
         assert!(error.message.contains("<html>oops"), "{}", error.message);
     }
 
     #[tokio::test]
     async fn exit_75_is_retryable_and_exit_3_fails_for_good_with_the_json_on_stderr() {
         let error = run(shell("echo busy >&2; exit 75")).await.unwrap_err();
-        assert_eq!((error.class, error.code.as_str()), (ErrorClass::Retryable, "exit_75"));
+        assert_eq!(
+            (error.class, error.code.as_str()),
+            (ErrorClass::Retryable, "exit_75")
+        );
         assert!(error.message.ends_with("busy"), "{}", error.message);
-        let error = run(shell(r#"echo '{"code":"bad_clip","message":"no video"}' >&2; exit 3"#))
-            .await
-            .unwrap_err();
+        let error = run(shell(
+            r#"echo '{"code":"bad_clip","message":"no video"}' >&2; exit 3"#,
+        ))
+        .await
+        .unwrap_err();
         assert_eq!(error, StepError::fatal("bad_clip", "no video"));
     }
 
@@ -447,7 +467,10 @@ mod tests {
             .iter()
             .filter(|n| !["LANG", "PATH", "HOME", "PWD", "SHLVL", "_", "OLDPWD"].contains(n))
             .collect();
-        assert!(unexpected.is_empty(), "leaked into the program: {unexpected:?} of {output}");
+        assert!(
+            unexpected.is_empty(),
+            "leaked into the program: {unexpected:?} of {output}"
+        );
         assert!(names.contains(&"LANG") && names.contains(&"PATH") && names.contains(&"HOME"));
     }
 
@@ -459,7 +482,10 @@ mod tests {
         assert_ne!(first[0], second[0]);
         assert_eq!(first[0], first[1], "HOME is the working directory");
         for dir in [&first[0], &second[0]] {
-            assert!(!Path::new(dir.as_str().unwrap()).exists(), "{dir} was left behind");
+            assert!(
+                !Path::new(dir.as_str().unwrap()).exists(),
+                "{dir} was left behind"
+            );
         }
     }
 
@@ -468,8 +494,15 @@ mod tests {
         let mut config = shell("");
         config.program = "warren-no-such-program".into();
         let error = run(config).await.unwrap_err();
-        assert_eq!((error.class, error.code.as_str()), (ErrorClass::Fatal, "program_not_found"));
-        assert!(error.message.contains("warren-no-such-program"), "{}", error.message);
+        assert_eq!(
+            (error.class, error.code.as_str()),
+            (ErrorClass::Fatal, "program_not_found")
+        );
+        assert!(
+            error.message.contains("warren-no-such-program"),
+            "{}",
+            error.message
+        );
     }
 
     #[tokio::test]
@@ -482,7 +515,10 @@ mod tests {
         let step = CommandStep::new(config).unwrap().with_base_dir(dir.path());
         assert_eq!(step.program(), dir.path().join("./step.sh"));
         let error = step.call(request()).await.unwrap_err();
-        assert_eq!((error.class, error.code.as_str()), (ErrorClass::Fatal, "permission_denied"));
+        assert_eq!(
+            (error.class, error.code.as_str()),
+            (ErrorClass::Fatal, "permission_denied")
+        );
     }
 
     #[tokio::test]
@@ -497,7 +533,10 @@ mod tests {
         config.program = "bin/step.sh".into();
         config.args.clear();
         let step = CommandStep::new(config).unwrap().with_base_dir(dir.path());
-        assert_eq!(step.call(request()).await.unwrap().output, json!({"ran": true}));
+        assert_eq!(
+            step.call(request()).await.unwrap().output,
+            json!({"ran": true})
+        );
     }
 
     #[tokio::test]
@@ -505,7 +544,10 @@ mod tests {
         let mut config = shell("yes");
         config.max_output_bytes = Some(1024 * 1024);
         let error = run(config).await.unwrap_err();
-        assert_eq!((error.class, error.code.as_str()), (ErrorClass::Fatal, "output_too_large"));
+        assert_eq!(
+            (error.class, error.code.as_str()),
+            (ErrorClass::Fatal, "output_too_large")
+        );
         assert!(error.message.contains("1048576 bytes"), "{}", error.message);
     }
 
@@ -518,14 +560,19 @@ mod tests {
         // The grandchild keeps stdout open: without the group kill this would wait 300 s.
         assert_eq!(run(config).await.unwrap().output, json!({}));
         let grandchild = read_pid(&pid_file).await;
-        assert!(eventually_dead(grandchild).await, "sleep {grandchild} outlived its step");
+        assert!(
+            eventually_dead(grandchild).await,
+            "sleep {grandchild} outlived its step"
+        );
     }
 
     #[tokio::test]
     async fn dropping_the_call_kills_the_whole_process_group() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("pids");
-        let mut config = shell(r#"sleep 300 & echo "$$ $!" > "$PID_FILE.tmp"; mv "$PID_FILE.tmp" "$PID_FILE"; wait"#);
+        let mut config = shell(
+            r#"sleep 300 & echo "$$ $!" > "$PID_FILE.tmp"; mv "$PID_FILE.tmp" "$PID_FILE"; wait"#,
+        );
         config.env = BTreeMap::from([("PID_FILE".to_owned(), pid_file.display().to_string())]);
         let step = CommandStep::new(config).unwrap();
         let call = step.call(request());
@@ -544,7 +591,10 @@ mod tests {
         // `call` is dropped here, as a step timeout drops it.
         for pid in pids.split_whitespace() {
             let pid: i32 = pid.parse().unwrap();
-            assert!(eventually_dead(pid).await, "process {pid} outlived the dropped call");
+            assert!(
+                eventually_dead(pid).await,
+                "process {pid} outlived the dropped call"
+            );
         }
     }
 

@@ -22,7 +22,8 @@ struct ReportedError {
 /// `stderr` (its tail); `retry_exit_code` is the exit code that asks for another attempt.
 pub(super) fn step_error(status: ExitStatus, stderr: &[u8], retry_exit_code: i32) -> StepError {
     let text = String::from_utf8_lossy(stderr);
-    let reported = last_line(&text).and_then(|line| serde_json::from_str::<ReportedError>(line).ok());
+    let reported =
+        last_line(&text).and_then(|line| serde_json::from_str::<ReportedError>(line).ok());
     let (exit, default_code) = match (status.code(), status.signal()) {
         (Some(code), _) => (format!("exited with status {code}"), format!("exit_{code}")),
         (None, Some(signal)) => (
@@ -91,7 +92,11 @@ mod tests {
         let stderr: String = (1..=30).map(|i| format!("line {i}\n")).collect();
         let error = step_error(exited(2), stderr.as_bytes(), 75);
         assert_eq!(error.code, "exit_2");
-        assert!(error.message.contains("exited with status 2"), "{}", error.message);
+        assert!(
+            error.message.contains("exited with status 2"),
+            "{}",
+            error.message
+        );
         assert!(error.message.ends_with("line 21\nline 22\nline 23\nline 24\nline 25\nline 26\nline 27\nline 28\nline 29\nline 30"), "{}", error.message);
         assert!(!error.message.contains("line 20\n"), "{}", error.message);
     }
@@ -114,6 +119,9 @@ mod tests {
     #[test]
     fn silence_on_stderr_is_said_plainly() {
         let error = step_error(exited(4), b"", 75);
-        assert_eq!(error.message, "the program exited with status 4 and wrote nothing on standard error");
+        assert_eq!(
+            error.message,
+            "the program exited with status 4 and wrote nothing on standard error"
+        );
     }
 }

@@ -62,7 +62,9 @@ impl GroupKiller {
         match killpg(pgid, Signal::SIGKILL) {
             // ESRCH: nobody left in the group, the usual case once the program has exited.
             Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => tracing::warn!(pgid = pgid.as_raw(), error = %e, "could not kill a command step's process group"),
+            Err(e) => {
+                tracing::warn!(pgid = pgid.as_raw(), error = %e, "could not kill a command step's process group")
+            }
         }
     }
 }
