@@ -203,16 +203,16 @@ async fn a_program_writing_200_mib_fails_with_a_readable_reason_and_the_worker_s
     let run = run_once(&env, task, "flood-1", json!({})).await;
     sampler.abort();
 
-    assert_eq!(run.summary.status, "dead", "{run:#?}");
-    assert_eq!(run.summary.error_code.as_deref(), Some("output_too_large"));
-    let message = run.error_message.unwrap();
-    assert!(message.contains("more than 1048576 bytes"), "{message}");
     let grown = peak.load(Ordering::Relaxed).saturating_sub(before);
     assert!(
         grown < 64 * 1024 * 1024,
         "the worker grew by {} MiB while the program wrote 200 MiB",
         grown / (1024 * 1024)
     );
+    assert_eq!(run.summary.status, "dead", "{run:#?}");
+    assert_eq!(run.summary.error_code.as_deref(), Some("output_too_large"));
+    let message = run.error_message.unwrap();
+    assert!(message.contains("more than 1048576 bytes"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -389,10 +389,10 @@ mod tests {
 
     async fn read_pid(file: &Path) -> i32 {
         for _ in 0..250 {
-            if let Ok(text) = std::fs::read_to_string(file) {
-                if let Ok(pid) = text.trim().parse() {
-                    return pid;
-                }
+            if let Ok(text) = std::fs::read_to_string(file)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
