@@ -285,3 +285,50 @@ async fn each_execution_works_in_a_temporary_directory_that_is_gone_afterwards()
     );
     assert!(!Path::new(dir).exists(), "{dir} was left behind");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_stops_kills_the_programs_it_is_running() {
+    let env = TestEnv::new().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let pids = scratch.path().join("pids");
+    let script = r#"sleep 300 & echo "$$ $!" > "$PIDS.tmp"; mv "$PIDS.tmp" "$PIDS"; wait"#;
+    let task = Task::<Value>::new("cmd.drain").step(shell(
+        "transcode",
+        script,
+        &[("PIDS", pids.to_str().unwrap())],
+    ));
+    let mut config = env.worker_config();
+    config.grace_period = Duration::from_secs(1);
+    let worker = env
+        .start_worker_with(config, Registry::new().register(task))
+        .await;
+    env.producer()
+        .await
+        .publish("cmd.drain", &json!({}), PublishOptions::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !pids.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the program never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The grace period runs out with the step still running: the replica abandons it.
+    worker.shutdown().await.unwrap();
+    let pids: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while pids.iter().any(|&pid| alive(pid)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running after the replica stopped: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
