@@ -36,6 +36,16 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! comman
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg jq >/dev/null
 fi
+# The client modules for HTTP step endpoints test themselves with their own standard tools (no
+# packages to install); `set -e` stops the suite when they fail.
+if ! command -v node >/dev/null; then
+  echo "test: installing Node.js (Debian package nodejs) for clients/node and the HTTP step tests" >&2
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs >/dev/null
+fi
+node --test clients/node/test/
+PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s clients/python/tests
 
 # Integration tests drive the real `warren` binary too.
 cargo build --workspace --bins

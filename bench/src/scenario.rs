@@ -139,7 +139,7 @@ async fn measure_scenario(
         let port = free_port()?;
         let child = Command::new(&setup.exe)
             .args(["worker", "--worker-id", &format!("bench-{i}")])
-            .args(["--tasks", scenario.task])
+            .args(["--only", scenario.task])
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--prefetch", &prefetch.to_string()])
             .args(["--queue-type", setup.queue_type.as_str()])

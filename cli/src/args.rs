@@ -66,7 +66,8 @@ pub(crate) enum Command {
     Migrate,
     /// List and inspect runs.
     Runs(RunsArgs),
-    /// Each task's queue, depth, consumers and dead letters.
+    /// Each task's queue, depth, consumers and dead letters; `tasks validate FILE` checks a
+    /// task file.
     Tasks(TasksArgs),
     /// Inspect, replay and purge dead letters.
     Dlq(DlqArgs),
@@ -148,9 +149,13 @@ pub(crate) enum DlqCommand {
 
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
-    /// Run only these tasks (comma-separated ids); all registered tasks by default.
-    #[arg(long, env = "WARREN_TASKS", value_delimiter = ',')]
-    pub(crate) tasks: Vec<String>,
+    /// Also run the tasks declared in this task file (docs/tasks.md), beside the built-in
+    /// ones. A file with any mistake is refused (check one with `warren tasks validate`).
+    #[arg(long = "tasks", env = "WARREN_TASKS", value_name = "FILE")]
+    pub(crate) tasks_file: Option<std::path::PathBuf>,
+    /// Run only these tasks (comma-separated ids, built-in or declared); all by default.
+    #[arg(long, env = "WARREN_ONLY", value_delimiter = ',')]
+    pub(crate) only: Vec<String>,
     /// Runs of each task this replica executes at once (overrides each task's own).
     #[arg(long, env = "WARREN_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) concurrency: Option<u32>,
@@ -300,10 +305,23 @@ pub(crate) enum RunsCommand {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct TasksArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<TasksCommand>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TasksCommand {
+    /// Check a task file (docs/tasks.md) without a broker or a database: each mistake on its
+    /// own line as FILE:LINE:COL, and exit code 1 when there is any.
+    Validate {
+        /// The task file.
+        file: std::path::PathBuf,
+    },
 }
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {

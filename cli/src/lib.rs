@@ -1,7 +1,8 @@
 //! # warren-cli: the operator's command line
 //!
 //! One binary, `warren`, with subcommands: `worker` runs a replica, `publish` sends events,
-//! `migrate` prepares the database, `runs` and `tasks` inspect, `prune` deletes old runs. Errors
+//! `migrate` prepares the database, `runs` and `tasks` inspect (and `tasks validate` checks a
+//! task file), `prune` deletes old runs. Errors
 //! are one line on standard error and a non-zero exit.
 //!
 //! # Layout
@@ -61,7 +62,12 @@ async fn run(cli: Cli, registry: Registry) -> anyhow::Result<()> {
         Command::Publish(args) => commands::publish::run(&global, args).await,
         Command::Migrate => commands::migrate::run(&global).await,
         Command::Runs(args) => commands::runs::run(&global, args, &registry).await,
-        Command::Tasks(args) => commands::tasks::run(&global, args, &registry).await,
+        Command::Tasks(args) => match args.command {
+            Some(args::TasksCommand::Validate { file }) => {
+                commands::tasks::validate(&file, &registry)
+            }
+            None => commands::tasks::run(&global, args, &registry).await,
+        },
         Command::Dlq(args) => commands::dlq::run(&global, args, &registry).await,
         Command::Workers(args) => commands::workers::run(&global, args).await,
         Command::Prune(args) => commands::prune::run(&global, args).await,

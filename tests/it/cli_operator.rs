@@ -47,6 +47,7 @@ const COMMANDS: &[&[&str]] = &[
     &["runs", "list", "--help"],
     &["runs", "show", "--help"],
     &["tasks", "--help"],
+    &["tasks", "validate", "--help"],
     &["dlq", "list", "--help"],
     &["dlq", "show", "--help"],
     &["dlq", "replay", "--help"],

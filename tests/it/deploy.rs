@@ -213,3 +213,26 @@ fn the_broker_caps_message_size_above_the_workers_limit() {
     assert!(size >= 2 * worker_limit, "{size}");
     assert!(size <= 16 << 20, "{size}");
 }
+
+/// The Kubernetes replica's message memory budget fits inside its memory limit, with room for
+/// the rest of the process.
+#[test]
+fn the_kubernetes_message_budget_fits_the_pod_memory_limit() {
+    let config = read(&repo().join("deploy/k8s/config.yaml"));
+    let budget: u64 = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("WARREN_MESSAGE_BUDGET_BYTES:"))
+        .map(|v| v.trim().trim_matches('"').parse().unwrap())
+        .expect("config.yaml sets WARREN_MESSAGE_BUDGET_BYTES");
+    let worker = read(&repo().join("deploy/k8s/worker.yaml"));
+    let limit_mib: u64 = worker
+        .lines()
+        .find_map(|l| l.split("limits: { memory: ").nth(1))
+        .and_then(|rest| rest.split("Mi").next())
+        .map(|v| v.trim().parse().unwrap())
+        .expect("worker.yaml sets a memory limit in Mi");
+    assert!(
+        budget <= limit_mib * 1024 * 1024 / 2,
+        "{budget} vs {limit_mib} MiB"
+    );
+}

@@ -518,6 +518,7 @@ impl Executor {
             budget
                 .policy
                 .delay_after(budget.used, rand::random::<f64>())
+                .map(|delay| error.retry_after.map_or(delay, |least| delay.max(least)))
         } else {
             None
         };
@@ -651,6 +652,7 @@ impl Executor {
             task: self.task_id.to_string(),
             message_id: run.message_id.clone(),
             event: run.event.clone(),
+            tenant: run.tenant.clone(),
             attempts: run.attempt,
             code: code.to_owned(),
             message: message.to_owned(),

@@ -27,6 +27,8 @@
 //! * [`step`]: the step abstraction, its context, outcomes and errors.
 //! * [`task`]: task definitions and the registry.
 //! * [`steps`]: steps that run outside the worker: HTTP endpoints and commands.
+//! * [`declared`]: tasks declared in a TOML file (steps of those kinds, and waits), checked
+//!   whole, every mistake at its line.
 //! * [`runtime`]: the replica: connection, consumers, concurrency, drain.
 //! * `execute`: one delivery from bytes to ack.
 //! * `budget`: the memory message bodies may take (prefetch × size limit), capped and stated.
@@ -38,6 +40,7 @@
 //! * [`dlq`]: dead-letter queue operations (peek, replay, purge) for operators.
 //! * [`demo`]: the demo tasks (`video.process`, `player.dump`).
 
+pub mod declared;
 pub mod demo;
 pub mod dlq;
 pub mod retention;
@@ -65,5 +68,5 @@ pub use step::{
     ErrorClass, RunInfo, Step, StepContext, StepDef, StepError, StepOutcome, StepResult,
     StepResultExt, code, step, wait_step,
 };
-pub use task::{FailedRun, Registry, Task, TaskRunner};
+pub use task::{FailedRun, InputCheck, Registry, Task, TaskRunner};
 pub use warren_shared::retry::RetryPolicy;

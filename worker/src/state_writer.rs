@@ -233,6 +233,9 @@ async fn run(
             batch
                 .drain(..)
                 .for_each(|entry| entry.failed(error.clone_for_reply()));
+            // Postgres failed mid-commit: until it answers again the replica is not ready and
+            // takes no new messages. There is no batch left to retry, so probe for it.
+            wait_until_reachable(&pool, &health, reason).await;
             continue;
         }
         match outcome.map_err(|e| WriteError::Unavailable(e.to_string())) {
@@ -268,6 +271,38 @@ impl WriteError {
             WriteError::Stopped => WriteError::Stopped,
             other => WriteError::Unavailable(other.to_string()),
         }
+    }
+}
+
+/// After a commit whose outcome is unknown (Postgres stopped answering, or the connection
+/// dropped, during its `COMMIT`): says the replica is unhealthy at once when Postgres had
+/// stopped answering (it has been silent for [`WRITE_TIMEOUT`] already), or once a probe fails,
+/// and healthy again once a probe answers.
+async fn wait_until_reachable(pool: &Pool, health: &watch::Sender<bool>, reason: &str) {
+    let silent = reason.contains("did not answer");
+    let mut pause = OUTAGE_FIRST_PAUSE;
+    let mut first = true;
+    loop {
+        if !(first && silent) {
+            let probe = async {
+                let client = pool.get().await.ok()?;
+                client.simple_query("SELECT 1").await.ok()
+            };
+            if let Ok(Some(_)) = tokio::time::timeout(WRITE_TIMEOUT, probe).await {
+                break;
+            }
+        }
+        first = false;
+        if *health.borrow() {
+            tracing::error!(%reason, "Postgres unreachable after a commit of unknown outcome: pausing consumption");
+            let _ = health.send(false);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(OUTAGE_MAX_PAUSE);
+    }
+    if !*health.borrow() {
+        tracing::info!("Postgres reachable again: consuming");
+        let _ = health.send(true);
     }
 }
 

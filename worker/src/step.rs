@@ -305,6 +305,9 @@ pub struct StepError {
     pub code: String,
     /// What happened, for people.
     pub message: String,
+    /// The least time to wait before the next attempt, when the failed side said (an HTTP
+    /// `Retry-After`): the retry waits for the longer of this and the retry policy's delay.
+    pub retry_after: Option<Duration>,
 }
 
 impl StepError {
@@ -315,6 +318,7 @@ impl StepError {
             class: ErrorClass::of_code(&code),
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -345,6 +349,7 @@ impl StepError {
             class: ErrorClass::Retryable,
             code: code.into(),
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -354,7 +359,15 @@ impl StepError {
             class: ErrorClass::Fatal,
             code: code.into(),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The next attempt waits at least `delay` (if there is one: a retry budget that is spent
+    /// still dead-letters the run).
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
     }
 }
 

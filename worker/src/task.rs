@@ -30,6 +30,8 @@ pub struct FailedRun {
     pub message_id: String,
     /// The event.
     pub event: String,
+    /// The tenant, if the message named one.
+    pub tenant: Option<String>,
     /// Attempts made.
     pub attempts: i32,
     /// The final error's code.
@@ -42,6 +44,10 @@ pub struct FailedRun {
 
 /// Runs once for each death of one of the task's runs (alerts, cleanup).
 pub type FailureHandler = Arc<dyn Fn(FailedRun) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Checks a payload before it becomes the task's input (against a JSON Schema, say): the error
+/// says why it is refused, and goes into the `invalid_input` dead letter.
+pub type InputCheck = Arc<dyn Fn(&Value) -> Result<(), String> + Send + Sync>;
 
 /// Decides whether an error is worth retrying, for tasks that know better than the error.
 pub type Classifier = Arc<dyn Fn(&StepError) -> ErrorClass + Send + Sync>;
@@ -57,6 +63,7 @@ pub struct Task<I> {
     max_duration: Duration,
     classifier: Option<Classifier>,
     on_failure: Option<FailureHandler>,
+    input_check: Option<InputCheck>,
 }
 
 impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
@@ -72,6 +79,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
             max_duration: DEFAULT_MAX_DURATION,
             classifier: None,
             on_failure: None,
+            input_check: None,
         }
     }
 
@@ -104,6 +112,17 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         self.on_failure = Some(Arc::new(move |run| Box::pin(handler(run))));
+        self
+    }
+
+    /// Checks each payload with `check` before it is decoded: a payload it refuses is an
+    /// `invalid_input` failure, dead-lettered with `check`'s reason. For what the input type
+    /// cannot say (a declared task's input is any JSON; its schema says more).
+    pub fn validate_input(
+        mut self,
+        check: impl Fn(&Value) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.input_check = Some(Arc::new(check));
         self
     }
 
@@ -222,9 +241,16 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
     }
 
     fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String> {
-        serde_json::from_str::<I>(payload.get())
-            .map(|input| TaskInput(Arc::new(input)))
-            .map_err(|e| e.to_string())
+        let input = match &self.input_check {
+            None => serde_json::from_str::<I>(payload.get()).map_err(|e| e.to_string())?,
+            Some(check) => {
+                let value: Value =
+                    serde_json::from_str(payload.get()).map_err(|e| e.to_string())?;
+                check(&value)?;
+                serde_json::from_value::<I>(value).map_err(|e| e.to_string())?
+            }
+        };
+        Ok(TaskInput(Arc::new(input)))
     }
 
     fn run_step(

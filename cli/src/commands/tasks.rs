@@ -1,11 +1,32 @@
-//! `warren tasks`: each task's queue, depth and consumers, read from the broker.
+//! `warren tasks`: each task's queue, depth and consumers, read from the broker; and
+//! `warren tasks validate FILE`, which checks a task file with nothing else.
 
 use super::{redact, within_timeout};
 use crate::args::{Global, TasksArgs};
 use crate::output::{print_json, table};
 use serde::Serialize;
+use std::path::Path;
 use warren_shared::topology::{QueueStats, inspect_queue};
 use warren_worker::Registry;
+use warren_worker::declared::{self, LoadError};
+
+/// Checks the task file `file` as a replica of this program would (its built-in tasks' names
+/// are taken): each mistake on its own line on standard output, then one error line.
+pub(crate) fn validate(file: &Path, registry: &Registry) -> anyhow::Result<()> {
+    match declared::check(file, registry) {
+        Ok(tasks) => {
+            println!("{}: {tasks} task(s), valid", file.display());
+            Ok(())
+        }
+        Err(LoadError::Invalid(mistakes)) => {
+            for line in mistakes.lines() {
+                println!("{line}");
+            }
+            anyhow::bail!("{}: {} mistake(s)", mistakes.file(), mistakes.len())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 #[derive(Serialize)]
 struct TaskRow {

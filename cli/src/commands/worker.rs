@@ -4,9 +4,11 @@ use super::{CONNECT_TIMEOUT, redact};
 use crate::args::{DEFAULT_HTTP_ADDR, Global, HttpAddr, WorkerArgs};
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::path::Path;
 use tokio::signal::unix::{SignalKind, signal};
 use warren_shared::db::DbError;
 use warren_shared::topology::Topology;
+use warren_worker::declared::{self, LoadError};
 use warren_worker::{Registry, RetryPolicy, RunningWorker, Worker, WorkerConfig, WorkerError};
 
 pub(crate) async fn run(
@@ -14,11 +16,15 @@ pub(crate) async fn run(
     args: WorkerArgs,
     registry: Registry,
 ) -> anyhow::Result<()> {
-    let registry = if args.tasks.is_empty() {
+    let registry = match &args.tasks_file {
+        Some(file) => with_declared(file, registry)?,
+        None => registry,
+    };
+    let registry = if args.only.is_empty() {
         registry
     } else {
         registry
-            .only(&args.tasks)
+            .only(&args.only)
             .map_err(|unknown| anyhow::anyhow!("unknown task(s): {}", unknown.join(", ")))?
     };
     let mut config = WorkerConfig::new(
@@ -80,6 +86,32 @@ pub(crate) async fn run(
         std::process::exit(130);
     });
     worker.wait().await.context("worker stopped")
+}
+
+/// `registry` and the tasks declared in `file`. A file with any mistake stops the replica before
+/// it connects to anything: a fleet never runs half of what a file meant.
+fn with_declared(file: &Path, registry: Registry) -> anyhow::Result<Registry> {
+    let declared = match declared::load(file, &registry) {
+        Ok(declared) => declared,
+        Err(LoadError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && names_tasks(&file.to_string_lossy(), &registry) =>
+        {
+            anyhow::bail!(
+                "--tasks (WARREN_TASKS) names a task file now, and there is no file {}: to run only some tasks, use --only {} (WARREN_ONLY)",
+                file.display(),
+                file.display()
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(file = %file.display(), tasks = ?declared.names(), "declared tasks");
+    Ok(declared.register_into(registry)?)
+}
+
+/// Whether `value` is a list of task ids, as `--tasks` took before it named a file.
+fn names_tasks(value: &str, registry: &Registry) -> bool {
+    value.split(',').all(|id| registry.get(id.trim()).is_some())
 }
 
 /// Where the HTTP endpoints were asked to be.

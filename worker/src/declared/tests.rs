@@ -1,0 +1,587 @@
+//! The task file as its reader sees it: what a valid file becomes, and each kind of mistake at
+//! its line.
+
+use super::*;
+use crate::RetryPolicy;
+use serde_json::json;
+use serde_json::value::RawValue;
+use std::time::Duration;
+
+const FILE: &str = "tasks.toml";
+
+fn read(source: &str) -> Result<DeclaredTasks, Mistakes> {
+    parse(source, Path::new(FILE), &Registry::new())
+}
+
+/// The mistakes of `source`, as `warren tasks validate` prints them.
+fn mistakes(source: &str) -> Vec<String> {
+    match read(source) {
+        Ok(tasks) => panic!("expected mistakes, got the tasks {:?}", tasks.names()),
+        Err(mistakes) => mistakes.lines().collect(),
+    }
+}
+
+/// The one mistake of `source`.
+fn mistake(source: &str) -> String {
+    let found = mistakes(source);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    found.into_iter().next().unwrap_or_default()
+}
+
+fn assert_mistake(source: &str, at: &str, says: &str) {
+    let mistake = mistake(source);
+    assert!(
+        mistake.starts_with(&format!("{FILE}:{at}: ")),
+        "expected a mistake at {at}, got: {mistake}"
+    );
+    assert!(mistake.contains(says), "expected {says:?} in: {mistake}");
+}
+
+const VALID: &str = r#"
+[[task]]
+name = "media.track"
+events = ["media.track", "media.retrack"]
+concurrency = 4
+max_duration = "10m"
+input_schema = { type = "object", required = ["url"], properties = { url = { type = "string" } } }
+
+[task.retry]
+max_attempts = 5
+min_delay = "2s"
+max_delay = "1m"
+factor = 3
+jitter = false
+
+[[task.step]]
+name = "extract_audio"
+kind = "command"
+stage = "AUDIO_EXTRACTED"
+program = "ffmpeg"
+args = ["-y"]
+env = { LANG = "C" }
+[task.step.retry]
+max_attempts = 7
+
+[[task.step]]
+name = "thumbnail"
+kind = "http"
+timeout = "45s"
+url = "http://127.0.0.1:8080/steps/thumbnail"
+
+[[task.step]]
+name = "cool_down"
+kind = "wait"
+duration = "30s"
+stage = "COOLED"
+
+[task.on_failure]
+kind = "http"
+url = "http://127.0.0.1:8080/failed"
+
+[[task]]
+name = "report.daily"
+
+[[task.step]]
+name = "send"
+kind = "http"
+url = "http://127.0.0.1:8080/send"
+"#;
+
+fn task(tasks: &[Task<Value>], name: &str) -> usize {
+    tasks
+        .iter()
+        .position(|t| t.id() == name)
+        .unwrap_or_else(|| panic!("no task {name}"))
+}
+
+#[test]
+fn a_valid_file_becomes_tasks_with_everything_it_declares() {
+    let tasks = read(VALID).unwrap();
+    assert_eq!(tasks.names(), ["media.track", "report.daily"]);
+    let tasks = tasks.into_tasks();
+    let media = &tasks[task(&tasks, "media.track")];
+    assert_eq!(media.events(), ["media.track", "media.retrack"]);
+    assert_eq!(media.concurrency(), 4);
+    assert_eq!(media.max_duration(), Duration::from_secs(600));
+    assert_eq!(
+        media.retry_policy(),
+        Some(RetryPolicy {
+            max_attempts: 5,
+            min_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(60),
+            factor: 3.0,
+            jitter: false,
+        })
+    );
+    assert!(media.failure_handler().is_some());
+    let steps = media.steps();
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["extract_audio", "thumbnail", "cool_down"]);
+    assert_eq!(steps[0].stage.as_deref(), Some("AUDIO_EXTRACTED"));
+    assert_eq!(steps[0].timeout, Some(DEFAULT_COMMAND_TIMEOUT));
+    assert_eq!(
+        steps[0].retry,
+        Some(RetryPolicy {
+            max_attempts: 7,
+            ..RetryPolicy::default()
+        })
+    );
+    assert_eq!(steps[1].timeout, Some(Duration::from_secs(45)));
+    assert_eq!(steps[1].retry, None);
+    assert_eq!(steps[2].stage.as_deref(), Some("COOLED"));
+
+    let report = &tasks[task(&tasks, "report.daily")];
+    assert_eq!(report.events(), ["report.daily"]);
+    assert_eq!(report.concurrency(), crate::task::DEFAULT_CONCURRENCY);
+    assert_eq!(report.retry_policy(), None);
+    assert!(report.failure_handler().is_none());
+    assert_eq!(report.steps()[0].timeout, Some(DEFAULT_HTTP_TIMEOUT));
+}
+
+fn raw(value: serde_json::Value) -> Box<RawValue> {
+    RawValue::from_string(value.to_string()).unwrap()
+}
+
+#[test]
+fn a_payload_is_checked_against_the_input_schema_before_the_run_starts() {
+    let tasks = read(VALID).unwrap().into_tasks();
+    let media = &tasks[task(&tasks, "media.track")];
+    assert!(
+        media
+            .decode_input(&raw(json!({ "url": "https://x" })))
+            .is_ok()
+    );
+    let reason = media
+        .decode_input(&raw(json!({ "url": 42 })))
+        .err()
+        .unwrap();
+    assert!(
+        reason.contains("at /url: 42 is not of type \"string\""),
+        "{reason}"
+    );
+    let report = &tasks[task(&tasks, "report.daily")];
+    assert!(report.decode_input(&raw(json!(["anything"]))).is_ok());
+}
+
+#[test]
+fn a_wait_step_waits_its_duration() {
+    let tasks = read(VALID).unwrap().into_tasks();
+    let media = &tasks[task(&tasks, "media.track")];
+    let input = media.decode_input(&raw(json!({ "url": "x" }))).unwrap();
+    let run = std::sync::Arc::new(crate::RunInfo {
+        id: uuid::Uuid::nil(),
+        task: "media.track".into(),
+        event: "media.track".into(),
+        attempt: 1,
+        message_id: "m".into(),
+        tenant: None,
+    });
+    let outcome = futures::executor::block_on(media.run_step(
+        2,
+        run,
+        &input,
+        Default::default(),
+        Default::default(),
+    ));
+    assert_eq!(
+        outcome,
+        Ok(crate::StepOutcome::wait_for(
+            Duration::from_secs(30),
+            Value::Null
+        ))
+    );
+}
+
+#[test]
+fn declared_tasks_join_a_registry_unless_they_take_a_built_in_name() {
+    let builtin = || Registry::new().register(Task::<Value>::new("report.daily"));
+    let Err(clash) = read(VALID).unwrap().register_into(builtin()) else {
+        panic!("a declared task took a built-in name");
+    };
+    assert_eq!(clash.0, ["report.daily"]);
+    assert!(
+        clash
+            .to_string()
+            .contains("already has built in: report.daily"),
+        "{clash}"
+    );
+
+    let registry = Registry::new().register(Task::<Value>::new("video.process"));
+    let registry = read(VALID).unwrap().register_into(registry).unwrap();
+    let ids: Vec<&str> = registry.tasks().map(|t| t.id()).collect();
+    assert_eq!(ids, ["media.track", "report.daily", "video.process"]);
+}
+
+#[test]
+fn a_declared_task_may_not_take_the_name_of_a_built_in_one() {
+    let builtin = Registry::new().register(Task::<Value>::new("report.daily"));
+    let Err(mistakes) = parse(VALID, Path::new(FILE), &builtin) else {
+        panic!("a declared task took a built-in name");
+    };
+    let lines: Vec<String> = mistakes.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "tasks.toml:43:8: task `report.daily` is built into this program: give the declared one another name"
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_key_is_a_mistake_at_its_line() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\nconcurency = 4\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n",
+        "3:1",
+        "unknown key `concurency` in [[task]] (known keys: name, events, concurrency",
+    );
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"http\"\nurl = \"http://x\"\nurll = \"http://x\"\n",
+        "7:1",
+        "unknown key `urll`, expected one of `url`",
+    );
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\ntimeout = \"2s\"\n",
+        "7:1",
+        "unknown key `timeout` in [[task.step]]",
+    );
+    assert_mistake(
+        "tasks = []\n[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n",
+        "1:1",
+        "unknown key `tasks` in the file",
+    );
+}
+
+#[test]
+fn every_unknown_or_wrong_key_of_a_step_kind_is_found_not_only_the_first() {
+    let found = mistakes(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"command\"\nprogram = \"x\"\nprogam = \"y\"\nargs = \"-v\"\nenvs = {}\n",
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(
+        found[0].starts_with("tasks.toml:7:1: unknown key `progam`"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("tasks.toml:8:8: invalid type"),
+        "{found:#?}"
+    );
+    assert!(
+        found[2].starts_with("tasks.toml:9:1: unknown key `envs`"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn a_missing_key_of_a_step_kind_is_a_mistake_at_the_step() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"http\"\n",
+        "3:1",
+        "missing key `url`",
+    );
+}
+
+#[test]
+fn an_unknown_step_kind_is_a_mistake_at_its_line() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"ftp\"\n",
+        "5:8",
+        "unknown step kind `ftp` (known kinds: http, command, wait)",
+    );
+}
+
+#[test]
+fn a_duplicate_step_name_is_a_mistake_at_the_second_one() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n",
+        "8:8",
+        "duplicate step name `s` (first declared at line 4)",
+    );
+}
+
+#[test]
+fn a_step_name_may_repeat_in_another_task_but_a_task_name_may_not() {
+    let step = "[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n";
+    assert!(
+        read(&format!(
+            "[[task]]\nname = \"a\"\n{step}[[task]]\nname = \"b\"\n{step}"
+        ))
+        .is_ok()
+    );
+    assert_mistake(
+        &format!("[[task]]\nname = \"a\"\n{step}[[task]]\nname = \"a\"\n{step}"),
+        "8:8",
+        "duplicate task name `a` (first declared at line 2)",
+    );
+}
+
+#[test]
+fn a_bad_duration_is_a_mistake_at_its_value() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\nmax_duration = \"ten minutes\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n",
+        "3:16",
+        "`max_duration`: \"ten minutes\" is not a duration (such as 30s, 2m, 1h 30m)",
+    );
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"0s\"\n",
+        "6:12",
+        "`duration` must be longer than zero",
+    );
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"http\"\nurl = \"http://x\"\ntimeout = 30\n",
+        "7:11",
+        "`timeout` must be a string, not integer",
+    );
+}
+
+#[test]
+fn an_event_name_the_protocol_forbids_is_a_mistake_at_its_value() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\nevents = [\"ok\", \"not ok\"]\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n",
+        "3:17",
+        "`events`: invalid event name \"not ok\"",
+    );
+    assert_mistake(
+        "[[task]]\nname = \"video..process\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n",
+        "2:8",
+        "`name`: invalid event name",
+    );
+}
+
+#[test]
+fn a_missing_task_or_step_name_is_a_mistake_at_its_table() {
+    assert_mistake(
+        "[[task]]\nevents = [\"a\"]\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n",
+        "1:1",
+        "missing key `name` in [[task]]",
+    );
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n\n[[task.step]]\nkind = \"wait\"\nduration = \"1s\"\n",
+        "4:1",
+        "missing key `name` in [[task.step]]",
+    );
+}
+
+#[test]
+fn a_retry_policy_out_of_range_is_a_mistake_at_the_value() {
+    let with_retry = |retry: &str| {
+        format!(
+            "[[task]]\nname = \"a\"\n[task.retry]\n{retry}\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n"
+        )
+    };
+    assert_mistake(
+        &with_retry("max_attempts = 0"),
+        "4:16",
+        "`max_attempts` must be a whole number from 1 to 1000",
+    );
+    assert_mistake(
+        &with_retry("factor = 0.5"),
+        "4:10",
+        "`factor` must be a number from 1 to 100",
+    );
+    assert_mistake(
+        &with_retry("min_delay = \"1m\"\nmax_delay = \"10s\""),
+        "4:13",
+        "`min_delay` (1m) is longer than `max_delay` (10s)",
+    );
+    assert_mistake(
+        &with_retry("jitter = \"yes\""),
+        "4:10",
+        "`jitter` must be true or false",
+    );
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"http\"\nurl = \"http://x\"\nretry = { max_attempts = -1 }\n",
+        "7:26",
+        "`max_attempts` must be a whole number from 1 to 1000",
+    );
+}
+
+#[test]
+fn an_input_schema_that_is_not_a_json_schema_is_a_mistake_at_its_line() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\ninput_schema = { type = \"object\", properties = { url = { type = \"strin\" } } }\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n",
+        "3:16",
+        "`input_schema` is not a valid JSON Schema: at /properties/url/type",
+    );
+}
+
+/// A directory of its own under the system's temporary one, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "warren-declared-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_schema_file_is_read_next_to_the_task_file_and_an_unreadable_one_is_a_mistake() {
+    let dir = TempDir::new("schema");
+    std::fs::create_dir(dir.0.join("schemas")).unwrap();
+    std::fs::write(
+        dir.0.join("schemas/a.json"),
+        r#"{"type": "object", "required": ["id"]}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("schemas/broken.json"), "{ not json").unwrap();
+    let file = |schema: &str| {
+        format!(
+            "[[task]]\nname = \"a\"\ninput_schema_file = \"{schema}\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n"
+        )
+    };
+    let path = dir.0.join("tasks.toml");
+    let tasks = parse(&file("schemas/a.json"), &path, &Registry::new())
+        .unwrap()
+        .into_tasks();
+    assert!(tasks[0].decode_input(&raw(json!({ "id": 1 }))).is_ok());
+    let reason = tasks[0].decode_input(&raw(json!({}))).err().unwrap();
+    assert!(reason.contains("\"id\" is a required property"), "{reason}");
+
+    let lines = |schema: &str| -> Vec<String> {
+        parse(&file(schema), &path, &Registry::new())
+            .unwrap_err()
+            .lines()
+            .collect()
+    };
+    let missing = lines("schemas/missing.json");
+    assert_eq!(missing.len(), 1, "{missing:#?}");
+    assert!(
+        missing[0].contains("tasks.toml:3:21: cannot read the schema file"),
+        "{missing:#?}"
+    );
+    assert!(missing[0].contains("schemas/missing.json"), "{missing:#?}");
+    let broken = lines("schemas/broken.json");
+    assert!(
+        broken[0].contains("tasks.toml:3:21: the schema file schemas/broken.json is not JSON"),
+        "{broken:#?}"
+    );
+}
+
+#[test]
+fn a_failure_handler_is_an_http_or_command_step() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n[task.on_failure]\nkind = \"wait\"\n",
+        "8:8",
+        "a failure handler is an `http` or `command` step",
+    );
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n[task.on_failure]\nkind = \"command\"\nprogram = \"x\"\nstage = \"X\"\n",
+        "10:1",
+        "unknown key `stage`",
+    );
+}
+
+#[test]
+fn a_task_without_steps_and_a_file_without_tasks_are_mistakes() {
+    assert_mistake("[[task]]\nname = \"a\"\n", "1:1", "a task needs steps");
+    assert_mistake("# nothing yet\n", "1:1", "no task declared");
+}
+
+#[test]
+fn a_file_that_is_not_toml_is_a_mistake_at_the_error() {
+    assert_mistake(
+        "[[task]]\nname = \"a\nkind = 1\n",
+        "2:10",
+        "invalid basic string",
+    );
+}
+
+#[test]
+fn every_mistake_of_a_file_is_reported_in_file_order() {
+    let found = mistakes(
+        r#"[[task]]
+name = "a"
+concurrency = 0
+
+[[task.step]]
+name = "s"
+kind = "ftp"
+
+[[task.step]]
+name = "s"
+kind = "wait"
+duration = "soon"
+
+[[task]]
+name = "a"
+events = ["a b"]
+[[task.step]]
+name = "t"
+kind = "http"
+url = "http://x"
+"#,
+    );
+    let places: Vec<String> = found
+        .iter()
+        .map(|line| line.split(": ").next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        places,
+        [
+            "tasks.toml:3:15",
+            "tasks.toml:7:8",
+            "tasks.toml:10:8",
+            "tasks.toml:12:12",
+            "tasks.toml:15:8",
+            "tasks.toml:16:11",
+        ],
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn checking_a_file_finds_what_loading_it_finds_and_counts_its_tasks() {
+    let dir = TempDir::new("check");
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, VALID).unwrap();
+    assert_eq!(check(&good, &Registry::new()).unwrap(), 2);
+
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, VALID.replace("kind = \"wait\"", "kind = \"sleep\"")).unwrap();
+    let lines = |result: Result<(), LoadError>| -> Vec<String> {
+        match result {
+            Err(LoadError::Invalid(mistakes)) => mistakes.lines().collect(),
+            other => panic!("expected mistakes, got {other:?}"),
+        }
+    };
+    let checked = lines(check(&bad, &Registry::new()).map(|_| ()));
+    let loaded = lines(load(&bad, &Registry::new()).map(|_| ()));
+    assert_eq!(checked, loaded);
+    assert_eq!(checked.len(), 1, "{checked:#?}");
+    assert!(
+        checked[0].contains("unknown step kind `sleep`"),
+        "{checked:#?}"
+    );
+
+    let missing = check(&dir.0.join("missing.toml"), &Registry::new()).unwrap_err();
+    assert!(
+        matches!(&missing, LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{missing}"
+    );
+}
+
+/// The walk-through's task file is one a new user can copy: it must stay valid.
+#[test]
+fn the_task_file_of_docs_tasks_md_is_valid() {
+    let doc = include_str!("../../../docs/tasks.md");
+    let start = doc
+        .find("```toml\n")
+        .expect("a toml block in docs/tasks.md")
+        + "```toml\n".len();
+    let end = start + doc[start..].find("```").expect("the end of the block");
+    let tasks = file::read(&doc[start..end], Path::new(FILE), &[], file::Purpose::Check)
+        .unwrap_or_else(|mistakes| panic!("{}", mistakes.lines().collect::<Vec<_>>().join("\n")));
+    assert_eq!(tasks.len(), 1);
+    let steps: Vec<String> = tasks[0].steps().into_iter().map(|s| s.name).collect();
+    assert_eq!(steps, ["welcome", "give_them_time", "check_in"]);
+}
