@@ -68,6 +68,38 @@ pub struct CommandStepConfig {
     pub retry_exit_code: Option<i32>,
 }
 
+impl CommandStepConfig {
+    /// Whether the configuration can work (what `warren tasks validate` needs to know without
+    /// running anything).
+    pub fn check(&self) -> Result<(), StepConfigError> {
+        let invalid = |why: String| Err(StepConfigError::Invalid(why));
+        if self.program.trim().is_empty() {
+            return invalid("a command step's `program` is empty".to_owned());
+        }
+        if self.program.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
+            return invalid("a command step's program and arguments cannot contain NUL".to_owned());
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+                return invalid(format!(
+                    "`env` of a command step: {name:?} cannot be an environment variable's name \
+                     (empty, or containing `=` or NUL) or its value contains NUL"
+                ));
+            }
+        }
+        if self.max_output_bytes == Some(0) {
+            return invalid("a command step's `max_output_bytes` must be at least 1".to_owned());
+        }
+        let retry_exit_code = self.retry_exit_code.unwrap_or(DEFAULT_RETRY_EXIT_CODE);
+        if !(1..=255).contains(&retry_exit_code) {
+            return invalid(format!(
+                "a command step's `retry_exit_code` must be an exit code from 1 to 255, not {retry_exit_code}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A command step, ready to run.
 pub struct CommandStep {
     spec: Arc<Spec>,
@@ -92,31 +124,9 @@ impl CommandStep {
     /// Checks the configuration. A relative program path resolves against the worker's
     /// current directory unless [`CommandStep::with_base_dir`] names another.
     pub fn new(config: CommandStepConfig) -> Result<Self, StepConfigError> {
-        let invalid = |why: String| Err(StepConfigError::Invalid(why));
-        if config.program.trim().is_empty() {
-            return invalid("a command step's `program` is empty".to_owned());
-        }
-        if config.program.contains('\0') || config.args.iter().any(|a| a.contains('\0')) {
-            return invalid("a command step's program and arguments cannot contain NUL".to_owned());
-        }
-        for (name, value) in &config.env {
-            if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
-                return invalid(format!(
-                    "`env` of a command step: {name:?} cannot be an environment variable's name \
-                     (empty, or containing `=` or NUL) or its value contains NUL"
-                ));
-            }
-        }
+        config.check()?;
         let max_output_bytes = config.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
-        if max_output_bytes == 0 {
-            return invalid("a command step's `max_output_bytes` must be at least 1".to_owned());
-        }
         let retry_exit_code = config.retry_exit_code.unwrap_or(DEFAULT_RETRY_EXIT_CODE);
-        if !(1..=255).contains(&retry_exit_code) {
-            return invalid(format!(
-                "a command step's `retry_exit_code` must be an exit code from 1 to 255, not {retry_exit_code}"
-            ));
-        }
         let base = std::env::current_dir().unwrap_or_default();
         let path = match config.env.get("PATH") {
             Some(path) => path.into(),
@@ -664,6 +674,8 @@ mod tests {
         assert!(CommandStep::new(config).is_err());
         let mut config = shell("");
         config.max_output_bytes = Some(0);
+        assert!(config.check().is_err());
         assert!(CommandStep::new(config).is_err());
+        assert!(shell("true").check().is_ok());
     }
 }
