@@ -71,12 +71,19 @@ pub(crate) struct Args {
     /// Runs one replica executes at once in the I/O-bound scenario.
     #[arg(long, default_value_t = 1000)]
     io_concurrency: u32,
+    /// Jobs of each command scenario (default 5,000; 500 with --quick).
+    #[arg(long)]
+    command_jobs: Option<usize>,
+    /// Runs one replica executes at once in the command scenarios: programs running at once
+    /// (a few per core, as for real tools).
+    #[arg(long, default_value_t = 4)]
+    command_concurrency: u32,
     /// Replicas in the scaling scenario.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
     /// The Warren scenarios to run, after the ceiling (comma-separated; `half` needs `noop`,
     /// whose maximum rate it halves).
-    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io"])]
+    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command"])]
     scenarios: Vec<ScenarioKind>,
     /// Also write the results as a Markdown section to this file (appended).
     #[arg(long)]
@@ -106,6 +113,9 @@ enum ScenarioKind {
     Half,
     /// I/O-bound jobs at a high concurrency.
     Io,
+    /// 1-step command jobs (a tiny program that prints `{}`), after the same program spawned
+    /// bare from a Rust step: the command step's cost against the spawn's.
+    Command,
 }
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {
@@ -150,6 +160,7 @@ async fn run(args: Args) -> Result<()> {
     let quick = args.quick;
     let jobs = args.jobs.unwrap_or(if quick { 2_000 } else { 50_000 });
     let io_jobs = args.io_jobs.unwrap_or(if quick { 2_000 } else { 30_000 });
+    let command_jobs = args.command_jobs.unwrap_or(if quick { 500 } else { 5_000 });
     let ceiling_messages = args
         .ceiling_messages
         .unwrap_or(if quick { 5_000 } else { 100_000 });
@@ -282,6 +293,30 @@ async fn run(args: Args) -> Result<()> {
         );
         io.concurrency = Some(args.io_concurrency);
         measure(&setup, &io, &mut report).await?;
+    }
+
+    if wanted(ScenarioKind::Command) {
+        let (program, arg) = tasks::TINY_PROGRAM;
+        let concurrency = args.command_concurrency;
+        let mut spawn = single(
+            &format!(
+                "1-step bare spawn of `{program} {arg}` from a Rust step, concurrency {concurrency}, 1 replica"
+            ),
+            tasks::SPAWN,
+            command_jobs,
+            1,
+        );
+        spawn.concurrency = Some(concurrency);
+        let spawned = measure(&setup, &spawn, &mut report).await?;
+        let mut command = single(
+            &format!("1-step command `{program} {arg}`, concurrency {concurrency}, 1 replica"),
+            tasks::COMMAND,
+            command_jobs,
+            1,
+        );
+        command.concurrency = Some(concurrency);
+        let commanded = measure(&setup, &command, &mut report).await?;
+        report.command_cost(&spawned, &commanded);
     }
 
     report.footer();

@@ -234,6 +234,27 @@ impl Report {
         ));
     }
 
+    /// What a command step costs beyond spawning its program: both measured by a step in the
+    /// worker, under the same load, in this run (the target: at most 1 ms more at p50).
+    pub(crate) fn command_cost(&mut self, spawn: &Outcome, command: &Outcome) {
+        let (Some(spawn), Some(command)) = (&spawn.step_us, &command.step_us) else {
+            println!("  (the command scenarios reported no step times)");
+            return;
+        };
+        let us = |p: &crate::measure::Percentiles| {
+            format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p95, p.p99, p.max)
+        };
+        let extra_ms = (command.p50 - spawn.p50) / 1000.0;
+        let line = format!(
+            "Command step: its own time µs p50/p95/p99/max {} against the bare spawn's {}: \
+             {extra_ms:+.2} ms at p50 over the spawn itself (target: at most +1 ms).",
+            us(command),
+            us(spawn)
+        );
+        println!("  {line}");
+        self.notes.push(line);
+    }
+
     pub(crate) fn footer(&self) {
         println!();
         println!("done");

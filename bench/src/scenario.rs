@@ -54,6 +54,9 @@ pub(crate) struct Outcome {
     /// At a fixed rate: the broker's own publish-to-delivery latency meanwhile, measured by a
     /// probe on a queue of its own.
     pub(crate) broker_probe: Option<Percentiles>,
+    /// The step's own time in microseconds, for tasks whose step reports it (`{"us": ...}` as its
+    /// output): finer than the worker's histogram buckets.
+    pub(crate) step_us: Option<Percentiles>,
     /// Where the machine's CPU went, per job, from the first publish until every job was done
     /// ("this process" is the publisher).
     pub(crate) cpu: CpuSplit,
@@ -230,6 +233,7 @@ async fn measure_scenario(
     let pg_after = measure::pg_counters(admin, database).await?;
 
     let (span, queue_wait, finish) = latencies(pool).await?;
+    let step_us = step_times(pool).await?;
     let jobs = scenario.jobs as f64;
     Ok(Outcome {
         jobs_per_sec: jobs / span,
@@ -242,8 +246,22 @@ async fn measure_scenario(
         state_commits_per_job: state_commits.map(|c| c / jobs),
         rows_per_job: rows(pg_before, pg_after) / jobs,
         broker_probe,
+        step_us,
         cpu,
     })
+}
+
+/// The steps' own times (microseconds), when they reported them as `{"us": ...}`.
+async fn step_times(pool: &deadpool_postgres::Pool) -> Result<Option<Percentiles>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT (output->>'us')::float8 FROM run_steps WHERE output ? 'us'",
+            &[],
+        )
+        .await?;
+    let times: Vec<f64> = rows.iter().map(|r| r.get::<_, f64>(0)).collect();
+    Ok((!times.is_empty()).then(|| Percentiles::of(times)))
 }
 
 fn rows(before: PgCounters, after: PgCounters) -> f64 {

@@ -1,9 +1,13 @@
-//! The benchmark's tasks: no work at all, so that what is measured is Warren itself, and 50 ms
-//! of waiting, for I/O-bound jobs.
+//! The benchmark's tasks: no work at all, so that what is measured is Warren itself, 50 ms
+//! of waiting, for I/O-bound jobs, and a tiny program run as a command step, against the same
+//! program spawned bare.
 
 use serde_json::{Value, json};
-use std::time::Duration;
-use warren_worker::{Registry, StepContext, StepOutcome, Task, step};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warren_worker::steps::command::{CommandStep, CommandStepConfig};
+use warren_worker::steps::{ExternalStep, StepRequest};
+use warren_worker::{Registry, StepContext, StepError, StepOutcome, Task, code, step};
 
 /// One no-op step.
 pub(crate) const NOOP: &str = "bench.noop";
@@ -11,6 +15,14 @@ pub(crate) const NOOP: &str = "bench.noop";
 pub(crate) const THREE_STEPS: &str = "bench.three";
 /// One step that awaits 50 ms (a call to a slow service).
 pub(crate) const IO: &str = "bench.io";
+
+/// One step that runs [`TINY_PROGRAM`] as a command step.
+pub(crate) const COMMAND: &str = "bench.command";
+/// One step that spawns [`TINY_PROGRAM`] bare and reads its output: the baseline of
+/// [`COMMAND`], measured in the same worker under the same load.
+pub(crate) const SPAWN: &str = "bench.spawn";
+/// The `/bin/true` of command steps: prints `{}` and exits.
+pub(crate) const TINY_PROGRAM: (&str, &str) = ("echo", "{}");
 
 /// How long an I/O-bound step waits.
 pub(crate) const IO_WAIT: Duration = Duration::from_millis(50);
@@ -24,8 +36,47 @@ pub(crate) fn registry() -> Registry {
         let seen = ctx.output("one").is_some() as u8 + ctx.output("two").is_some() as u8;
         Ok(StepOutcome::next(json!(seen)))
     };
+    let command: Arc<dyn ExternalStep> = Arc::new(
+        CommandStep::new(CommandStepConfig {
+            program: TINY_PROGRAM.0.to_owned(),
+            args: vec![TINY_PROGRAM.1.to_owned()],
+            env: Default::default(),
+            max_output_bytes: None,
+            retry_exit_code: None,
+        })
+        .expect("a fixed, valid command step"),
+    );
+    // Each step's own time, in its output ({"us": ...}), read back from Postgres: the worker's
+    // histogram buckets are too coarse for a millisecond's difference.
+    let run_command = move |ctx: StepContext<Value>| {
+        let command = Arc::clone(&command);
+        async move {
+            let started = Instant::now();
+            // What `warren_worker::steps::external` does, timed.
+            let reply = command.call(StepRequest::from_context(&ctx)).await?;
+            reply.apply(&ctx)?;
+            Ok(StepOutcome::next(
+                json!({"us": started.elapsed().as_micros() as u64}),
+            ))
+        }
+    };
+    let spawn_bare = |_ctx: StepContext<Value>| async move {
+        let started = Instant::now();
+        let out = tokio::process::Command::new(TINY_PROGRAM.0)
+            .arg(TINY_PROGRAM.1)
+            .output()
+            .await
+            .map_err(|e| StepError::fatal(code::NOT_FOUND, e.to_string()))?;
+        let _: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| StepError::fatal("invalid_output", e.to_string()))?;
+        Ok(StepOutcome::next(
+            json!({"us": started.elapsed().as_micros() as u64}),
+        ))
+    };
     Registry::new()
         .register(Task::<Value>::new(NOOP).step(step("noop", noop)))
+        .register(Task::<Value>::new(COMMAND).step(step("command", run_command)))
+        .register(Task::<Value>::new(SPAWN).step(step("spawn", spawn_bare)))
         .register(
             Task::<Value>::new(THREE_STEPS)
                 .step(step("one", pass_on))

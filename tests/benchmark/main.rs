@@ -35,6 +35,9 @@ fn the_benchmark_runs_in_quick_mode() {
         "meanwhile, the broker alone",
         "I/O-bound (50 ms step), concurrency 1000, 1 replica:",
         "idle worker afterwards",
+        "1-step bare spawn of `echo {}`",
+        "1-step command `echo {}`, concurrency 4, 1 replica:",
+        "Command step: its own time",
         "done",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");

@@ -7,9 +7,11 @@
 mod bad_input;
 mod cli;
 mod cli_operator;
+mod command_steps;
 mod dead_letters;
 mod declared;
 mod deploy;
+mod examples;
 mod failures;
 mod fleet;
 mod http_steps;
