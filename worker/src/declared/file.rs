@@ -530,8 +530,10 @@ impl Reader<'_, '_> {
                     .map(|_| Arc::new(Unbuilt) as Arc<dyn ExternalStep>)
             }
             (Kind::Command, Purpose::Check) => {
-                let _: CommandStepConfig = table.rest_as(taken, &mut self.found)?;
-                Ok(Arc::new(Unbuilt) as Arc<dyn ExternalStep>)
+                let config: CommandStepConfig = table.rest_as(taken, &mut self.found)?;
+                config
+                    .check()
+                    .map(|()| Arc::new(Unbuilt) as Arc<dyn ExternalStep>)
             }
             (Kind::Wait, _) => return None,
         };
