@@ -10,6 +10,7 @@ mod cli_operator;
 mod dead_letters;
 mod declared;
 mod deploy;
+mod example_clipinsight;
 mod failures;
 mod fleet;
 mod http_steps;
