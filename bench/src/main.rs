@@ -16,6 +16,7 @@
 //! measures are its own `worker` command, started as processes.
 
 mod ceiling;
+mod endpoint;
 mod measure;
 mod report;
 mod scenario;
@@ -83,7 +84,7 @@ pub(crate) struct Args {
     replicas: usize,
     /// The Warren scenarios to run, after the ceiling (comma-separated; `half` needs `noop`,
     /// whose maximum rate it halves).
-    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command"])]
+    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http"])]
     scenarios: Vec<ScenarioKind>,
     /// Also write the results as a Markdown section to this file (appended).
     #[arg(long)]
@@ -116,6 +117,9 @@ enum ScenarioKind {
     /// 1-step command jobs (a tiny program that prints `{}`), after the same program spawned
     /// bare from a Rust step: the command step's cost against the spawn's.
     Command,
+    /// 1-step HTTP jobs against a local no-op endpoint, after the same POST made bare from a
+    /// Rust step: the HTTP step's cost against the call's, and its throughput against `noop`.
+    Http,
 }
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {
@@ -177,7 +181,13 @@ async fn run(args: Args) -> Result<()> {
         prefetch,
         exe: std::env::current_exe().context("cannot find this program's path")?,
         idle_window: Duration::from_secs(if quick { 1 } else { 5 }),
+        endpoint: None,
     };
+    let mut setup = setup;
+    if args.scenarios.contains(&ScenarioKind::Http) {
+        setup.endpoint = Some(endpoint::serve().await?);
+    }
+    let setup = setup;
     let mut report = report::Report::new(&args, jobs, io_jobs, ceiling_messages, prefetch);
     report.header();
 
@@ -259,7 +269,7 @@ async fn run(args: Args) -> Result<()> {
         let replicas = single(&name, tasks::NOOP, jobs, args.replicas);
         measure(&setup, &replicas, &mut report).await?;
     }
-    if let Some(max) = max.filter(|_| wanted(ScenarioKind::Half)) {
+    if let Some(max) = max.as_ref().filter(|_| wanted(ScenarioKind::Half)) {
         let half = max.jobs_per_sec / 2.0;
         // What the broker alone adds at that rate: Warren's publish-to-start includes it.
         let raw = ceiling::measure(broker(
@@ -317,6 +327,31 @@ async fn run(args: Args) -> Result<()> {
         command.concurrency = Some(concurrency);
         let commanded = measure(&setup, &command, &mut report).await?;
         report.command_cost(&spawned, &commanded);
+    }
+
+    if wanted(ScenarioKind::Http) {
+        let concurrency = args.concurrency;
+        let mut bare = single(
+            &format!(
+                "1-step bare POST to a local no-op endpoint from a Rust step, concurrency {concurrency}, 1 replica"
+            ),
+            tasks::HTTP_BARE,
+            jobs,
+            1,
+        );
+        bare.concurrency = Some(concurrency);
+        let called = measure(&setup, &bare, &mut report).await?;
+        let mut http = single(
+            &format!(
+                "1-step HTTP step to a local no-op endpoint, concurrency {concurrency}, 1 replica"
+            ),
+            tasks::HTTP,
+            jobs,
+            1,
+        );
+        http.concurrency = Some(concurrency);
+        let stepped = measure(&setup, &http, &mut report).await?;
+        report.http_cost(&called, &stepped, max.as_ref());
     }
 
     report.footer();

@@ -255,6 +255,38 @@ impl Report {
         self.notes.push(line);
     }
 
+    /// The HTTP step's cost against a bare POST to the same endpoint (Warren's own overhead per
+    /// HTTP step: the endpoint's time is in both), and its throughput against no-op Rust steps.
+    pub(crate) fn http_cost(&mut self, bare: &Outcome, http: &Outcome, noop: Option<&Outcome>) {
+        let (Some(bare_us), Some(http_us)) = (&bare.step_us, &http.step_us) else {
+            println!("  (the HTTP scenarios reported no step times)");
+            return;
+        };
+        let us = |p: &crate::measure::Percentiles| {
+            format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p95, p.p99, p.max)
+        };
+        let extra_ms = (http_us.p50 - bare_us.p50) / 1000.0;
+        let share = noop.map_or_else(
+            || "no noop scenario in this run to compare throughput with".to_owned(),
+            |noop| {
+                format!(
+                    "{:.0} jobs/s, {:.0} % of the no-op Rust step's {:.0} (target: at least 50 %)",
+                    http.jobs_per_sec,
+                    100.0 * http.jobs_per_sec / noop.jobs_per_sec.max(f64::MIN_POSITIVE),
+                    noop.jobs_per_sec
+                )
+            },
+        );
+        let line = format!(
+            "HTTP step: its own time µs p50/p95/p99/max {} against the bare POST's {}: \
+             {extra_ms:+.2} ms at p50 of Warren's own (target: under 1 ms); {share}.",
+            us(http_us),
+            us(bare_us)
+        );
+        println!("  {line}");
+        self.notes.push(line);
+    }
+
     pub(crate) fn footer(&self) {
         println!();
         println!("done");

@@ -25,6 +25,8 @@ pub(crate) struct Setup {
     pub(crate) prefetch: u16,
     pub(crate) exe: PathBuf,
     pub(crate) idle_window: Duration,
+    /// The local no-op endpoint of the HTTP scenarios, handed to the replicas.
+    pub(crate) endpoint: Option<String>,
 }
 
 /// One scenario.
@@ -147,6 +149,13 @@ async fn measure_scenario(
             .env("WARREN_AMQP_URL", &setup.amqp_url)
             .env("WARREN_DATABASE_URL", database_url)
             .env("WARREN_NAMESPACE", topology.namespace())
+            .env(
+                crate::tasks::ENDPOINT_ENV,
+                setup
+                    .endpoint
+                    .as_deref()
+                    .unwrap_or(crate::tasks::NO_ENDPOINT),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warren_worker::steps::command::{CommandStep, CommandStepConfig};
+use warren_worker::steps::http::{HttpStep, HttpStepConfig, Secret};
 use warren_worker::steps::{ExternalStep, StepRequest};
 use warren_worker::{Registry, StepContext, StepError, StepOutcome, Task, code, step};
 
@@ -23,6 +24,16 @@ pub(crate) const COMMAND: &str = "bench.command";
 pub(crate) const SPAWN: &str = "bench.spawn";
 /// The `/bin/true` of command steps: prints `{}` and exits.
 pub(crate) const TINY_PROGRAM: (&str, &str) = ("echo", "{}");
+
+/// One step that calls the benchmark's no-op endpoint as an HTTP step.
+pub(crate) const HTTP: &str = "bench.http";
+/// One step that POSTs the same request to the same endpoint bare and reads the reply: the
+/// baseline of [`HTTP`].
+pub(crate) const HTTP_BARE: &str = "bench.http_bare";
+/// Where a replica finds the endpoint of the HTTP scenarios (set by the benchmark).
+pub(crate) const ENDPOINT_ENV: &str = "WARREN_BENCH_ENDPOINT";
+/// The endpoint of replicas started for other scenarios: never called.
+pub(crate) const NO_ENDPOINT: &str = "http://127.0.0.1:9/step";
 
 /// How long an I/O-bound step waits.
 pub(crate) const IO_WAIT: Duration = Duration::from_millis(50);
@@ -73,8 +84,51 @@ pub(crate) fn registry() -> Registry {
             json!({"us": started.elapsed().as_micros() as u64}),
         ))
     };
+    let endpoint = std::env::var(ENDPOINT_ENV).unwrap_or_else(|_| NO_ENDPOINT.to_owned());
+    let http: Arc<dyn ExternalStep> = Arc::new(
+        HttpStep::with_secret(HttpStepConfig::new(endpoint.clone()), Secret::new(b"bench"))
+            .expect("a fixed, valid HTTP step"),
+    );
+    let call_http = move |ctx: StepContext<Value>| {
+        let http = Arc::clone(&http);
+        async move {
+            let started = Instant::now();
+            let reply = http.call(StepRequest::from_context(&ctx)).await?;
+            reply.apply(&ctx)?;
+            Ok(StepOutcome::next(
+                json!({"us": started.elapsed().as_micros() as u64}),
+            ))
+        }
+    };
+    // The same request, POSTed with a plain pooled client and no signature, no checks.
+    let client = reqwest::Client::new();
+    let post_bare = move |ctx: StepContext<Value>| {
+        let (client, endpoint) = (client.clone(), endpoint.clone());
+        async move {
+            let started = Instant::now();
+            let body = serde_json::to_vec(&StepRequest::from_context(&ctx))
+                .map_err(|e| StepError::fatal("invalid_input", e.to_string()))?;
+            let reply = client
+                .post(&endpoint)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| StepError::retryable(code::NETWORK, e.to_string()))?
+                .bytes()
+                .await
+                .map_err(|e| StepError::retryable(code::NETWORK, e.to_string()))?;
+            let _: Value = serde_json::from_slice(&reply)
+                .map_err(|e| StepError::fatal("invalid_reply", e.to_string()))?;
+            Ok(StepOutcome::next(
+                json!({"us": started.elapsed().as_micros() as u64}),
+            ))
+        }
+    };
     Registry::new()
         .register(Task::<Value>::new(NOOP).step(step("noop", noop)))
+        .register(Task::<Value>::new(HTTP).step(step("http", call_http)))
+        .register(Task::<Value>::new(HTTP_BARE).step(step("post", post_bare)))
         .register(Task::<Value>::new(COMMAND).step(step("command", run_command)))
         .register(Task::<Value>::new(SPAWN).step(step("spawn", spawn_bare)))
         .register(

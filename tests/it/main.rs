@@ -11,6 +11,7 @@ mod command_steps;
 mod dead_letters;
 mod declared;
 mod deploy;
+mod example_clipinsight;
 mod examples;
 mod failures;
 mod fleet;
