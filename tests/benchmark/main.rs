@@ -38,6 +38,8 @@ fn the_benchmark_runs_in_quick_mode() {
         "1-step bare spawn of `echo {}`",
         "1-step command `echo {}`, concurrency 4, 1 replica:",
         "Command step: its own time",
+        "1-step HTTP step to a local no-op endpoint",
+        "HTTP step: its own time",
         "done",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
