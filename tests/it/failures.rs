@@ -4,35 +4,17 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use warren_producer::PublishOptions;
 use warren_shared::contract::{self, header};
 use warren_shared::store::TransitionRecord;
-use warren_tests::TestEnv;
+use warren_tests::{Ledger, TestEnv};
 use warren_worker::demo::{self, player};
 use warren_worker::{
     Registry, RetryPolicy, StepContext, StepError, StepOutcome, Task, code, step, wait_step,
 };
-
-/// Counts step executions by name: the side effects a test can see.
-#[derive(Clone, Default)]
-struct Ledger(Arc<Mutex<HashMap<String, usize>>>);
-
-impl Ledger {
-    fn record(&self, step: &str) -> usize {
-        let mut counts = self.0.lock().unwrap();
-        let n = counts.entry(step.to_owned()).or_default();
-        *n += 1;
-        *n
-    }
-
-    fn count(&self, step: &str) -> usize {
-        self.0.lock().unwrap().get(step).copied().unwrap_or(0)
-    }
-}
 
 #[derive(Deserialize)]
 struct Job {

@@ -511,3 +511,22 @@ pub fn video_payload(extra: serde_json::Value) -> serde_json::Value {
     }
     payload
 }
+
+/// Counts step executions by name: the side effects a test can see.
+#[derive(Clone, Default)]
+pub struct Ledger(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+impl Ledger {
+    /// Records one execution of `step`; returns how many there have been, this one included.
+    pub fn record(&self, step: &str) -> usize {
+        let mut counts = self.0.lock().unwrap();
+        let n = counts.entry(step.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// How many executions of `step` were recorded.
+    pub fn count(&self, step: &str) -> usize {
+        self.0.lock().unwrap().get(step).copied().unwrap_or(0)
+    }
+}

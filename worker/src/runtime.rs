@@ -94,16 +94,22 @@ impl WorkerConfig {
     }
 }
 
+/// How many runs of `task` this replica executes at once: the replica's override, or the
+/// task's own.
+fn concurrency_of(config: &WorkerConfig, task: &Arc<dyn crate::task::TaskRunner>) -> usize {
+    config
+        .concurrency
+        .unwrap_or_else(|| task.concurrency())
+        .max(1)
+}
+
 /// Each task's prefetch (its concurrency unless set), lowered to fit the message memory
 /// budget; says at start what the bodies of pushed deliveries may take at most.
 fn message_budget(config: &WorkerConfig, registry: &Registry) -> BTreeMap<String, u16> {
     let asked: Vec<(String, u16)> = registry
         .tasks()
         .map(|task| {
-            let concurrency = config
-                .concurrency
-                .unwrap_or_else(|| task.concurrency())
-                .max(1);
+            let concurrency = concurrency_of(config, task);
             let prefetch = config
                 .prefetch
                 .unwrap_or_else(|| u16::try_from(concurrency).unwrap_or(u16::MAX));
@@ -269,10 +275,7 @@ impl Worker {
         let slots = registry
             .tasks()
             .map(|task| {
-                let concurrency = config
-                    .concurrency
-                    .unwrap_or_else(|| task.concurrency())
-                    .max(1);
+                let concurrency = concurrency_of(&config, task);
                 (task.id().to_owned(), Arc::new(Semaphore::new(concurrency)))
             })
             .collect();
