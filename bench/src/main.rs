@@ -131,6 +131,7 @@ fn parse_queue_type(s: &str) -> Result<QueueType, String> {
 }
 
 fn main() -> ExitCode {
+    warren_shared::install_crypto_provider();
     if std::env::args().nth(1).as_deref() == Some("worker") {
         return warren_cli::main(tasks::registry());
     }

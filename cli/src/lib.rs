@@ -31,6 +31,7 @@ pub fn main(registry: Registry) -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return args::report_usage_error(e),
     };
+    warren_shared::install_crypto_provider();
     let telemetry = telemetry::init(&cli);
     let secrets = cli.global.secrets();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

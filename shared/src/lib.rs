@@ -17,6 +17,7 @@
 //! * [`amqp`]: connecting to the broker.
 //! * [`config`]: defaults and environment variable names.
 //! * [`redact`]: connection strings without their passwords, for messages and logs.
+//! * [`install_crypto_provider`]: the one TLS crypto library of the process.
 
 pub mod amqp;
 pub mod config;
@@ -29,3 +30,13 @@ pub mod state;
 pub mod store;
 pub mod topology;
 pub mod trace_context;
+
+/// Makes ring the process's TLS crypto provider, for every rustls user that does not bring its
+/// own: HTTP clients built with reqwest's defaults (the OTLP exporter's, HTTP steps', a test's)
+/// find none otherwise, since the workspace builds reqwest without a provider of its own (one
+/// crypto library for the broker, Postgres and HTTP alike), and would panic. Call it first
+/// thing in every program; calling it again does nothing.
+pub fn install_crypto_provider() {
+    // Err only when a provider is already installed: then there is nothing to do.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -56,6 +56,7 @@ pub struct TestEnv {
 impl TestEnv {
     /// Creates the namespace and a fresh, migrated database.
     pub async fn new() -> TestEnv {
+        warren_shared::install_crypto_provider();
         let id = Uuid::new_v4().simple().to_string();
         let namespace = format!("t{}", &id[..12]);
         let database = format!("warren_test_{}", &id[..12]);
