@@ -43,7 +43,11 @@ async fn two_replicas_share_one_queue_and_every_run_is_recorded_once() {
 
     let client = env.pool.get().await.unwrap();
     let rows = client
-        .query("SELECT worker, count(*) FROM runs GROUP BY worker", &[])
+        // Owners are `{replica id}#{incarnation}`: count by replica.
+        .query(
+            "SELECT split_part(worker, '#', 1), count(*) FROM runs GROUP BY 1",
+            &[],
+        )
         .await
         .unwrap();
     let share: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
