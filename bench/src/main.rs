@@ -79,6 +79,11 @@ pub(crate) struct Args {
     /// (a few per core, as for real tools).
     #[arg(long, default_value_t = 4)]
     command_concurrency: u32,
+    /// Runs one replica executes at once when the HTTP scenarios measure Warren's own time per
+    /// HTTP step: few, so that the step times are the calls' and not queueing behind a
+    /// thousand others on a shared machine (the throughput is measured at --concurrency).
+    #[arg(long, default_value_t = 8)]
+    http_latency_concurrency: u32,
     /// Replicas in the scaling scenario.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
@@ -331,28 +336,42 @@ async fn run(args: Args) -> Result<()> {
     }
 
     if wanted(ScenarioKind::Http) {
-        let concurrency = args.concurrency;
-        let mut bare = single(
-            &format!(
-                "1-step bare POST to a local no-op endpoint from a Rust step, concurrency {concurrency}, 1 replica"
-            ),
+        // Warren's own time per HTTP step: the HTTP step against the same POST made bare, both
+        // at a low concurrency; then the throughput, at the full one.
+        let low = args.http_latency_concurrency;
+        let latency_jobs = (jobs / 10).max(500);
+        let at = |name: &str, task, jobs, concurrency| {
+            let mut scenario = single(
+                &format!("{name}, concurrency {concurrency}, 1 replica"),
+                task,
+                jobs,
+                1,
+            );
+            scenario.concurrency = Some(concurrency);
+            scenario
+        };
+        let bare = at(
+            "1-step bare POST to a local no-op endpoint from a Rust step",
             tasks::HTTP_BARE,
-            jobs,
-            1,
+            latency_jobs,
+            low,
         );
-        bare.concurrency = Some(concurrency);
         let called = measure(&setup, &bare, &mut report).await?;
-        let mut http = single(
-            &format!(
-                "1-step HTTP step to a local no-op endpoint, concurrency {concurrency}, 1 replica"
-            ),
+        let http = at(
+            "1-step HTTP step to a local no-op endpoint",
+            tasks::HTTP,
+            latency_jobs,
+            low,
+        );
+        let stepped = measure(&setup, &http, &mut report).await?;
+        let full = at(
+            "1-step HTTP step to a local no-op endpoint",
             tasks::HTTP,
             jobs,
-            1,
+            args.concurrency,
         );
-        http.concurrency = Some(concurrency);
-        let stepped = measure(&setup, &http, &mut report).await?;
-        report.http_cost(&called, &stepped, max.as_ref());
+        let throughput = measure(&setup, &full, &mut report).await?;
+        report.http_cost(&called, &stepped, &throughput, max.as_ref());
     }
 
     report.footer();
