@@ -284,9 +284,13 @@ pub(crate) enum RunsCommand {
         /// Only this task.
         #[arg(long)]
         task: Option<String>,
-        /// Only this status (queued, running, retrying, waiting, succeeded, halted, dead).
+        /// Only this status (queued, running, retrying, waiting, waiting_for_children,
+        /// succeeded, halted, dead, cancelled).
         #[arg(long, value_parser = parse_status)]
         status: Option<RunStatus>,
+        /// Only the children of this run (oldest first).
+        #[arg(long)]
+        parent: Option<uuid::Uuid>,
         /// At most this many.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
@@ -301,6 +305,17 @@ pub(crate) enum RunsCommand {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+    },
+    /// Cancel a run and its unfinished children: a queued or waiting run never starts its next
+    /// step, a running step is stopped. Nothing is dead-lettered.
+    Cancel {
+        /// The run.
+        id: uuid::Uuid,
+    },
+    /// Start a dead or cancelled run again from its first step, without its checkpoints.
+    Retry {
+        /// The run.
+        id: uuid::Uuid,
     },
 }
 

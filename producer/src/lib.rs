@@ -9,9 +9,12 @@
 //!
 //! * [`Publisher`]: a confirming channel that sends a prepared message anywhere.
 //! * [`Producer`]: the event API on top: `publish("video.process", &payload, options)`.
+//! * [`relay`]: sends the transactional outbox's messages once the writes that caused them
+//!   have committed (every worker replica runs one; the CLI relays what it wrote itself).
 
 mod producer;
 mod publisher;
+pub mod relay;
 
 pub use producer::{Producer, PublishOptions, Published};
 pub use publisher::{PendingConfirm, PublishError, Publisher};

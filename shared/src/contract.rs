@@ -62,6 +62,9 @@ pub mod header {
     /// has been executed in its budget so far, as `{n}/{step}` (e.g. `2/transcribe`). Set by
     /// Warren.
     pub const STEP_ATTEMPT: &str = "warren-step-attempt";
+    /// On a child run's message: the id of the run that started it (set by Warren). The child's
+    /// end counts towards that parent's join.
+    pub const PARENT_RUN: &str = "warren-parent-run";
     /// When a message that went through the delay queues was due (RFC 3339): a retry, a
     /// wake-up or a delayed publish. Queue wait is measured from here rather than from the
     /// publish. Set by Warren; producers need not set it.
@@ -187,6 +190,8 @@ pub struct Envelope {
     pub due_at: Option<DateTime<Utc>>,
     /// On a retry of a step with its own retry policy: the step, and its executions so far.
     pub step_attempt: Option<(String, u32)>,
+    /// On a child run's message: the run that started it.
+    pub parent: Option<uuid::Uuid>,
 }
 
 /// Is `name` usable as an event name (a topic routing key without wildcards)?
@@ -251,6 +256,7 @@ pub fn decode(
             first_failed_at: None,
             due_at: None,
             step_attempt: None,
+            parent: None,
         },
         Some(CONTENT_TYPE_CLOUDEVENTS) => decode_cloudevent(routing_key, headers, body)?,
         Some(other) => return Err(ContractError::UnsupportedContentType(other.to_owned())),
@@ -258,6 +264,14 @@ pub fn decode(
     validate_event_name(&envelope.event)?;
     check_payload(envelope.payload.get())?;
     envelope.wake = string_header(headers, header::WAKE)?;
+    envelope.parent = string_header(headers, header::PARENT_RUN)?
+        .map(|text| {
+            uuid::Uuid::parse_str(&text).map_err(|_| ContractError::InvalidHeader {
+                name: header::PARENT_RUN,
+                detail: format!("{text:?} is not a run id"),
+            })
+        })
+        .transpose()?;
     envelope.first_failed_at = time_header(headers, header::FIRST_FAILED_AT)?;
     envelope.due_at = time_header(headers, header::DUE_AT)?;
     envelope.step_attempt = string_header(headers, header::STEP_ATTEMPT)?
@@ -369,6 +383,7 @@ fn decode_cloudevent(
         first_failed_at: None,
         due_at: None,
         step_attempt: None,
+        parent: None,
     })
 }
 

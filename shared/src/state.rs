@@ -24,6 +24,9 @@ pub enum RunStatus {
     /// A step asked to be resumed later ("wait for"); the message waits in the broker, no worker
     /// holds it.
     Waiting,
+    /// A step started child runs and the run waits for them to end (or for the wait's timeout);
+    /// its wake-up is in the outbox, no worker and no message hold it.
+    WaitingForChildren,
     /// Terminal: every step finished.
     Succeeded,
     /// Terminal: a step ended the run early with a named outcome that is not an error
@@ -32,18 +35,23 @@ pub enum RunStatus {
     /// Terminal until an operator replays it: the run failed for good and its message is in the
     /// task's dead-letter queue with the reason.
     Dead,
+    /// Terminal until an operator retries it: someone cancelled the run (`runs.cancelled_by`,
+    /// `runs.cancelled_at`); its children were cancelled with it.
+    Cancelled,
 }
 
 impl RunStatus {
     /// Every status, in the order the documentation lists them.
-    pub const ALL: [RunStatus; 7] = [
+    pub const ALL: [RunStatus; 9] = [
         RunStatus::Queued,
         RunStatus::Running,
         RunStatus::Retrying,
         RunStatus::Waiting,
+        RunStatus::WaitingForChildren,
         RunStatus::Succeeded,
         RunStatus::Halted,
         RunStatus::Dead,
+        RunStatus::Cancelled,
     ];
 
     /// The text stored in Postgres and printed by the CLI.
@@ -55,16 +63,19 @@ impl RunStatus {
             RunStatus::Waiting => "waiting",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Halted => "halted",
+            RunStatus::WaitingForChildren => "waiting_for_children",
             RunStatus::Dead => "dead",
+            RunStatus::Cancelled => "cancelled",
         }
     }
 
     /// A finished run: a redelivered message for it is acknowledged without running anything.
-    /// `dead` counts as finished: only an operator's replay moves it on.
+    /// `dead` and `cancelled` count as finished: only an operator's replay or retry moves them
+    /// on.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            RunStatus::Succeeded | RunStatus::Halted | RunStatus::Dead
+            RunStatus::Succeeded | RunStatus::Halted | RunStatus::Dead | RunStatus::Cancelled
         )
     }
 }
@@ -78,7 +89,7 @@ impl fmt::Display for RunStatus {
 /// A status name that is not one of [`RunStatus::ALL`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown run status {0:?} (expected one of queued, running, retrying, waiting, succeeded, halted, dead)"
+    "unknown run status {0:?} (expected one of queued, running, retrying, waiting, waiting_for_children, succeeded, halted, dead, cancelled)"
 )]
 pub struct UnknownStatus(pub String);
 
@@ -107,21 +118,37 @@ pub struct IllegalTransition {
 ///
 /// The table, read row by row:
 /// - a new run starts `running`, or `dead` when its message is already known to be unusable
-///   (it fails the task's input schema);
-/// - `queued`, `retrying` and `waiting` runs are picked up again (`running`), or dead-lettered
-///   without running when their message can no longer be used;
+///   (it fails the task's input schema), or `queued` when it is a child its parent started
+///   (the row exists before its message is sent, so that cancelling the parent reaches it);
+/// - `queued`, `retrying`, `waiting` and `waiting_for_children` runs are picked up again
+///   (`running`), or dead-lettered without running when their message can no longer be used;
 /// - a `running` run records each finished step as `running → running`, and goes on to one of
-///   `retrying`, `waiting`, `succeeded`, `halted` or `dead`; a worker that picks up a redelivered
-///   message of a run left `running` by a crashed replica also logs `running → running`;
-/// - `dead` is left only by an operator's replay (`queued`);
+///   `retrying`, `waiting`, `waiting_for_children`, `succeeded`, `halted` or `dead`; a worker
+///   that picks up a redelivered message of a run left `running` by a crashed replica also logs
+///   `running → running`;
+/// - every run that has not finished can be `cancelled`;
+/// - `dead` is left only by an operator's replay or retry, `cancelled` only by a retry
+///   (`queued`);
 /// - `succeeded` and `halted` are final.
 pub fn check(from: Option<RunStatus>, to: RunStatus) -> Result<(), IllegalTransition> {
     use RunStatus::*;
     let legal = match from {
-        None => matches!(to, Running | Dead),
-        Some(Queued | Retrying | Waiting) => matches!(to, Running | Dead),
-        Some(Running) => matches!(to, Running | Retrying | Waiting | Succeeded | Halted | Dead),
-        Some(Dead) => matches!(to, Queued),
+        None => matches!(to, Running | Dead | Queued),
+        Some(Queued | Retrying | Waiting | WaitingForChildren) => {
+            matches!(to, Running | Dead | Cancelled)
+        }
+        Some(Running) => matches!(
+            to,
+            Running
+                | Retrying
+                | Waiting
+                | WaitingForChildren
+                | Succeeded
+                | Halted
+                | Dead
+                | Cancelled
+        ),
+        Some(Dead | Cancelled) => matches!(to, Queued),
         Some(Succeeded | Halted) => false,
     };
     if legal {
@@ -141,49 +168,63 @@ mod tests {
     }
 
     #[test]
-    fn a_new_run_starts_running_or_dead_and_nowhere_else() {
+    fn a_new_run_starts_running_or_dead_or_queued_as_a_child_and_nowhere_else() {
         let allowed: Vec<_> = RunStatus::ALL
             .into_iter()
             .filter(|to| legal(None, *to))
             .collect();
-        assert_eq!(allowed, vec![Running, Dead]);
+        assert_eq!(allowed, vec![Queued, Running, Dead]);
     }
 
     #[test]
     fn a_running_run_may_checkpoint_and_reach_every_outcome() {
-        for to in [Running, Retrying, Waiting, Succeeded, Halted, Dead] {
+        for to in [
+            Running,
+            Retrying,
+            Waiting,
+            WaitingForChildren,
+            Succeeded,
+            Halted,
+            Dead,
+            Cancelled,
+        ] {
             assert!(legal(Some(Running), to), "running -> {to}");
         }
         assert!(!legal(Some(Running), Queued));
     }
 
     #[test]
-    fn parked_runs_are_resumed_or_dead_lettered() {
-        for from in [Queued, Retrying, Waiting] {
+    fn parked_runs_are_resumed_dead_lettered_or_cancelled() {
+        for from in [Queued, Retrying, Waiting, WaitingForChildren] {
             let allowed: Vec<_> = RunStatus::ALL
                 .into_iter()
                 .filter(|to| legal(Some(from), *to))
                 .collect();
-            assert_eq!(allowed, vec![Running, Dead], "from {from}");
+            assert_eq!(allowed, vec![Running, Dead, Cancelled], "from {from}");
         }
     }
 
     #[test]
-    fn finished_runs_never_move_except_a_replayed_dead_letter() {
+    fn finished_runs_never_move_except_a_replayed_dead_or_retried_cancelled_run() {
         for to in RunStatus::ALL {
             assert!(!legal(Some(Succeeded), to), "succeeded -> {to}");
             assert!(!legal(Some(Halted), to), "halted -> {to}");
             assert_eq!(legal(Some(Dead), to), to == Queued, "dead -> {to}");
+            assert_eq!(
+                legal(Some(Cancelled), to),
+                to == Queued,
+                "cancelled -> {to}"
+            );
         }
     }
 
     #[test]
-    fn terminal_statuses_are_exactly_succeeded_halted_dead() {
+    fn terminal_statuses_are_exactly_succeeded_halted_dead_cancelled() {
         let terminal: Vec<_> = RunStatus::ALL
             .into_iter()
             .filter(|s| s.is_terminal())
             .collect();
-        assert_eq!(terminal, vec![Succeeded, Halted, Dead]);
+        assert_eq!(terminal, vec![Succeeded, Halted, Dead, Cancelled]);
     }
 
     #[test]

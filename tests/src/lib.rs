@@ -126,7 +126,10 @@ impl TestEnv {
         loop {
             let runs = self.runs_of(message_id).await;
             if let [run] = runs.as_slice()
-                && matches!(run.summary.status.as_str(), "succeeded" | "halted" | "dead")
+                && matches!(
+                    run.summary.status.as_str(),
+                    "succeeded" | "halted" | "dead" | "cancelled"
+                )
             {
                 return run.clone();
             }
@@ -154,7 +157,12 @@ impl TestEnv {
             .unwrap();
             let finished = runs
                 .iter()
-                .filter(|r| matches!(r.status.as_str(), "succeeded" | "halted" | "dead"))
+                .filter(|r| {
+                    matches!(
+                        r.status.as_str(),
+                        "succeeded" | "halted" | "dead" | "cancelled"
+                    )
+                })
                 .count();
             if finished >= count {
                 return runs;

@@ -9,6 +9,8 @@
 //!   committed, and both before the ack, so a crash in between repeats work but loses nothing;
 //! - requeue: Postgres or the broker failed us, or another live replica holds the run.
 
+use crate::cancel::Cancellations;
+use crate::children::{self, Directory};
 use crate::dead_letter::{self, DeadLetter};
 use crate::run_locks::RunLocks;
 use crate::settle::{Pending, Settler};
@@ -18,7 +20,7 @@ use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
 use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::writes::{
     ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, ReleaseRun, RunFields,
-    StillOwned,
+    StartJoin, StillOwned,
 };
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -31,10 +33,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use warren_producer::relay::Relay;
 use warren_producer::{PublishError, Publisher};
 use warren_shared::contract::{self, Envelope, Outgoing, format_time, header};
 use warren_shared::retry::RetryPolicy;
-use warren_shared::store::{self, AfterFailure, Claim, StoreError};
+use warren_shared::store::{self, AfterFailure, Claim, StoreError, outbox};
 use warren_shared::topology::{DelayLevels, Destination, Topology};
 use warren_shared::trace_context::{self, TraceHeaders};
 
@@ -106,6 +109,12 @@ pub(crate) struct Executor {
     /// hand their messages back, before the replica gives up its connection and its lease.
     /// A run left going after that would race the replica that takes it over.
     pub(crate) abandon: CancellationToken,
+    /// Sends the outbox rows this replica's commits write (events, children, wake-ups).
+    pub(crate) relay: Relay,
+    /// The tasks a step may start children of.
+    pub(crate) directory: Arc<Directory>,
+    /// The runs executing here, to stop the steps of those someone cancels.
+    pub(crate) cancellations: Arc<Cancellations>,
 }
 
 impl Executor {
@@ -218,6 +227,7 @@ impl Executor {
             Claim::Run {
                 attempt_base,
                 checkpoints,
+                joined,
             } => {
                 let waited = waited_since.and_then(|at| (Utc::now() - at).to_std().ok());
                 self.metrics.started(waited);
@@ -226,8 +236,15 @@ impl Executor {
                     started: Instant::now(),
                     attempt_base,
                 };
+                let cancel = self.cancellations.register(run.id);
                 let result = self
-                    .run_steps(delivery, &attempt, &input, checkpoints)
+                    .run_steps(
+                        delivery,
+                        &attempt,
+                        &input,
+                        (checkpoints, joined),
+                        cancel.token(),
+                    )
                     .await;
                 if result.is_err() {
                     self.release(&run).await;
@@ -310,7 +327,8 @@ impl Executor {
         delivery: &Delivery,
         attempt: &Attempt<'_>,
         input: &TaskInput,
-        checkpoints: Vec<store::Checkpoint>,
+        (checkpoints, joined): (Vec<store::Checkpoint>, Option<store::children::Joined>),
+        cancel: &CancellationToken,
     ) -> Result<(), Requeue> {
         let run = attempt.run;
         let steps = &self.steps;
@@ -318,6 +336,14 @@ impl Executor {
             .into_iter()
             .map(|c| (c.step, c.output))
             .collect();
+        if let Some(joined) = joined {
+            match self.record_join(attempt, joined).await? {
+                Some((step, output)) => {
+                    outputs.insert(step, output);
+                }
+                None => return Ok(()),
+            }
+        }
         let attempt_no = u32::try_from(run.attempt).unwrap_or(1);
         let info_for_steps = Arc::new(RunInfo {
             id: run.id,
@@ -336,7 +362,7 @@ impl Executor {
             let step_started = Instant::now();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let limit = info.timeout.map_or(left, |t| t.min(left));
-            let outbox = Outbox::default();
+            let outbox = Outbox::cancelled_by(cancel.clone());
             let step_span = tracing::info_span!("step", step = %info.name, index);
             let future = self.task.run_step(
                 index,
@@ -346,23 +372,46 @@ impl Executor {
                 outbox.clone(),
             );
             let guarded = AssertUnwindSafe(future).catch_unwind();
-            let mut result =
-                match tokio::time::timeout(limit, guarded.instrument(step_span.clone())).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(panic)) => Err(StepError::retryable(code::PANIC, panic_message(&panic))),
-                    Err(_) => Err(StepError::timeout(format!(
-                        "step {} was cancelled after {:.1} s",
-                        info.name,
-                        limit.as_secs_f64()
-                    ))),
-                };
-            let stage = outbox.stage().or_else(|| info.stage.clone());
-            if result.is_ok() {
-                // What the step emitted goes out, confirmed, before its checkpoint commits.
-                if let Err(error) = self.publish_emitted(run, info, outbox, &step_span).await? {
-                    result = Err(error);
+            let timed = tokio::time::timeout(limit, guarded.instrument(step_span.clone()));
+            let finished = tokio::select! {
+                biased;
+                () = cancel.cancelled() => None,
+                finished = timed => Some(finished),
+            };
+            let Some(finished) = finished else {
+                // Dropping the step's future stopped it (an HTTP request aborted, a command's
+                // process group terminated). The cancellation committed before it was
+                // announced, so the run is no longer ours: settle the message, record nothing.
+                self.metrics.step_cancelled();
+                if !self.still_owned(run).await? {
+                    tracing::info!(run = %run.id, step = %info.name, "step stopped: the run was cancelled");
+                    return Ok(());
                 }
-            }
+                let error = StepError::retryable("interrupted", "the step was interrupted");
+                let step = (info.name.clone(), i32::try_from(index).unwrap_or(i32::MAX));
+                return self.fail(delivery, attempt, step, started_at, error).await;
+            };
+            let mut result = match finished {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(StepError::retryable(code::PANIC, panic_message(&panic))),
+                Err(_) => Err(StepError::timeout(format!(
+                    "step {} was cancelled after {:.1} s",
+                    info.name,
+                    limit.as_secs_f64()
+                ))),
+            };
+            let stage = outbox.stage().or_else(|| info.stage.clone());
+            // What the step emitted goes to the outbox with its checkpoint.
+            let emitted = match &result {
+                Ok(_) => match self.emitted_messages(run, info, &outbox, &step_span) {
+                    Ok(emitted) => emitted,
+                    Err(error) => {
+                        result = Err(error);
+                        Vec::new()
+                    }
+                },
+                Err(_) => Vec::new(),
+            };
             self.metrics
                 .step(index, result.is_ok(), step_started.elapsed());
             let position = i32::try_from(index).unwrap_or(i32::MAX);
@@ -393,6 +442,25 @@ impl Executor {
                         (output, End::Wait(info.name.clone(), until))
                     }
                 }
+                Ok(StepOutcome::WaitForChildren(children)) => {
+                    let parked = self
+                        .wait_for_children(
+                            delivery,
+                            attempt,
+                            (info, position),
+                            children,
+                            emitted,
+                            &step_span,
+                        )
+                        .await?;
+                    match parked {
+                        Ok(()) => return Ok(()),
+                        Err(error) => {
+                            let step = (info.name.clone(), position);
+                            return self.fail(delivery, attempt, step, started_at, error).await;
+                        }
+                    }
+                }
                 Err(error) => {
                     let step = (info.name.clone(), position);
                     return self.fail(delivery, attempt, step, started_at, error).await;
@@ -413,8 +481,12 @@ impl Executor {
                 output: output.clone(),
                 started_at,
                 end,
+                emitted,
+                joined: false,
             };
+            let sends = !write.emitted.is_empty() || (!goes_on && run.parent.is_some());
             match self.writer.write(write).await {
+                Ok(()) if sends => self.relay.nudge(),
                 Ok(()) => {}
                 Err(WriteError::Store(StoreError::Conflict { .. })) => {
                     tracing::warn!(run = %run.id, "run was moved on or taken over by another replica; leaving it");
@@ -446,26 +518,26 @@ impl Executor {
         Ok(())
     }
 
-    /// Publishes the events a step emitted, pipelined, and waits for every confirm. Each gets
-    /// the message id `{run}/{step}/{event}/{n}` (the n-th of that event by the step), so a step
-    /// executed again publishes the same ids and the downstream tasks make one run of each. An event no task listens to fails the step
-    /// (not retryable: a retry cannot create the listener); a broker failure hands the message
-    /// back, and the step runs again.
-    async fn publish_emitted(
+    /// The outbox rows of the events a step emitted. Each gets the message id
+    /// `{run}/{step}/{event}/{n}` (the n-th of that event by the step), so a step executed again
+    /// emits the same ids and the downstream tasks make one run of each. An event no task
+    /// listens to stays in the outbox, retried and visible (`warren runs show`, the outbox lag
+    /// gauge), until a task that listens is deployed.
+    fn emitted_messages(
         &self,
         run: &RunFields,
         step: &StepInfo,
-        outbox: Outbox,
+        outbox: &Outbox,
         span: &tracing::Span,
-    ) -> Result<Result<(), StepError>, Requeue> {
+    ) -> Result<Vec<outbox::Message>, StepError> {
         let emitted = outbox.take();
         if emitted.is_empty() {
-            return Ok(Ok(()));
+            return Ok(Vec::new());
         }
         let trace = trace_context::of_span(span);
         let exchange = self.topology.events_exchange();
-        let mut pending = Vec::with_capacity(emitted.len());
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut messages = Vec::with_capacity(emitted.len());
         for event in &emitted {
             let n = seen.entry(event.event.as_str()).or_default();
             let mut outgoing = Outgoing::new();
@@ -477,27 +549,165 @@ impl Executor {
                 outgoing.traceparent = Some(trace.traceparent.clone());
                 outgoing.tracestate = trace.tracestate.clone();
             }
-            let confirm = self
-                .publisher
-                .start(
-                    &exchange,
-                    &event.event,
-                    &event.body,
-                    outgoing.properties().map_err(PublishError::from)?,
-                )
-                .await?;
-            pending.push(confirm);
+            let properties = outgoing
+                .properties()
+                .map_err(|e| StepError::fatal("invalid_event", e.to_string()))?;
+            messages.push(outbox::Message {
+                run_id: run.id,
+                kind: outbox::Kind::Event,
+                exchange: exchange.clone(),
+                routing_key: event.event.clone(),
+                body: event.body.clone(),
+                properties,
+            });
         }
-        for confirm in pending {
-            match confirm.wait().await {
-                Ok(()) => {}
-                Err(e @ PublishError::Unroutable { .. }) => {
-                    return Ok(Err(StepError::fatal("unroutable_event", e.to_string())));
-                }
-                Err(e) => return Err(e.into()),
+        Ok(messages)
+    }
+
+    /// A step started children: park the run until they end. The children's runs and
+    /// messages, the events the step emitted and the parent's held wake-up commit in one
+    /// transaction with the run's move to `waiting_for_children`, and the message is then
+    /// acknowledged: the parent holds no slot and no message while it waits. `Err` is the
+    /// step's failure (a child of a task no replica runs).
+    async fn wait_for_children(
+        &self,
+        delivery: &Delivery,
+        attempt: &Attempt<'_>,
+        (info, position): (&StepInfo, i32),
+        requested: children::Children,
+        emitted: Vec<outbox::Message>,
+        span: &tracing::Span,
+    ) -> Result<Result<(), StepError>, Requeue> {
+        let run = attempt.run;
+        let trace = trace_context::of_span(span);
+        let parent = children::Parent {
+            run: run.id,
+            step: &info.name,
+            generation: attempt.attempt_base,
+            tenant: run.tenant.as_deref(),
+            trace: trace.as_ref(),
+            topology: &self.topology,
+            directory: &self.directory,
+        };
+        let planned = match children::plan(&parent, &requested.runs) {
+            Ok(planned) => planned,
+            Err(error) => return Ok(Err(error)),
+        };
+        let wake_token = format!("{}/children/{}", info.name, uuid::Uuid::now_v7());
+        let attempt_no = u32::try_from(run.attempt).unwrap_or(1);
+        let wake = outbox::Message {
+            run_id: run.id,
+            kind: outbox::Kind::Wake,
+            exchange: String::new(),
+            routing_key: self.topology.task_queue(&self.task_id),
+            body: delivery.data.clone(),
+            properties: copy_properties(
+                delivery,
+                run,
+                attempt_no,
+                &[(header::WAKE, wake_token.clone())],
+            ),
+        };
+        let deadline = requested
+            .timeout
+            .map(|t| Utc::now() + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX));
+        let count = planned.len();
+        let write = StartJoin {
+            run: Arc::clone(run),
+            step: info.name.clone(),
+            position,
+            children: planned,
+            max_running: requested
+                .max_running
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            single: requested.single,
+            deadline,
+            wake,
+            wake_token,
+            emitted,
+        };
+        match self.writer.write(write).await {
+            Ok(_) => {}
+            Err(WriteError::Store(StoreError::Conflict { .. })) => {
+                tracing::warn!(run = %run.id, "run was moved on or taken over by another replica; leaving it");
+                return Ok(Ok(()));
             }
+            Err(WriteError::Store(e)) if e.is_refused_data() => {
+                return Ok(Err(StepError::fatal(
+                    code::UNSTORABLE_OUTPUT,
+                    format!(
+                        "Postgres cannot store the children of step {}: {e}",
+                        info.name
+                    ),
+                )));
+            }
+            Err(e) => return Err(e.into()),
         }
+        self.relay.nudge();
+        tracing::debug!(run = %run.id, step = %info.name, children = count, "waiting for children");
+        self.metrics.children_started(count);
+        self.metrics
+            .ended(AttemptEnd::Waiting, attempt.started.elapsed(), None);
         Ok(Ok(()))
+    }
+
+    /// The run woke from waiting for its children: their outcomes become the waiting step's
+    /// checkpoint (closing the join), and the run goes on after it, or succeeds when it was
+    /// the last step. Returns the step and its output, or `None` when the run is done here.
+    async fn record_join(
+        &self,
+        attempt: &Attempt<'_>,
+        joined: store::children::Joined,
+    ) -> Result<Option<(String, Value)>, Requeue> {
+        let run = attempt.run;
+        let index = usize::try_from(joined.position).unwrap_or(usize::MAX);
+        let Some(info) = self.steps.get(index).filter(|s| s.name == joined.step) else {
+            // The pipeline changed under a waiting run: fail it rather than guess.
+            let error = StepError::fatal(
+                "pipeline_changed",
+                format!(
+                    "the run waited for the children of step {:?}, which is no longer step {} of task {}",
+                    joined.step, joined.position, self.task_id
+                ),
+            );
+            let write = FailRun {
+                run: Arc::clone(run),
+                after: AfterFailure::Dead,
+                code: error.code.clone(),
+                message: error.message.clone(),
+                step: None,
+                step_started_at: None,
+            };
+            self.writer.write(write).await?;
+            return Ok(None);
+        };
+        let last = index + 1 == self.steps.len();
+        self.metrics.joined(joined.timed_out);
+        let write = CompleteStep {
+            run: Arc::clone(run),
+            step: joined.step.clone(),
+            position: joined.position,
+            stage: info.stage.clone(),
+            output: joined.output.clone(),
+            started_at: joined.started_at,
+            end: if last { End::Succeed } else { End::Continue },
+            emitted: Vec::new(),
+            joined: true,
+        };
+        match self.writer.write(write).await {
+            Ok(()) => {}
+            Err(WriteError::Store(StoreError::Conflict { .. })) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        if last {
+            if run.parent.is_some() {
+                self.relay.nudge();
+            }
+            self.metrics
+                .ended(AttemptEnd::Succeeded, attempt.started.elapsed(), None);
+            return Ok(None);
+        }
+        Ok(Some((joined.step, joined.output)))
     }
 
     /// A step failed: retry later while the budget lasts and the error is worth it, otherwise
@@ -568,6 +778,10 @@ impl Executor {
             Err(WriteError::Store(StoreError::Conflict { .. })) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+        if matches!(after, AfterFailure::Dead) && run.parent.is_some() {
+            // A child's death counts in its parent's join.
+            self.relay.nudge();
+        }
         let end = match after {
             AfterFailure::Dead => AttemptEnd::Dead,
             AfterFailure::Retry { .. } => AttemptEnd::Retried,
@@ -629,6 +843,9 @@ impl Executor {
                 message: message.clone(),
             })
             .await?;
+        if run.parent.is_some() {
+            self.relay.nudge();
+        }
         if !handled {
             self.handle_failure(&run, code::INVALID_INPUT, &message)
                 .await?;
@@ -735,6 +952,7 @@ impl Executor {
             first_failed_at: envelope.first_failed_at,
             idempotency_window: self.idempotency_window,
             step_attempt: envelope.step_attempt,
+            parent: envelope.parent,
         }
     }
 }

@@ -40,6 +40,8 @@
 //! * [`dlq`]: dead-letter queue operations (peek, replay, purge) for operators.
 //! * [`demo`]: the demo tasks (`video.process`, `player.dump`).
 
+pub mod children;
+pub mod control;
 pub mod declared;
 pub mod demo;
 pub mod dlq;
@@ -51,6 +53,7 @@ pub mod steps;
 pub mod task;
 
 mod budget;
+mod cancel;
 mod dead_letter;
 mod execute;
 mod fleet;

@@ -1,6 +1,8 @@
 //! The replica: connects, declares the topology, consumes each task's queue with a bounded
 //! number of runs in flight, and drains on shutdown.
 
+use crate::cancel::Cancellations;
+use crate::children::Directory;
 use crate::execute::Executor;
 use crate::fleet;
 use crate::http::Health;
@@ -21,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warren_producer::relay::Relay;
 use warren_producer::{PublishError, Publisher};
 use warren_shared::contract::DEFAULT_MAX_MESSAGE_BYTES;
 use warren_shared::db::{self, DbError};
@@ -224,6 +227,12 @@ struct Shared {
     /// Prefetch per task, within the message memory budget.
     prefetch: BTreeMap<String, u16>,
     health: Arc<Health>,
+    /// Wakes the session's outbox relay after commits that wrote outbox rows.
+    relay: Relay,
+    /// The tasks steps may start children of.
+    directory: Arc<Directory>,
+    /// The runs executing here, for cancellation.
+    cancellations: Arc<Cancellations>,
 }
 
 /// One broker connection and the consumers on it.
@@ -294,6 +303,9 @@ impl Worker {
             abandon: CancellationToken::new(),
             slots,
             prefetch,
+            relay: Relay::new(),
+            directory: Arc::new(Directory::new(events.iter().cloned())),
+            cancellations: Arc::new(Cancellations::default()),
         });
         let shutdown = CancellationToken::new();
         let stop_http = CancellationToken::new();
@@ -338,6 +350,12 @@ impl Worker {
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(crate::cancel::listen(
+            shared.config.database_url.clone(),
+            pool.clone(),
+            Arc::clone(&shared.cancellations),
+            stop_heartbeat.clone(),
+        ));
         let heartbeat = tokio::spawn(fleet::heartbeat(
             pool,
             owner.clone(),
@@ -385,6 +403,19 @@ async fn open_session(
             tokio::spawn(async move {
                 crate::queue_gauges::poll(&poller, topology, tasks, stop_polling).await;
             });
+            // The outbox relay publishes on a confirm channel of its own on this connection.
+            match Publisher::open(&connection).await {
+                Ok(publisher) => {
+                    let relay = shared.relay.clone();
+                    let pool = shared.pool.clone();
+                    let stop_relay = stop.clone();
+                    tokio::spawn(async move { relay.run(pool, publisher, stop_relay).await });
+                }
+                Err(e) => {
+                    warren_shared::amqp::close(&connection, "setup failed").await;
+                    return Err(e.into());
+                }
+            }
             shared.health.set_consuming(true);
             Ok(Session {
                 connection: Some(connection),
@@ -457,6 +488,9 @@ async fn attach(
             settler,
             draining: shutdown.clone(),
             abandon: shared.abandon.clone(),
+            relay: shared.relay.clone(),
+            directory: Arc::clone(&shared.directory),
+            cancellations: Arc::clone(&shared.cancellations),
         });
         consumers.push(tokio::spawn(consume(
             consumer,

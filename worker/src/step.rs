@@ -67,15 +67,20 @@ pub(crate) struct Emitted {
     pub(crate) body: Vec<u8>,
 }
 
-/// The events a step emits. The runtime publishes them, and waits for the broker's confirms,
-/// only after the step returned successfully and before its checkpoint commits: an event is
-/// never lost, and a step that runs again (a crash before its checkpoint) emits the same
-/// message ids, so the tasks downstream make one run of each.
+/// The events a step emits. They are written to the outbox in the transaction of the step's
+/// checkpoint and published from there once it commits: an event goes out if and only if the
+/// step's checkpoint commits, and a step that runs again (a crash before its checkpoint) emits
+/// the same message ids, so the tasks downstream make one run of each.
 ///
 /// It also carries the stage a step names at run time ([`StepContext::set_stage`]), which
 /// replaces the stage its definition names.
+///
+/// And it carries the run's cancellation: [`StepContext::cancelled`].
 #[derive(Debug, Clone, Default)]
-pub struct Outbox(Arc<std::sync::Mutex<Effects>>);
+pub struct Outbox {
+    effects: Arc<std::sync::Mutex<Effects>>,
+    cancel: tokio_util::sync::CancellationToken,
+}
 
 /// What a step asked for besides its output.
 #[derive(Debug, Default)]
@@ -85,8 +90,16 @@ struct Effects {
 }
 
 impl Outbox {
+    /// The effects of a step of a run that `cancel` cancels.
+    pub(crate) fn cancelled_by(cancel: tokio_util::sync::CancellationToken) -> Self {
+        Outbox {
+            effects: Arc::default(),
+            cancel,
+        }
+    }
+
     fn effects(&self) -> std::sync::MutexGuard<'_, Effects> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.effects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn take(&self) -> Vec<Emitted> {
@@ -132,6 +145,13 @@ impl<I> StepContext<I> {
         &self.step
     }
 
+    /// Cancelled when someone cancels the run (`warren runs cancel`) while this step runs. The
+    /// worker stops awaiting the step at once (dropping its future); a step that spawned work
+    /// of its own, or holds something to clean up, watches this token to stop it.
+    pub fn cancelled(&self) -> tokio_util::sync::CancellationToken {
+        self.outbox.cancel.clone()
+    }
+
     /// Every earlier step's output, by step name.
     pub fn outputs(&self) -> &BTreeMap<String, Value> {
         &self.outputs
@@ -144,7 +164,8 @@ impl<I> StepContext<I> {
         self.outbox.effects().stage = Some(stage.into());
     }
 
-    /// Publishes `payload` as event `event` once this step succeeds. Its message id,
+    /// Publishes `payload` as event `event` once this step's checkpoint commits (it is written
+    /// to the outbox in the checkpoint's transaction, and sent from there). Its message id,
     /// `{run id}/{step}/{event}/{n}` (the n-th `event` this step emits), is the same when the
     /// step runs again, so downstream tasks make one run of it: emit the same events in the
     /// same order each time (the protocol doc has the details). The run's
@@ -220,6 +241,10 @@ pub enum StepOutcome {
         /// The step's output.
         output: Value,
     },
+    /// Start these child runs and wait for them: the run waits holding no worker slot and no
+    /// message, and goes on with the next step once every child has ended (or the wait timed
+    /// out), with the children's outcomes as this step's output (see [`crate::children`]).
+    WaitForChildren(crate::children::Children),
 }
 
 impl StepOutcome {

@@ -71,6 +71,23 @@ impl TaskMetrics {
         }
     }
 
+    /// A step asked for `n` child runs.
+    pub(crate) fn children_started(&self, n: usize) {
+        counter!(names::CHILDREN_STARTED, "task" => self.task.clone()).increment(n as u64);
+    }
+
+    /// A parent woke from its join.
+    pub(crate) fn joined(&self, timed_out: bool) {
+        let outcome = if timed_out { "timed_out" } else { "joined" };
+        counter!(names::JOINS_COMPLETED, "task" => self.task.clone(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// A running step was stopped because its run was cancelled.
+    pub(crate) fn step_cancelled(&self) {
+        counter!(names::STEPS_CANCELLED, "task" => self.task.clone()).increment(1);
+    }
+
     /// A delivery arrived; the returned guard counts it in flight until dropped.
     pub(crate) fn received(&self) -> InFlight<'_> {
         self.received.increment(1);

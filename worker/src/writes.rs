@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use uuid::Uuid;
 use warren_shared::store::{
-    self, AfterFailure, Change, Claim, Failure, NewRun, StepDone, StepEnd, StoreError,
+    self, AfterFailure, Change, Claim, Failure, NewRun, StepDone, StepEnd, StoreError, children,
+    outbox,
 };
 
 /// What a run knows about itself from its message; shared by all of its writes.
@@ -31,6 +32,19 @@ pub(crate) struct RunFields {
     pub(crate) idempotency_window: std::time::Duration,
     /// The step whose own retry budget this message carries, and its executions so far.
     pub(crate) step_attempt: Option<(String, u32)>,
+    /// The run that started this one, when it is a child: its end counts in that run's join.
+    pub(crate) parent: Option<Uuid>,
+}
+
+impl RunFields {
+    /// In the transaction of a write that ends the run: a child's end counts in its parent's
+    /// join (and may start the next child or wake the parent).
+    async fn ended(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        if self.parent.is_some() {
+            children::child_ended(tx, self.id).await?;
+        }
+        Ok(())
+    }
 }
 
 impl RunFields {
@@ -73,6 +87,7 @@ impl Write for ClaimRun {
         Some(Claim::Run {
             attempt_base: 0,
             checkpoints: Vec::new(),
+            joined: None,
         })
     }
 }
@@ -137,9 +152,18 @@ pub(crate) struct CompleteStep {
     pub(crate) output: Value,
     pub(crate) started_at: DateTime<Utc>,
     pub(crate) end: End,
+    /// The events the step emitted, to the outbox with its checkpoint.
+    pub(crate) emitted: Vec<outbox::Message>,
+    /// The step is a join whose outcome this checkpoint records: the join closes with it.
+    pub(crate) joined: bool,
 }
 
 impl CompleteStep {
+    /// Whether the run ends with this step.
+    fn ends_run(&self) -> bool {
+        matches!(self.end, End::Succeed | End::Halt(_))
+    }
+
     fn reason(&self) -> String {
         format!("step {} succeeded", self.step)
     }
@@ -180,12 +204,25 @@ impl Write for CompleteStep {
         Box::pin(async move {
             let reason = self.reason();
             let (done, change) = self.parts(&reason);
-            store::complete_step(tx, &done, &change).await
+            store::complete_step(tx, &done, &change).await?;
+            if self.joined {
+                children::close_join(tx, self.run.id).await?;
+            }
+            outbox::insert(tx, &self.emitted, None).await?;
+            if self.ends_run() {
+                self.run.ended(tx).await?;
+            }
+            Ok(())
         })
     }
 
+    /// The set-based form records the checkpoint and the run's change only: a step with more
+    /// to write (events, a join, a child's end) goes through [`store::complete_step`].
     fn batchable(&self) -> Option<Batchable<'_>> {
-        Some(Batchable::Step(self))
+        let plain = self.emitted.is_empty()
+            && !self.joined
+            && !(self.ends_run() && self.run.parent.is_some());
+        plain.then_some(Batchable::Step(self))
     }
 
     fn batched_output(&self) -> Option<()> {
@@ -221,7 +258,63 @@ impl Write for FailRun {
                 step: self.step.as_ref().map(|(s, p)| (s.as_str(), *p)),
                 step_started_at: self.step_started_at,
             };
-            store::fail_run(tx, self.run.id, self.after, &failure, &change).await
+            store::fail_run(tx, self.run.id, self.after, &failure, &change).await?;
+            if matches!(self.after, AfterFailure::Dead) {
+                self.run.ended(tx).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A step started children: park the run until they end (see `store::children`).
+pub(crate) struct StartJoin {
+    pub(crate) run: Arc<RunFields>,
+    pub(crate) step: String,
+    pub(crate) position: i32,
+    pub(crate) children: Vec<children::NewChild>,
+    pub(crate) max_running: Option<i32>,
+    pub(crate) single: bool,
+    pub(crate) deadline: Option<DateTime<Utc>>,
+    pub(crate) wake: outbox::Message,
+    pub(crate) wake_token: String,
+    /// Events the step emitted besides.
+    pub(crate) emitted: Vec<outbox::Message>,
+}
+
+impl Write for StartJoin {
+    /// How many children started now.
+    type Output = usize;
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let reason = format!(
+                "step {} waits for {} child run(s)",
+                self.step,
+                self.children.len()
+            );
+            let change = Change {
+                attempt: self.run.attempt,
+                worker: &self.run.worker,
+                reason: &reason,
+                step: Some(&self.step),
+                // The step reaches its stage when its children are joined.
+                stage: None,
+            };
+            let join = children::NewJoin {
+                parent: self.run.id,
+                step: &self.step,
+                position: self.position,
+                children: &self.children,
+                max_running: self.max_running,
+                single: self.single,
+                deadline: self.deadline,
+                wake: &self.wake,
+                wake_token: &self.wake_token,
+                tenant: self.run.tenant.as_deref(),
+            };
+            let started = children::start_join(tx, &join, &change).await?;
+            outbox::insert(tx, &self.emitted, None).await?;
+            Ok(started)
         })
     }
 }
@@ -238,7 +331,10 @@ impl Write for DeadOnArrival {
     type Output = bool;
     fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            store::dead_on_arrival(tx, &self.run.new_run(), &self.code, &self.message).await
+            let handled =
+                store::dead_on_arrival(tx, &self.run.new_run(), &self.code, &self.message).await?;
+            self.run.ended(tx).await?;
+            Ok(handled)
         })
     }
 }

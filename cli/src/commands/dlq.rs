@@ -89,7 +89,7 @@ pub(crate) async fn run(global: &Global, args: DlqArgs, registry: &Registry) -> 
         } => {
             let pool = super::database(global).await?;
             let dlq = DeadLetterQueue::new(&connection, &topology, &task);
-            let operator = format!("operator:{}", whoami());
+            let operator = super::operator();
             let report = match &id {
                 Some(id) => dlq.replay(&pool, |l| l.is(id), 1, &operator).await?,
                 None => dlq.replay(&pool, |_| true, limit, &operator).await?,
@@ -127,12 +127,6 @@ pub(crate) async fn run(global: &Global, args: DlqArgs, registry: &Registry) -> 
     };
     warren_shared::amqp::close(&connection, "bye").await;
     result
-}
-
-fn whoami() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn age(letter: &DeadLetter) -> String {

@@ -59,6 +59,14 @@ pub(crate) fn topology(global: &Global, tasks: &[&str]) -> anyhow::Result<Topolo
     Ok(topology)
 }
 
+/// Who an operator's action is recorded as: `operator:{login}`.
+pub(crate) fn operator() -> String {
+    let login = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("operator:{login}")
+}
+
 /// The connection string without its password, for messages (see [`warren_shared::redact`]).
 pub(crate) fn redact(url: &str) -> String {
     warren_shared::redact::url(url)

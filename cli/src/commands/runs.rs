@@ -1,13 +1,15 @@
-//! `warren runs list` and `warren runs show`.
+//! `warren runs list | show | cancel | retry`.
 
+use super::within_timeout;
 use crate::args::{Global, RunsArgs, RunsCommand};
 use crate::output::{or_dash, print_json, short_json, table, time};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use std::collections::HashMap;
 use uuid::Uuid;
-use warren_shared::store::{self, RunDetail, RunFilter, RunSummary};
-use warren_worker::Registry;
+use warren_shared::store::cancel::{Cancelled, Retried};
+use warren_shared::store::{self, RunDetail, RunFilter, RunSummary, children, outbox};
+use warren_worker::{Registry, control};
 
 pub(crate) async fn run(
     global: &Global,
@@ -20,6 +22,7 @@ pub(crate) async fn run(
         RunsCommand::List {
             task,
             status,
+            parent,
             limit,
             json,
         } => {
@@ -28,6 +31,7 @@ pub(crate) async fn run(
                 &RunFilter {
                     task: task.clone(),
                     status,
+                    parent,
                     limit,
                 },
             )
@@ -70,22 +74,136 @@ pub(crate) async fn run(
             if runs.is_empty() {
                 anyhow::bail!("no run with id or message id {id:?}");
             }
+            let mut shown = Vec::with_capacity(runs.len());
+            for run in runs {
+                let family = children::family(&client, run.summary.id).await?;
+                let unsent = outbox::unsent_for_run(&client, run.summary.id).await?;
+                shown.push(Shown {
+                    run,
+                    family,
+                    unsent,
+                });
+            }
             if json {
-                return if runs.len() == 1 {
-                    print_json(&runs[0])
+                return if shown.len() == 1 {
+                    print_json(&shown[0])
                 } else {
-                    print_json(&runs)
+                    print_json(&shown)
                 };
             }
-            for (i, run) in runs.iter().enumerate() {
+            for (i, run) in shown.iter().enumerate() {
                 if i > 0 {
                     println!();
                 }
-                print_run(run);
+                print_run(&run.run);
+                print_family(&run.family, &run.unsent);
+            }
+        }
+        RunsCommand::Cancel { id } => {
+            let by = super::operator();
+            match control::cancel(&pool, id, &by).await? {
+                Cancelled::NotFound => anyhow::bail!("no run with id {id}"),
+                Cancelled::AlreadyFinished(status) => {
+                    println!("run {id} already finished ({status}); nothing changed");
+                }
+                Cancelled::Cancelled(runs) => {
+                    println!("run {id} cancelled by {by}");
+                    if runs.len() > 1 {
+                        println!("{} of its descendants cancelled with it", runs.len() - 1);
+                    }
+                }
+            }
+        }
+        RunsCommand::Retry { id } => {
+            let topology = super::topology(global, &[])?;
+            let by = super::operator();
+            match control::retry(&pool, &topology, id, &by).await? {
+                Retried::NotFound => anyhow::bail!("no run with id {id}"),
+                Retried::NotRetryable(status) => anyhow::bail!(
+                    "run {id} is {status}: only a dead or cancelled run can be retried"
+                ),
+                Retried::Queued { attempt, .. } => {
+                    // The fleet's relays send the message within a second; sending it here
+                    // says at once whether the broker took it.
+                    let sent = send_now(global, &pool).await;
+                    println!("run {id} queued again from its first step (attempt {attempt})");
+                    if let Err(e) = sent {
+                        println!(
+                            "its message is in the outbox; a worker replica sends it (not sent from here: {e:#})"
+                        );
+                    }
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Relays the outbox's due rows (the retried run's message among them) through a connection
+/// of this command's own.
+async fn send_now(global: &Global, pool: &deadpool_postgres::Pool) -> anyhow::Result<()> {
+    let publisher = within_timeout(
+        &format!("the broker at {}", super::redact(&global.amqp_url)),
+        warren_producer::Publisher::connect(&global.amqp_url, "warren-cli runs retry"),
+    )
+    .await?;
+    let relayed = warren_producer::relay::relay_due(pool, &publisher).await;
+    publisher.close().await;
+    relayed?;
+    Ok(())
+}
+
+/// `runs show`: the run, its family and its unsent messages.
+#[derive(Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    run: RunDetail,
+    family: children::Family,
+    unsent: Vec<outbox::Unsent>,
+}
+
+fn print_family(family: &children::Family, unsent: &[outbox::Unsent]) {
+    if family.parent.is_none() && family.children.is_empty() && family.join.is_none() {
+        if unsent.is_empty() {
+            return;
+        }
+    } else {
+        println!("\nfamily");
+        if let Some(parent) = family.parent {
+            println!("parent     {parent}");
+        }
+        if !family.children.is_empty() {
+            let counts: Vec<String> = family
+                .children
+                .iter()
+                .map(|(status, n)| format!("{n} {status}"))
+                .collect();
+            println!(
+                "children   {} (warren runs list --parent ID)",
+                counts.join(", ")
+            );
+        }
+        if let Some((step, total, started, ended)) = &family.join {
+            println!(
+                "waiting    step {step}: {ended} of {total} children ended, {started} started"
+            );
+        }
+    }
+    if !unsent.is_empty() {
+        println!("\nunsent messages (outbox)");
+        let mut t = table(&["KIND", "TO", "MESSAGE", "DUE", "TRIES", "LAST ERROR"]);
+        for row in unsent {
+            t.add_row(vec![
+                row.kind.clone(),
+                row.routing_key.clone(),
+                or_dash(row.message_id.clone()),
+                time(row.available_at),
+                row.attempts.to_string(),
+                or_dash(row.last_error.clone()),
+            ]);
+        }
+        println!("{t}");
+    }
 }
 
 /// A task is known when this program runs it or the database has a run of it (a task another
@@ -104,6 +222,7 @@ async fn check_known(
         &RunFilter {
             task: Some(task.to_owned()),
             status: None,
+            parent: None,
             limit: 1,
         },
     )
@@ -171,6 +290,12 @@ pub(crate) fn print_run(run: &RunDetail) {
     println!("created    {}", time(s.created_at));
     println!("finished   {}", or_dash(s.finished_at.map(time)));
     println!("worker     {}", or_dash(run.worker.clone()));
+    if let Some(by) = &run.cancelled_by {
+        println!(
+            "cancelled  by {by} at {}",
+            or_dash(run.cancelled_at.map(time))
+        );
+    }
     println!("input      {}", short_json(run.input.as_ref(), 200));
     println!("output     {}", short_json(run.output.as_ref(), 200));
 

@@ -25,6 +25,9 @@ macro_rules! step_checkpoint_upsert {
 }
 
 mod batch;
+pub mod cancel;
+pub mod children;
+pub mod outbox;
 mod replicas;
 pub mod retention;
 
@@ -134,6 +137,9 @@ pub enum Claim {
         attempt_base: i32,
         /// Finished steps, in pipeline order (empty for a new run).
         checkpoints: Vec<Checkpoint>,
+        /// The run was woken from waiting for its children: their outcomes, to record as the
+        /// waiting step's checkpoint before the steps after it run.
+        joined: Option<children::Joined>,
     },
     /// The run already finished: acknowledge the message and do nothing more (but see
     /// `failure_handled`).
@@ -334,6 +340,7 @@ pub async fn claim(client: &impl GenericClient, run: &NewRun<'_>) -> Result<Clai
         return Ok(Claim::Run {
             attempt_base: 0,
             checkpoints: Vec::new(),
+            joined: None,
         });
     }
 
@@ -342,7 +349,7 @@ pub async fn claim(client: &impl GenericClient, run: &NewRun<'_>) -> Result<Clai
             "SELECT r.status, r.attempt, r.worker,
                     (w.stopped_at IS NULL AND w.last_heartbeat > now() - make_interval(secs => $2)) AS owner_alive,
                     r.attempt_base, r.wake_token, r.failure_handled_at IS NOT NULL,
-                    r.error_code, r.error_message
+                    r.error_code, r.error_message, r.join_step
              FROM runs r LEFT JOIN workers w ON w.id = r.worker
              WHERE r.id = $1 FOR UPDATE OF r",
         )
@@ -364,8 +371,10 @@ pub async fn claim(client: &impl GenericClient, run: &NewRun<'_>) -> Result<Clai
             error_message: row.get(8),
         });
     }
+    let join_step: Option<String> = row.get(9);
     // An older attempt, or a copy that does not end the wait the run is in, was superseded.
-    let wrong_wake = status == RunStatus::Waiting && run.wake != wake_token.as_deref();
+    let parked = matches!(status, RunStatus::Waiting | RunStatus::WaitingForChildren);
+    let wrong_wake = parked && run.wake != wake_token.as_deref();
     if run.attempt < attempt || wrong_wake {
         return Ok(Claim::Stale { current: attempt });
     }
@@ -379,6 +388,8 @@ pub async fn claim(client: &impl GenericClient, run: &NewRun<'_>) -> Result<Clai
         RunStatus::Running => "redelivered: resuming from the last checkpoint",
         RunStatus::Retrying => "retry attempt started",
         RunStatus::Waiting => "wait is over",
+        RunStatus::WaitingForChildren => "woken: children ended or the wait timed out",
+        RunStatus::Queued if attempt_base == 0 && attempt == 1 => "child run started",
         RunStatus::Queued => "replayed run started",
         _ => "picked up again",
     };
@@ -401,9 +412,14 @@ pub async fn claim(client: &impl GenericClient, run: &NewRun<'_>) -> Result<Clai
         &Change { reason, ..change },
     )
     .await?;
+    let joined = match join_step {
+        Some(_) => children::joined(client, run.id).await?,
+        None => None,
+    };
     Ok(Claim::Run {
         attempt_base,
         checkpoints: checkpoints(client, run.id).await?,
+        joined,
     })
 }
 
@@ -512,7 +528,7 @@ pub async fn complete_step(
             "UPDATE runs SET status = $2, stage = coalesce($3, stage), outcome = $4,
                     output = CASE WHEN $2 IN ('succeeded', 'halted') THEN $5 ELSE output END,
                     finished_at = CASE WHEN $2 IN ('succeeded', 'halted') THEN now() ELSE NULL END,
-                    wake_token = $7, next_attempt_at = $8, updated_at = now()
+                    wake_token = $7, next_attempt_at = $8, join_step = NULL, updated_at = now()
              WHERE id = $1 AND status = 'running' AND attempt = $6 AND worker = $9",
         )
         .await?;
@@ -885,15 +901,42 @@ pub struct RunFilter {
     pub task: Option<String>,
     /// Only this status.
     pub status: Option<RunStatus>,
+    /// Only the children of this run (in the order they were created, not newest first).
+    pub parent: Option<Uuid>,
     /// At most this many, newest first.
     pub limit: i64,
 }
 
-/// The newest runs matching the filter.
+/// The newest runs matching the filter (a parent's children in the order they were created).
 pub async fn list_runs(
     client: &impl GenericClient,
     filter: &RunFilter,
 ) -> Result<Vec<RunSummary>, StoreError> {
+    if let Some(parent) = filter.parent {
+        // Its own statement, so that it goes through the parent index whatever the plan.
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, task, event, status, stage, outcome, attempt, error_code, created_at, finished_at
+                 FROM runs
+                 WHERE parent_id = $1 AND ($2::text IS NULL OR task = $2)
+                       AND ($3::text IS NULL OR status = $3)
+                 ORDER BY created_at, id
+                 LIMIT $4",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &parent,
+                    &filter.task,
+                    &filter.status.map(RunStatus::as_str),
+                    &filter.limit,
+                ],
+            )
+            .await?;
+        return Ok(rows.iter().map(run_summary).collect());
+    }
     let stmt = client
         .prepare_cached(
             "SELECT id, task, event, status, stage, outcome, attempt, error_code, created_at, finished_at
@@ -956,6 +999,12 @@ pub struct RunDetail {
     pub published_at: Option<DateTime<Utc>>,
     /// When a worker first started it.
     pub started_at: Option<DateTime<Utc>>,
+    /// The run that started it, when it is a child.
+    pub parent_id: Option<Uuid>,
+    /// Who cancelled it, when it was cancelled.
+    pub cancelled_by: Option<String>,
+    /// When it was cancelled.
+    pub cancelled_at: Option<DateTime<Utc>>,
     /// Steps with a recorded result, in pipeline order.
     pub steps: Vec<StepRecord>,
     /// Every transition, oldest first.
@@ -1017,7 +1066,7 @@ pub async fn find_runs(
         .prepare_cached(
             "SELECT id, task, event, status, stage, outcome, attempt, error_code, created_at, finished_at,
                     message_id, input, output, error_message, idempotency_key, tenant, worker,
-                    published_at, started_at
+                    published_at, started_at, parent_id, cancelled_by, cancelled_at
              FROM runs WHERE id = $2 OR message_id = $1 ORDER BY created_at, task",
         )
         .await?;
@@ -1037,6 +1086,9 @@ pub async fn find_runs(
             worker: row.get(16),
             published_at: row.get(17),
             started_at: row.get(18),
+            parent_id: row.get(19),
+            cancelled_by: row.get(20),
+            cancelled_at: row.get(21),
             steps: steps(client, id).await?,
             transitions: transitions(client, id).await?,
         });

@@ -1,17 +1,19 @@
 //! Demo tasks taken from real pipelines, with simulated work (short sleeps, deterministic
 //! outputs). `warren worker` runs them; the tests use them as specimens.
 
+pub mod bulk;
 pub mod player;
 pub mod video;
 
 use crate::task::Registry;
 use std::time::Duration;
 
-/// Both demo tasks.
+/// The demo tasks.
 pub fn registry() -> Registry {
     Registry::new()
         .register(video::task())
         .register(player::task())
+        .register(bulk::task())
 }
 
 /// Simulated work: a short sleep, `ms` long.
