@@ -104,49 +104,6 @@ async fn connect_once(
     Ok(client)
 }
 
-/// Opens a connection outside any pool that `LISTEN`s on `channel`, and returns the payloads
-/// of the notifications it receives. The receiver ends when the connection does (the caller
-/// listens again); dropping the returned client closes it.
-pub async fn listen(
-    url: &str,
-    channel: &str,
-) -> Result<
-    (
-        tokio_postgres::Client,
-        tokio::sync::mpsc::UnboundedReceiver<String>,
-    ),
-    DbError,
-> {
-    let settings = parse(url)?;
-    let tls = tls::connector(&settings.verification).map_err(DbError::Tls)?;
-    let (client, mut connection) =
-        tokio::time::timeout(settings.connect_timeout, settings.config.connect(tls))
-            .await
-            .map_err(|_| DbError::ConnectTimeout(settings.connect_timeout))?
-            .map_err(|e| connect_error(e, &settings))?;
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = futures::StreamExt::next(&mut messages).await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    if sender.send(n.payload().to_owned()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "Postgres listening connection ended");
-                    break;
-                }
-            }
-        }
-    });
-    let quoted = format!("\"{}\"", channel.replace('"', "\"\""));
-    client.batch_execute(&format!("LISTEN {quoted}")).await?;
-    Ok((client, receiver))
-}
-
 /// Creates the URL's database if it does not exist (through the server's `postgres` database).
 /// Safe to call from replicas at once.
 pub async fn ensure_database(url: &str) -> Result<(), DbError> {

@@ -110,13 +110,13 @@ catalog! {
         "Time from a publish to its confirm (ack, nack or return).";
     /// Child runs started.
     CHILDREN_STARTED = "warren_children_started_total", Counter, ["task"],
-        "Child runs a step of the task started (trigger-and-wait or fan-out), counted when their start commits.";
+        "Child runs steps of the task asked for (trigger-and-wait or fan-out), counted when the parent's park commits; with a limit, some of them start later.";
     /// Joins completed.
     JOINS_COMPLETED = "warren_joins_completed_total", Counter, ["task", "outcome"],
         "Parents woken from waiting for their children (outcome: joined when every child ended, timed_out when the wait's timeout woke it).";
     /// Cancelled steps.
     STEPS_CANCELLED = "warren_steps_cancelled_total", Counter, ["task"],
-        "Running steps this replica stopped because their run was cancelled.";
+        "Running steps this replica stopped because their run was cancelled (or taken over by another replica).";
     /// Outbox rows sent.
     OUTBOX_SENT = "warren_outbox_sent_total", Counter, [],
         "Outbox messages (emitted events, child triggers, wake-ups, retries) the relay published with a confirm and removed.";
@@ -125,7 +125,7 @@ catalog! {
         "Outbox messages whose publish failed and that stay in the outbox to be tried again (reason: unroutable, nacked, broker).";
     /// Outbox rows due and not sent.
     OUTBOX_DUE = "warren_outbox_due_messages", Gauge, [],
-        "Outbox messages due and not sent yet, all replicas together (polled from Postgres).";
+        "Outbox messages due and not sent yet, all replicas together (polled from Postgres every 5 s).";
     /// Age of the oldest due outbox row.
     OUTBOX_LAG = "warren_outbox_lag_seconds", Gauge, [],
         "Age of the oldest outbox message that is due and not sent (0 when none): the relay's lag, or a stuck message.";

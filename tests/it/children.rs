@@ -450,3 +450,60 @@ async fn a_cancelled_run_retried_runs_again_from_its_first_step() {
     assert_eq!(detail.steps.len(), 1);
     worker.shutdown().await.unwrap();
 }
+
+/// The operator's view: `runs show` names a child's parent and a parent's children,
+/// `runs list --parent` lists them, `runs cancel` on a finished run says so and changes nothing,
+/// and `runs retry` refuses a run that is neither dead nor cancelled, in one line.
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_see_parents_and_children_and_cancel_or_retry_from_the_command_line() {
+    let env = TestEnv::new().await;
+    let worker = env
+        .start_worker(registry(Arc::new(AtomicUsize::new(0))))
+        .await;
+    let message = publish(&env, "story.chain", json!({ "text": "a story" })).await;
+    let parent = env.wait_finished(&message).await;
+    let parent_id = parent.summary.id.to_string();
+    worker.shutdown().await.unwrap();
+
+    let run = |args: &[&str]| {
+        let output = env.warren().args(args).output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, listed, _) = run(&["runs", "list", "--parent", &parent_id, "--json"]);
+    assert!(ok);
+    let children: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(children.len(), 2);
+    assert!(children.iter().all(|c| c["task"] == "story.upper"));
+    let child = children[0]["id"].as_str().unwrap().to_owned();
+
+    let (ok, shown, _) = run(&["runs", "show", &parent_id]);
+    assert!(ok);
+    assert!(shown.contains("children   2 succeeded"), "{shown}");
+    assert!(shown.contains("waiting_for_children"), "{shown}");
+    let (ok, shown, _) = run(&["runs", "show", &child, "--json"]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["family"]["parent"], parent_id.as_str());
+    assert_eq!(shown["parent_id"], parent_id.as_str());
+
+    let (ok, said, _) = run(&["runs", "cancel", &parent_id]);
+    assert!(ok);
+    assert_eq!(
+        said.trim(),
+        format!("run {parent_id} already finished (succeeded); nothing changed")
+    );
+    let (ok, _, said) = run(&["runs", "retry", &parent_id]);
+    assert!(!ok);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains("only a dead or cancelled run can be retried"),
+        "{said}"
+    );
+    let (ok, _, said) = run(&["runs", "cancel", "not-a-run-id"]);
+    assert!(!ok);
+    assert_eq!(said.lines().count(), 1, "{said}");
+}

@@ -2,16 +2,23 @@
 //!
 //! Cancellation itself is a committed state change (`warren_shared::store::cancel`): the
 //! cancelled run's next write is refused by its fence whatever happens here. This module makes
-//! it prompt: every replica listens on the cancellation channel, and a replica executing a
-//! cancelled run cancels the step's token, so the executor stops awaiting the step (an HTTP
-//! request is dropped, a command's process group terminated) and settles the message.
+//! it prompt: while a replica executes runs, it looks every [`WATCH_EVERY`] which of them are no
+//! longer its own running runs (one indexed query for all of them): cancelled, or cancelled and
+//! already retried, or taken over by another replica. It cancels their steps' tokens, so the
+//! executor stops awaiting the step (an HTTP request is dropped, a command's process group
+//! terminated) and settles the message. Asking "still mine?" rather than "cancelled?" matters:
+//! a run cancelled and retried at once is `queued` again by the time the replica looks, and its
+//! old step must stop all the same.
+//!
+//! Polling rather than `LISTEN`: it needs no connection outside the pool (the connection budget
+//! stays the pool size) and works through a pooler in transaction mode, where `LISTEN` does not;
+//! an idle replica makes no query at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use warren_shared::store::cancel::CANCEL_CHANNEL;
 
 /// The runs this replica is executing, each with the token that stops its current step.
 #[derive(Debug, Default)]
@@ -56,10 +63,12 @@ impl Cancellations {
         }
     }
 
-    /// A run was cancelled: stop its step if it runs here.
+    /// A run was cancelled (or is no longer this replica's): stop its step if it runs here.
     fn cancel(&self, run: Uuid) {
-        if let Some(token) = self.map().get(&run) {
-            tracing::info!(%run, "run cancelled: stopping its step");
+        if let Some(token) = self.map().get(&run)
+            && !token.is_cancelled()
+        {
+            tracing::info!(%run, "run cancelled or taken over: stopping its step");
             token.cancel();
         }
     }
@@ -69,62 +78,40 @@ impl Cancellations {
     }
 }
 
-/// Listens for cancellations until `stop`, reconnecting after a lost connection. After every
-/// (re)connection it checks the runs executing here once, so a cancellation committed while
-/// it was not listening still stops its step.
-pub(crate) async fn listen(
-    database_url: String,
+/// How often a replica with runs in flight looks for cancelled ones: the longest a cancelled
+/// run's step goes on.
+pub(crate) const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Stops the steps of runs executing here that are no longer this replica's (`owner`'s)
+/// running runs, until `stop`.
+pub(crate) async fn watch(
     pool: deadpool_postgres::Pool,
+    owner: Arc<str>,
     registry: Arc<Cancellations>,
     stop: CancellationToken,
 ) {
     loop {
-        let listening = tokio::select! {
-            () = stop.cancelled() => return,
-            listening = warren_shared::db::listen(&database_url, CANCEL_CHANNEL) => listening,
-        };
-        match listening {
-            Ok((_client, mut notifications)) => {
-                catch_up(&pool, &registry).await;
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        payload = notifications.recv() => match payload {
-                            Some(payload) => {
-                                if let Ok(run) = Uuid::parse_str(&payload) {
-                                    registry.cancel(run);
-                                }
-                            }
-                            None => break,
-                        },
-                    }
-                }
-                tracing::debug!("cancellation listener lost its connection; listening again");
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot listen for cancellations yet"),
-        }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(WATCH_EVERY) => {}
         }
-    }
-}
-
-/// Stops the steps of runs executing here that were cancelled while nobody listened.
-async fn catch_up(pool: &deadpool_postgres::Pool, registry: &Cancellations) {
-    let running = registry.running();
-    if running.is_empty() {
-        return;
-    }
-    let Ok(client) = pool.get().await else { return };
-    let cancelled = client
-        .query(
-            "SELECT id FROM runs WHERE id = ANY($1) AND status = 'cancelled'",
-            &[&running],
-        )
-        .await;
-    for row in cancelled.into_iter().flatten() {
-        registry.cancel(row.get(0));
+        let running = registry.running();
+        if running.is_empty() {
+            continue;
+        }
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        let cancelled = client
+            .query(
+                "SELECT id FROM runs WHERE id = ANY($1)
+                 AND (status <> 'running' OR worker IS DISTINCT FROM $2)",
+                &[&running, &&*owner],
+            )
+            .await;
+        for row in cancelled.into_iter().flatten() {
+            registry.cancel(row.get(0));
+        }
     }
 }
 

@@ -350,9 +350,9 @@ impl Worker {
                 shutdown.clone(),
             ));
         }
-        tokio::spawn(crate::cancel::listen(
-            shared.config.database_url.clone(),
+        tokio::spawn(crate::cancel::watch(
             pool.clone(),
+            Arc::clone(&shared.worker_id),
             Arc::clone(&shared.cancellations),
             stop_heartbeat.clone(),
         ));

@@ -3,8 +3,8 @@
 //! Cancellation is a state change that anyone with the database can make, not a message to a
 //! worker: the run and every unfinished run below it become `cancelled` in one transaction. A
 //! worker still executing one of them is fenced out (its next write expects `running` and
-//! finds `cancelled`, so it records nothing and settles its message), and is told at once
-//! through `NOTIFY` on [`CANCEL_CHANNEL`] so that it stops the step instead of finishing it. A
+//! finds `cancelled`, so it records nothing and settles its message), and notices within half a
+//! second (it watches its runs in flight) so that it stops the step instead of finishing it. A
 //! message of a cancelled run that arrives later (a retry, a wake-up, a child's trigger still
 //! in the outbox) finds the run finished and is acknowledged: nothing is dead-lettered.
 
@@ -12,9 +12,6 @@ use super::{Change, StoreError, children, log_transition, outbox, parse_status};
 use crate::state::RunStatus;
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
-
-/// The `NOTIFY` channel that carries the ids of cancelled runs to the workers.
-pub const CANCEL_CHANNEL: &str = "warren_cancelled_runs";
 
 /// What a cancellation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,12 +88,6 @@ pub async fn cancel_run(
     // The root may itself be a child: its parent counts it as ended (its descendants' parents
     // are cancelled with them).
     children::child_ended(client, run).await?;
-    client
-        .execute(
-            "SELECT pg_notify($1, id::text) FROM unnest($2::uuid[]) AS id",
-            &[&CANCEL_CHANNEL, &cancelled],
-        )
-        .await?;
     Ok(Cancelled::Cancelled(cancelled))
 }
 
