@@ -213,7 +213,7 @@ async fn terminal_runs(env: &TestEnv) -> i64 {
     let client = env.pool.get().await.unwrap();
     client
         .query_one(
-            "SELECT count(*) FROM runs WHERE status IN ('succeeded', 'halted', 'dead')",
+            "SELECT count(*) FROM runs WHERE status IN ('succeeded', 'halted', 'dead', 'cancelled')",
             &[],
         )
         .await
@@ -247,8 +247,12 @@ async fn assert_exactly_once(
     let runs = count("SELECT count(*) FROM runs").await;
     let succeeded = count("SELECT count(*) FROM runs WHERE status = 'succeeded'").await;
     let steps = count("SELECT count(*) FROM run_steps").await;
-    let expected_steps =
-        count("SELECT coalesce(sum(split_part(task, '.', 2)::int), 0)::bigint FROM runs").await;
+    // `ledger.N` has N steps; the fan-out parent `ledger.fan` has two.
+    let expected_steps = count(
+        "SELECT coalesce(sum(CASE WHEN task = 'ledger.fan' THEN 2
+                                  ELSE split_part(task, '.', 2)::int END), 0)::bigint FROM runs",
+    )
+    .await;
     let executions = count("SELECT count(*) FROM ledger").await;
     let after_checkpoint = count(
         "SELECT count(*) FROM ledger l JOIN run_steps s ON s.run_id = l.run_id AND s.step = l.step
@@ -288,7 +292,7 @@ async fn assert_exactly_once(
     let topology = env.topology();
     let left_in_queues = messages_in_flight(env);
     let mut dead_letters = 0;
-    for task in LEDGER_TASKS {
+    for task in LEDGER_TASKS.into_iter().chain(["ledger.fan"]) {
         let channel = connection.create_channel().await.unwrap();
         dead_letters += inspect_queue(&channel, &topology.dead_letter_queue(task))
             .await
@@ -361,7 +365,7 @@ async fn wait_all_terminal(env: &TestEnv, jobs: i64, within: Duration) {
                 .query(
                     "SELECT r.id::text, r.status, r.attempt, coalesce(r.worker, '-'),
                             coalesce((SELECT t.reason FROM run_transitions t WHERE t.run_id = r.id ORDER BY t.id DESC LIMIT 1), '-')
-                     FROM runs r WHERE r.status NOT IN ('succeeded', 'halted', 'dead')",
+                     FROM runs r WHERE r.status NOT IN ('succeeded', 'halted', 'dead', 'cancelled')",
                     &[],
                 )
                 .await
@@ -476,6 +480,98 @@ async fn two_thousand_jobs_survive_kills_drains_and_dropped_connections() {
     wait_all_terminal(&env, 2000, Duration::from_secs(240)).await;
     let faults = fleet.stop();
     assert_exactly_once(&env, 2000, &faults, started.elapsed()).await;
+}
+
+/// 40 parents each fanning out 50 ledgered children (at most 5 at once), 3 replicas, while
+/// replicas are killed with SIGKILL and restarted and the broker closes their connections:
+/// counted from Postgres, every child ran once, every parent finished once with all 50
+/// children joined, no step ran again after its checkpoint, and nothing is left to send.
+#[tokio::test(flavor = "multi_thread")]
+async fn parents_and_children_survive_kills_and_dropped_connections() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    create_ledger(&env).await;
+    let started = Instant::now();
+    let mut fleet = Fleet::start(&env, 3);
+    env.wait_consuming(&["ledger.fan", "ledger.2"]).await;
+    let producer = env.producer().await;
+    const PARENTS: usize = 40;
+    const CHILDREN: usize = 50;
+    for i in 0..PARENTS {
+        let options = PublishOptions {
+            message_id: Some(format!("parent-{i}")),
+            ..PublishOptions::default()
+        };
+        let mut tries = 0;
+        while let Err(e) = producer
+            .publish(
+                "ledger.fan",
+                &json!({ "children": CHILDREN }),
+                options.clone(),
+            )
+            .await
+        {
+            tries += 1;
+            assert!(tries < 10, "parent-{i} could not be published: {e}");
+        }
+    }
+    let jobs = (PARENTS * (CHILDREN + 1)) as i64;
+    let schedule: [(u64, &str); 6] = [
+        (400, "kill"),
+        (900, "broker"),
+        (1500, "kill"),
+        (2200, "broker"),
+        (3000, "kill"),
+        (4000, "kill"),
+    ];
+    let t0 = Instant::now();
+    for (at, fault) in schedule {
+        if terminal_runs(&env).await >= jobs {
+            break;
+        }
+        let wait = Duration::from_millis(at).saturating_sub(t0.elapsed());
+        tokio::time::sleep(wait).await;
+        match fault {
+            "kill" => fleet.kill_one(),
+            _ => fleet.cut_broker_connections(),
+        }
+    }
+    wait_all_terminal(&env, jobs, Duration::from_secs(240)).await;
+    let faults = fleet.stop();
+    assert_exactly_once(&env, jobs, &faults, started.elapsed()).await;
+
+    let client = env.pool.get().await.unwrap();
+    let per_parent = client
+        .query(
+            "SELECT p.id, p.output, (SELECT count(*) FROM runs c WHERE c.parent_id = p.id),
+                    (SELECT count(*) FROM run_transitions t
+                     WHERE t.run_id = p.id AND t.to_status = 'succeeded')
+             FROM runs p WHERE p.task = 'ledger.fan'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(per_parent.len(), PARENTS);
+    for row in per_parent {
+        let output: serde_json::Value = row.get(1);
+        assert_eq!(output["succeeded"], CHILDREN, "{output}");
+        assert_eq!(
+            row.get::<_, i64>(2),
+            CHILDREN as i64,
+            "children of one parent"
+        );
+        assert_eq!(row.get::<_, i64>(3), 1, "a parent finished more than once");
+    }
+    let leftovers: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM run_joins)
+                    + (SELECT count(*) FROM run_children)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0, "unsent messages or open joins left");
 }
 
 /// A replica killed with runs in flight and restarted under the same id: the restart frees its

@@ -1,13 +1,15 @@
 //! `warren` with the demo tasks plus test fixtures that cannot live in-process: a task whose
 //! message kills the worker process, and the fault suite's ledger tasks, whose every step
 //! execution appends a row to a side-effect ledger in the run's own database, and a chain of two
-//! tasks joined by an event the first one's step emits.
+//! tasks joined by an event the first one's step emits, and a ledgered parent that fans out to
+//! ledgered children (`ledger.fan`).
 
 use deadpool_postgres::Pool;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::OnceCell;
+use warren_worker::children::Children;
 use warren_worker::{Registry, StepContext, StepError, StepOutcome, Task, code, step};
 
 #[derive(Deserialize)]
@@ -33,6 +35,43 @@ async fn ledger_step(
     ctx: StepContext<LedgerJob>,
     name: &'static str,
 ) -> Result<StepOutcome, StepError> {
+    record(&ctx, name).await?;
+    tokio::time::sleep(Duration::from_millis(ctx.input().ms)).await;
+    Ok(StepOutcome::next(json!({ "step": name })))
+}
+
+fn ledger_task(steps: usize) -> Task<LedgerJob> {
+    const NAMES: [&str; 4] = ["one", "two", "three", "four"];
+    NAMES[..steps].iter().fold(
+        Task::new(format!("ledger.{steps}")).concurrency(8),
+        |task, name| task.step(step(*name, move |ctx| ledger_step(ctx, name))),
+    )
+}
+
+/// `ledger.fan`: fans out `children` runs of `ledger.2`, at most 5 at once, then records a
+/// ledgered `collect` step; its `fan` step is ledgered when it executes, like every step.
+fn ledger_fan() -> Task<Value> {
+    Task::<Value>::new("ledger.fan")
+        .concurrency(8)
+        .step(step("fan", |ctx: StepContext<Value>| async move {
+            record(&ctx, "fan").await?;
+            let n = ctx.input()["children"].as_u64().unwrap_or(10);
+            let inputs = (0..n).map(|i| json!({ "ms": 5 + (i % 4) * 5 }));
+            let children = Children::each("ledger.2", inputs)?.at_most(5);
+            Ok(StepOutcome::WaitForChildren(children))
+        }))
+        .step(step("collect", |ctx: StepContext<Value>| async move {
+            record(&ctx, "collect").await?;
+            let joined = ctx.children("fan")?;
+            Ok(StepOutcome::next(json!({
+                "succeeded": joined.succeeded,
+                "failed": joined.failed,
+            })))
+        }))
+}
+
+/// Appends the step's execution to the ledger.
+async fn record<I>(ctx: &StepContext<I>, name: &str) -> Result<(), StepError> {
     let worker = std::env::var("WARREN_WORKER_ID").unwrap_or_default();
     let mut tries = 0;
     loop {
@@ -52,7 +91,7 @@ async fn ledger_step(
         }
         .await;
         match result {
-            Ok(_) => break,
+            Ok(_) => return Ok(()),
             // A terminated session: the pool hands out a fresh one next time.
             Err(_) if tries < 100 => {
                 tries += 1;
@@ -61,16 +100,6 @@ async fn ledger_step(
             Err(e) => return Err(e),
         }
     }
-    tokio::time::sleep(Duration::from_millis(ctx.input().ms)).await;
-    Ok(StepOutcome::next(json!({ "step": name })))
-}
-
-fn ledger_task(steps: usize) -> Task<LedgerJob> {
-    const NAMES: [&str; 4] = ["one", "two", "three", "four"];
-    NAMES[..steps].iter().fold(
-        Task::new(format!("ledger.{steps}")).concurrency(8),
-        |task, name| task.step(step(*name, move |ctx| ledger_step(ctx, name))),
-    )
 }
 
 fn main() -> std::process::ExitCode {
@@ -102,6 +131,7 @@ fn main() -> std::process::ExitCode {
         .register(second)
         .register(ledger_task(2))
         .register(ledger_task(3))
-        .register(ledger_task(4));
+        .register(ledger_task(4))
+        .register(ledger_fan());
     warren_cli::main(registry)
 }
