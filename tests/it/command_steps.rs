@@ -332,3 +332,57 @@ async fn a_replica_that_stops_kills_the_programs_it_is_running() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Cancelling a run whose command step is running kills the program's whole process group,
+/// and the run ends `cancelled` with nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_run_kills_its_programs_process_group() {
+    let env = TestEnv::new().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let pids = scratch.path().join("pids");
+    let script = r#"sleep 300 & echo "$$ $!" > "$PIDS.tmp"; mv "$PIDS.tmp" "$PIDS"; wait"#;
+    let task = Task::<Value>::new("cmd.cancel").step(shell(
+        "transcode",
+        script,
+        &[("PIDS", pids.to_str().unwrap())],
+    ));
+    let worker = env.start_worker(Registry::new().register(task)).await;
+    let message = env
+        .producer()
+        .await
+        .publish("cmd.cancel", &json!({}), PublishOptions::default())
+        .await
+        .unwrap()
+        .message_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !pids.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the program never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = env.runs_of(&message).await[0].summary.id;
+    warren_worker::control::cancel(&env.pool, run, "operator:test")
+        .await
+        .unwrap();
+    let pids: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while pids.iter().any(|&pid| alive(pid)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running after the run was cancelled: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        env.wait_finished(&message).await.summary.status,
+        "cancelled"
+    );
+    assert!(env.take_dead_letters("cmd.cancel").await.is_empty());
+    worker.shutdown().await.unwrap();
+}

@@ -757,3 +757,62 @@ async fn an_https_endpoint_is_called_over_tls_and_its_certificate_is_checked() {
     worker.shutdown().await.unwrap();
     let _ = std::fs::remove_file(ca_file);
 }
+
+/// Cancelling a run whose HTTP step is waiting for its endpoint aborts the request: the
+/// endpoint sees its connection closed within moments, and the run ends `cancelled`.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_run_aborts_its_http_steps_request() {
+    use tokio::io::AsyncReadExt;
+    let env = TestEnv::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    // An endpoint that never answers: it reads until the worker hangs up, and says when.
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let (received_tx, received_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut received = Some(received_tx);
+        let mut buffer = [0u8; 4096];
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Some(tx) = received.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+        let _ = closed_tx.send(Instant::now());
+    });
+    let task = Task::<Value>::new("http.cancel")
+        .step(http_step("call", url).timeout(Duration::from_secs(120)));
+    let worker = env.start_worker(Registry::new().register(task)).await;
+    let message = env
+        .producer()
+        .await
+        .publish("http.cancel", &json!({}), PublishOptions::default())
+        .await
+        .unwrap()
+        .message_id;
+    tokio::time::timeout(Duration::from_secs(20), received_rx)
+        .await
+        .expect("the endpoint was called")
+        .unwrap();
+    let run = env.runs_of(&message).await[0].summary.id;
+    let cancelled_at = Instant::now();
+    warren_worker::control::cancel(&env.pool, run, "operator:test")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the request was not aborted within 5 s")
+        .unwrap();
+    assert!(closed.duration_since(cancelled_at) < Duration::from_secs(3));
+    assert_eq!(
+        env.wait_finished(&message).await.summary.status,
+        "cancelled"
+    );
+    assert!(env.take_dead_letters("http.cancel").await.is_empty());
+    worker.shutdown().await.unwrap();
+}
