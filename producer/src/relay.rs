@@ -70,20 +70,12 @@ impl Relay {
         self.nudge.notify_one();
     }
 
-    /// Sends due rows until `stop`: whenever nudged, and every [`SWEEP_EVERY`].
+    /// Sends due rows until `stop`: whenever nudged, and every [`SWEEP_EVERY`]; once more when
+    /// stopped, for what the last commits wrote.
     pub async fn run(&self, pool: Pool, publisher: Publisher, stop: CancellationToken) {
         let mut since_lag = LAG_EVERY;
         loop {
-            loop {
-                match relay_due(&pool, &publisher).await {
-                    Ok(sent) if sent < BATCH as usize => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbox relay: will try again");
-                        break;
-                    }
-                }
-            }
+            send_all_due(&pool, &publisher).await;
             if since_lag >= LAG_EVERY {
                 since_lag = Duration::ZERO;
                 if let Ok(client) = pool.get().await
@@ -95,7 +87,10 @@ impl Relay {
             }
             let started = tokio::time::Instant::now();
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    send_all_due(&pool, &publisher).await;
+                    return;
+                }
                 () = self.nudge.notified() => {}
                 () = tokio::time::sleep(SWEEP_EVERY) => {}
             }
@@ -103,6 +98,24 @@ impl Relay {
         }
     }
 }
+
+/// Relay passes until the due rows are sent or a pass fails.
+async fn send_all_due(pool: &Pool, publisher: &Publisher) {
+    loop {
+        match relay_due(pool, publisher).await {
+            Ok(sent) if sent < BATCH as usize => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay: will try again");
+                return;
+            }
+        }
+    }
+}
+
+/// How long a relay pass waits for the broker's confirms before it gives up the batch (its
+/// rows stay, and are sent again): its transaction holds the rows' locks meanwhile.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One relay pass: takes up to [`BATCH`] due rows, publishes them pipelined, and deletes the
 /// confirmed ones in the same transaction. Returns how many rows it took. A row the broker
@@ -120,9 +133,38 @@ pub async fn relay_due(pool: &Pool, publisher: &Publisher) -> Result<usize, Rela
         return Ok(0);
     }
     let taken = rows.len();
+    let outcome = tokio::time::timeout(CONFIRM_TIMEOUT, publish(&tx, &rows, publisher))
+        .await
+        .map_err(|_| {
+            RelayError::Db(format!(
+                "the broker confirmed no batch within {} s",
+                CONFIRM_TIMEOUT.as_secs()
+            ))
+        })?;
+    let (sent, broken) = outcome?;
+    outbox::delete_sent(&tx, &sent).await?;
+    tx.commit().await?;
+    metrics::counter!(names::OUTBOX_SENT).increment(sent.len() as u64);
+    match broken {
+        Some(e) => {
+            metrics::counter!(names::OUTBOX_FAILURES, "reason" => "broker").increment(1);
+            Err(e.into())
+        }
+        None => Ok(taken),
+    }
+}
+
+/// Publishes the rows pipelined and waits for their confirms; postpones the rows the broker
+/// returned or refused. Returns the ids of the confirmed rows, and the broker failure that
+/// stopped the pass, if one did.
+async fn publish(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[outbox::Pending],
+    publisher: &Publisher,
+) -> Result<(Vec<i64>, Option<PublishError>), RelayError> {
     let mut confirms = Vec::with_capacity(rows.len());
     let mut broken = None;
-    for row in &rows {
+    for row in rows {
         match publisher
             .start(
                 &row.exchange,
@@ -147,27 +189,18 @@ pub async fn relay_due(pool: &Pool, publisher: &Publisher) -> Result<usize, Rela
                 metrics::counter!(names::OUTBOX_FAILURES, "reason" => "unroutable").increment(1);
                 let delay = postpone_delay(row.attempts);
                 tracing::warn!(error = %e, retry_in = ?delay, "outbox message unroutable; kept");
-                outbox::postpone(&tx, row.id, &e.to_string(), delay).await?;
+                outbox::postpone(tx, row.id, &e.to_string(), delay).await?;
             }
             Err(e @ PublishError::Nacked { .. }) => {
                 metrics::counter!(names::OUTBOX_FAILURES, "reason" => "nacked").increment(1);
-                outbox::postpone(&tx, row.id, &e.to_string(), Duration::from_secs(1)).await?;
+                outbox::postpone(tx, row.id, &e.to_string(), Duration::from_secs(1)).await?;
             }
             Err(e) => {
                 broken.get_or_insert(e);
             }
         }
     }
-    outbox::delete_sent(&tx, &sent).await?;
-    tx.commit().await?;
-    metrics::counter!(names::OUTBOX_SENT).increment(sent.len() as u64);
-    match broken {
-        Some(e) => {
-            metrics::counter!(names::OUTBOX_FAILURES, "reason" => "broker").increment(1);
-            Err(e.into())
-        }
-        None => Ok(taken),
-    }
+    Ok((sent, broken))
 }
 
 /// The wait after the `attempts`-th failed publish of a row: 5 s, doubling, at most 5 min.

@@ -507,3 +507,15 @@ async fn operators_see_parents_and_children_and_cancel_or_retry_from_the_command
     assert!(!ok);
     assert_eq!(said.lines().count(), 1, "{said}");
 }
+
+/// A fan-out of no children joins at once: the run goes on with an empty join.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fan_out_of_nothing_goes_on_at_once() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(demo::registry()).await;
+    let message = publish(&env, bulk::TASK, json!({ "playerIds": [], "limit": 3 })).await;
+    let run = env.wait_finished(&message).await;
+    assert_eq!(run.summary.status, "succeeded");
+    assert_eq!(run.output.unwrap()["total"], 0);
+    worker.shutdown().await.unwrap();
+}

@@ -243,6 +243,23 @@ struct Session {
     settlers: Vec<Settler>,
     /// Stops this session's consumers (a child of the replica's shutdown token).
     stop: CancellationToken,
+    /// Stops this session's outbox relay: only once the runs have drained, just before the
+    /// connection closes, so that what their last commits wrote goes out from here.
+    relay: (CancellationToken, JoinHandle<()>),
+}
+
+impl Session {
+    /// Stops the relay after one last pass, before the connection closes.
+    async fn stop_relay(&mut self) {
+        let (stop, relay) = &mut self.relay;
+        stop.cancel();
+        if tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, relay)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the outbox relay did not finish; another replica's sends what is left");
+        }
+    }
 }
 
 impl Worker {
@@ -404,24 +421,29 @@ async fn open_session(
                 crate::queue_gauges::poll(&poller, topology, tasks, stop_polling).await;
             });
             // The outbox relay publishes on a confirm channel of its own on this connection.
-            match Publisher::open(&connection).await {
+            let relay = match Publisher::open(&connection).await {
                 Ok(publisher) => {
                     let relay = shared.relay.clone();
                     let pool = shared.pool.clone();
-                    let stop_relay = stop.clone();
-                    tokio::spawn(async move { relay.run(pool, publisher, stop_relay).await });
+                    let stop_relay = CancellationToken::new();
+                    let stopped = stop_relay.clone();
+                    let task =
+                        tokio::spawn(async move { relay.run(pool, publisher, stopped).await });
+                    (stop_relay, task)
                 }
                 Err(e) => {
+                    stop.cancel();
                     warren_shared::amqp::close(&connection, "setup failed").await;
                     return Err(e.into());
                 }
-            }
+            };
             shared.health.set_consuming(true);
             Ok(Session {
                 connection: Some(connection),
                 consumers,
                 settlers,
                 stop,
+                relay,
             })
         }
         Err(e) => {
@@ -670,6 +692,7 @@ async fn supervise(
             break;
         }
         tracing::warn!(reason = %lost, "broker connection lost; reconnecting");
+        session.stop_relay().await;
         if let Some(connection) = session.connection.take() {
             warren_shared::amqp::close(&connection, "reconnecting").await;
         }
@@ -696,6 +719,7 @@ async fn supervise(
                 consumers: Vec::new(),
                 settlers: Vec::new(),
                 stop: CancellationToken::new(),
+                relay: (CancellationToken::new(), tokio::spawn(async {})),
             },
             |s| {
                 tracing::info!("reconnected; consuming again");
@@ -743,6 +767,7 @@ async fn supervise(
     {
         tracing::warn!("acks still unsent at shutdown; the broker redelivers those messages");
     }
+    session.stop_relay().await;
     if let Some(connection) = session.connection.take() {
         warren_shared::amqp::close(&connection, "worker shutting down").await;
     }

@@ -74,7 +74,7 @@ pub async fn start_join(
     let total = i32::try_from(join.children.len()).unwrap_or(i32::MAX);
     let started = join
         .max_running
-        .map_or(total, |limit| limit.clamp(1, total));
+        .map_or(total, |limit| limit.max(1).min(total));
     // A wake-up held until the last child ends: due at the deadline, or never by itself.
     let held_until = join
         .deadline
