@@ -11,6 +11,7 @@ mod cli_operator;
 mod command_steps;
 mod dead_letters;
 mod declared;
+mod declared_children;
 mod deploy;
 mod example_clipinsight;
 mod examples;
