@@ -13,6 +13,7 @@ mod dead_letters;
 mod declared;
 mod declared_children;
 mod deploy;
+mod example_children;
 mod example_clipinsight;
 mod examples;
 mod failures;
