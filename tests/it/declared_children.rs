@@ -48,6 +48,14 @@ program = "sh"
 args = ["-c", "sleep 0.3; jq -c 'if .input.fail then error(\"asked to fail\") else {got: .input} end'"]
 
 [[task]]
+name = "dc.slow"
+[[task.step]]
+name = "sleep"
+kind = "command"
+program = "sh"
+args = ["-c", "sleep 5; echo '{}'"]
+
+[[task]]
 name = "dc.chain"
 [[task.step]]
 name = "upper"
@@ -80,6 +88,19 @@ task = "dc.upper"
 input = "/outputs/look_up/output"
 
 [[task]]
+name = "dc.impatient"
+[[task.step]]
+name = "slow"
+kind = "trigger"
+task = "dc.slow"
+timeout = "1s"
+[[task.step]]
+name = "upper"
+kind = "trigger"
+task = "dc.upper"
+input = "/outputs/slow/output"
+
+[[task]]
 name = "dc.orphan"
 [[task.step]]
 name = "nobody"
@@ -102,13 +123,15 @@ program = "jq"
 args = ["-c", "{got: [.outputs.naps.children[] | select(.status == \"succeeded\") | .output.got], failed: [.outputs.naps.children[] | select(.status != \"succeeded\") | .error.code], succeeded: .outputs.naps.succeeded}"]
 "#;
 
-const TASKS: [&str; 8] = [
+const TASKS: [&str; 10] = [
     "dc.upper",
     "dc.shout",
     "dc.missing",
     "dc.nap",
+    "dc.slow",
     "dc.chain",
     "dc.broken",
+    "dc.impatient",
     "dc.orphan",
     "dc.fan",
 ];
@@ -260,8 +283,9 @@ async fn a_declared_trigger_chain_hands_each_childs_output_to_the_next_child() {
 }
 
 /// A chain whose first child died stops at the step that reads that child's output, for good,
-/// with `child_failed` naming the child run and its own error; a trigger of a task no replica
-/// runs fails with `unknown_task`. Neither is a mistake of the file.
+/// with `child_failed` naming the child run and its own error; so does one whose wait for a
+/// child timed out; a trigger of a task no replica runs fails with `unknown_task`. None of
+/// them is a mistake of the file.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_child_or_an_unknown_task_stops_a_declared_chain_and_says_why() {
     let env = TestEnv::new().await;
@@ -269,6 +293,7 @@ async fn a_failed_child_or_an_unknown_task_stops_a_declared_chain_and_says_why()
     let _worker = start_worker(&env, &file).await;
     publish(&env, "dc.broken", "broken-1", json!({ "id": 404 })).await;
     publish(&env, "dc.orphan", "orphan-1", json!({})).await;
+    publish(&env, "dc.impatient", "impatient-1", json!({})).await;
 
     let run = env.wait_finished("broken-1").await;
     assert_eq!(run.summary.status, "dead", "{run:?}");
@@ -309,6 +334,21 @@ async fn a_failed_child_or_an_unknown_task_stops_a_declared_chain_and_says_why()
         "{run:?}"
     );
     assert_eq!(children_of(&env, run.summary.id).await, 0);
+
+    // The wait's timeout (1 s) woke the parent while its child still slept (5 s).
+    let run = env.wait_finished("impatient-1").await;
+    assert_eq!(run.summary.status, "dead", "{run:?}");
+    assert_eq!(run.summary.error_code.as_deref(), Some("child_failed"));
+    let slow = output(&run, "slow");
+    assert_eq!(slow["timed_out"], true, "{slow}");
+    assert_ne!(slow["status"], "succeeded", "{slow}");
+    assert!(
+        run.error_message.as_deref().is_some_and(|m| m.contains(&format!(
+            "child run {} of task dc.slow (started by step `slow`), which had not ended when the wait timed out",
+            slow["run_id"].as_str().unwrap()
+        ))),
+        "{run:?}"
+    );
 }
 
 async fn children_of(env: &TestEnv, parent: Uuid) -> i64 {
@@ -405,6 +445,16 @@ async fn a_declared_fan_out_runs_at_most_its_limit_at_once_and_joins_in_list_ord
     for child in children(&env, run.summary.id).await {
         assert_eq!(child.executions, Some(1), "{child:?}");
     }
+
+    // An empty list starts no child, and the run goes on at once.
+    publish(&env, "dc.fan", "fan-empty", json!({ "items": [] })).await;
+    let run = env.wait_finished("fan-empty").await;
+    assert_eq!(run.summary.status, "succeeded", "{run:?}");
+    assert_eq!(
+        run.output,
+        Some(json!({ "got": [], "failed": [], "succeeded": 0 }))
+    );
+    assert_eq!(children_of(&env, run.summary.id).await, 0);
 }
 
 /// `warren tasks validate` finds the mistakes of trigger and fan-out steps, each at its line,
