@@ -72,6 +72,7 @@ pub async fn start_join(
     change: &Change<'_>,
 ) -> Result<usize, StoreError> {
     let total = i32::try_from(join.children.len()).unwrap_or(i32::MAX);
+    // Not `clamp(1, total)`: it panics for an empty list (total 0), which has a limit too.
     let started = join
         .max_running
         .map_or(total, |limit| limit.max(1).min(total));

@@ -1,6 +1,7 @@
 //! Reading a task file into tasks: every key checked, every mistake collected with its place,
 //! and tasks built only from a file without any.
 
+use super::children::{self, Earlier, FanOut, Pointer, Started, Trigger};
 use super::failure;
 use super::fields::{self, Item, Table};
 use super::mistakes::{Found, Mistakes};
@@ -48,6 +49,8 @@ const RETRY_KEYS: &[&str] = &["max_attempts", "min_delay", "max_delay", "factor"
 /// The keys every HTTP or command step may have; the others are its kind's.
 const STEP_KEYS: &[&str] = &["name", "kind", "stage", "timeout", "retry"];
 const WAIT_KEYS: &[&str] = &["name", "kind", "stage", "duration"];
+const TRIGGER_KEYS: &[&str] = &["name", "kind", "stage", "task", "input", "timeout"];
+const FAN_OUT_KEYS: &[&str] = &["name", "kind", "stage", "task", "items", "limit", "timeout"];
 const ON_FAILURE_KEYS: &[&str] = &["kind", "timeout"];
 
 /// The kinds of step a file may declare.
@@ -56,6 +59,19 @@ enum Kind {
     Http,
     Command,
     Wait,
+    Trigger,
+    FanOut,
+}
+
+impl Kind {
+    /// How a step of this kind starts children, if it does.
+    fn starts(self) -> Option<Started> {
+        match self {
+            Kind::Trigger => Some(Started::One),
+            Kind::FanOut => Some(Started::Many),
+            Kind::Http | Kind::Command | Kind::Wait => None,
+        }
+    }
 }
 
 /// Reads `source`, the text of the task file `file`, into its tasks; `taken` are the names of
@@ -403,16 +419,20 @@ impl Reader<'_, '_> {
             return Vec::new();
         };
         let mut names = HashMap::new();
+        let mut earlier = Vec::new();
         steps
             .iter()
-            .filter_map(|step| self.step(step, &mut names))
+            .filter_map(|step| self.step(step, &mut names, &mut earlier))
             .collect()
     }
 
+    /// One `[[task.step]]`; `earlier` are the steps before it (and it is added to them), whose
+    /// outputs a `trigger` or `fan_out` step may read.
     fn step(
         &mut self,
         item: &Item<'_>,
         names: &mut HashMap<String, usize>,
+        earlier: &mut Vec<Earlier>,
     ) -> Option<StepDef<Value>> {
         let before = self.found.count();
         let table = Table::of(item, "[[task.step]]", &mut self.found)?;
@@ -424,10 +444,42 @@ impl Reader<'_, '_> {
         let kind = table
             .require("kind", &mut self.found)
             .and_then(|kind| self.kind(kind));
+        let step = self.step_of_kind(&table, name, kind, earlier);
+        if let (Some(name), Some(kind)) = (name, kind) {
+            earlier.push(Earlier {
+                name: name.to_owned(),
+                started: kind.starts(),
+            });
+        }
+        if self.found.count() > before {
+            return None;
+        }
+        step
+    }
+
+    /// The step `table` declares, of kind `kind` (`None` when the name or the kind is unknown,
+    /// whose mistake is already found, or when a key of its kind is wrong).
+    fn step_of_kind(
+        &mut self,
+        table: &Table<'_, '_>,
+        name: Option<&str>,
+        kind: Option<Kind>,
+        earlier: &[Earlier],
+    ) -> Option<StepDef<Value>> {
         let stage = table
             .get("stage")
             .and_then(|stage| fields::word(stage, "stage", &mut self.found));
         let step = match kind? {
+            Kind::Trigger => {
+                table.only(TRIGGER_KEYS, &mut self.found);
+                let trigger = self.trigger(table, earlier);
+                children::trigger_step(name?, trigger?)
+            }
+            Kind::FanOut => {
+                table.only(FAN_OUT_KEYS, &mut self.found);
+                let fan_out = self.fan_out(table, earlier);
+                children::fan_out_step(name?, fan_out?)
+            }
             Kind::Wait => {
                 table.only(WAIT_KEYS, &mut self.found);
                 let duration = table.require("duration", &mut self.found).and_then(|d| {
@@ -442,7 +494,7 @@ impl Reader<'_, '_> {
                 let retry = table
                     .get("retry")
                     .and_then(|retry| self.retry(retry, "[task.step.retry]"));
-                let call = self.external(kind, &table, STEP_KEYS);
+                let call = self.external(kind, table, STEP_KEYS);
                 let mut step =
                     external(name?, call?).timeout(timeout.unwrap_or(default_timeout(kind)));
                 if let Some(retry) = retry {
@@ -451,13 +503,76 @@ impl Reader<'_, '_> {
                 step
             }
         };
-        if self.found.count() > before {
-            return None;
-        }
         Some(match stage {
             Some(stage) => step.stage(stage),
             None => step,
         })
+    }
+
+    /// A `trigger` step's child: its task, the pointer to its input, and the wait's timeout.
+    fn trigger(&mut self, table: &Table<'_, '_>, earlier: &[Earlier]) -> Option<Trigger> {
+        let task = self.child_task(table);
+        let input = match table.get("input") {
+            Some(item) => self.pointer(item, "input", earlier),
+            None => Some(Pointer::input()),
+        };
+        let timeout = self.wait_timeout(table);
+        Some(Trigger {
+            task: task?,
+            input: input?,
+            timeout: timeout?,
+        })
+    }
+
+    /// A `fan_out` step's children: their task, the pointer to the list of their inputs, how
+    /// many at once and the wait's timeout.
+    fn fan_out(&mut self, table: &Table<'_, '_>, earlier: &[Earlier]) -> Option<FanOut> {
+        let task = self.child_task(table);
+        let items = table
+            .require("items", &mut self.found)
+            .and_then(|item| self.pointer(item, "items", earlier));
+        let limit = match table.get("limit") {
+            Some(item) => fields::integer(item, "limit", 1..=MAX_CONCURRENCY, &mut self.found)
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some),
+            None => Some(None),
+        };
+        let timeout = self.wait_timeout(table);
+        Some(FanOut {
+            task: task?,
+            items: items?,
+            limit: limit?,
+            timeout: timeout?,
+        })
+    }
+
+    /// The task a `trigger` or `fan_out` step starts. Any task name: one this file does not
+    /// declare may be another file's, or built in, so an unknown one fails the step when it
+    /// runs (`unknown_task`), not the file.
+    fn child_task(&mut self, table: &Table<'_, '_>) -> Option<String> {
+        let item = table.require("task", &mut self.found)?;
+        self.event_name(item, "task").map(str::to_owned)
+    }
+
+    /// The optional `timeout` of a wait for children (`Some(None)` when there is none).
+    fn wait_timeout(&mut self, table: &Table<'_, '_>) -> Option<Option<Duration>> {
+        match table.get("timeout") {
+            Some(item) => {
+                fields::positive_duration(item, "timeout", LONGEST, &mut self.found).map(Some)
+            }
+            None => Some(None),
+        }
+    }
+
+    fn pointer(&mut self, item: &Item<'_>, key: &str, earlier: &[Earlier]) -> Option<Pointer> {
+        let text = fields::string(item, key, &mut self.found)?;
+        match Pointer::parse(text, key, earlier) {
+            Ok(pointer) => Some(pointer),
+            Err(mistake) => {
+                self.found.at(&item.span(), mistake);
+                None
+            }
+        }
     }
 
     /// The failure handler, and its timeout.
@@ -469,18 +584,24 @@ impl Reader<'_, '_> {
         let timeout = table
             .get("timeout")
             .and_then(|t| fields::positive_duration(t, "timeout", LONGEST, &mut self.found));
-        match kind? {
-            Kind::Wait => {
+        let refused = match kind? {
+            Kind::Wait => Some("there is nothing to wait for"),
+            Kind::Trigger | Kind::FanOut => Some("a run that died starts no children"),
+            Kind::Http | Kind::Command => None,
+        };
+        match refused {
+            Some(why) => {
                 let at = table
                     .get("kind")
                     .map_or_else(|| table.span().clone(), Item::span);
                 self.found.at(
                     &at,
-                    "a failure handler is an `http` or `command` step: there is nothing to wait for",
+                    format!("a failure handler is an `http` or `command` step: {why}"),
                 );
                 None
             }
-            kind => {
+            None => {
+                let kind = kind?;
                 let call = self.external(kind, &table, ON_FAILURE_KEYS)?;
                 Some((call, timeout.unwrap_or(default_timeout(kind))))
             }
@@ -492,10 +613,14 @@ impl Reader<'_, '_> {
             "http" => Some(Kind::Http),
             "command" => Some(Kind::Command),
             "wait" => Some(Kind::Wait),
+            "trigger" => Some(Kind::Trigger),
+            "fan_out" => Some(Kind::FanOut),
             other => {
                 self.found.at(
                     &item.span(),
-                    format!("unknown step kind `{other}` (known kinds: http, command, wait)"),
+                    format!(
+                        "unknown step kind `{other}` (known kinds: http, command, wait, trigger, fan_out)"
+                    ),
                 );
                 None
             }
@@ -535,7 +660,7 @@ impl Reader<'_, '_> {
                     .check()
                     .map(|()| Arc::new(Unbuilt) as Arc<dyn ExternalStep>)
             }
-            (Kind::Wait, _) => return None,
+            (Kind::Wait | Kind::Trigger | Kind::FanOut, _) => return None,
         };
         match built {
             Ok(step) => Some(step),
@@ -579,7 +704,7 @@ fn resolve_program(base: &Path, program: String) -> String {
 fn default_timeout(kind: Kind) -> Duration {
     match kind {
         Kind::Command => DEFAULT_COMMAND_TIMEOUT,
-        Kind::Http | Kind::Wait => DEFAULT_HTTP_TIMEOUT,
+        Kind::Http | Kind::Wait | Kind::Trigger | Kind::FanOut => DEFAULT_HTTP_TIMEOUT,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Declared tasks: tasks written in a TOML file rather than in Rust, whose steps call an HTTP
 //! endpoint or run a command (in any language), or wait. A replica runs them with
 //! `warren worker --tasks FILE`, beside the tasks compiled into it, with everything a Rust task
-//! has: checkpoints, retries held by the broker, dead letters, traces, metrics.
+//! has: checkpoints, retries held by the broker, dead letters, traces, metrics. A step may also
+//! start child runs of other tasks and wait for them (`trigger`, `fan_out`).
 //!
 //! A declared task becomes an ordinary [`Task`] whose input is any JSON
 //! ([`serde_json::Value`]), checked against the task's JSON Schema when it has one: the runtime
@@ -16,7 +17,9 @@
 //! * `mistakes`: the mistakes, by line.
 //! * `schema`: input schemas.
 //! * `failure`: failure handlers.
+//! * `children`: the steps that start child runs.
 
+mod children;
 mod failure;
 mod fields;
 mod file;

@@ -290,7 +290,7 @@ fn an_unknown_step_kind_is_a_mistake_at_its_line() {
     assert_mistake(
         "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"ftp\"\n",
         "5:8",
-        "unknown step kind `ftp` (known kinds: http, command, wait)",
+        "unknown step kind `ftp` (known kinds: http, command, wait, trigger, fan_out)",
     );
 }
 
@@ -601,4 +601,359 @@ fn the_task_file_of_docs_tasks_md_is_valid() {
     assert_eq!(tasks.len(), 1);
     let steps: Vec<String> = tasks[0].steps().into_iter().map(|s| s.name).collect();
     assert_eq!(steps, ["welcome", "give_them_time", "check_in"]);
+}
+
+/// A story chain: a trigger with the default input, one that reads the child's output before
+/// it, and a fan-out over a list in that output, with a limit and a timeout.
+const CHAIN: &str = r#"
+[[task]]
+name = "story.chain"
+
+[[task.step]]
+name = "transcribe"
+kind = "trigger"
+task = "story.transcribe"
+stage = "TRANSCRIBED"
+
+[[task.step]]
+name = "tags"
+kind = "trigger"
+task = "story.tags"
+input = "/outputs/transcribe/output"
+timeout = "2m"
+
+[[task.step]]
+name = "each_sentence"
+kind = "fan_out"
+task = "story.sentence"
+items = "/outputs/transcribe/output/sentences"
+limit = 2
+timeout = "10m"
+stage = "SENTENCES_DONE"
+"#;
+
+/// Runs step `index` of the first task of `source` for `input`, with `outputs` before it.
+fn run_step(
+    source: &str,
+    index: usize,
+    input: Value,
+    outputs: &[(&str, Value)],
+) -> Result<crate::StepOutcome, crate::StepError> {
+    let tasks = read(source).unwrap().into_tasks();
+    let task = &tasks[0];
+    let input = task.decode_input(&raw(input)).unwrap();
+    let run = std::sync::Arc::new(crate::RunInfo {
+        id: uuid::Uuid::nil(),
+        task: task.id().into(),
+        event: task.id().into(),
+        attempt: 1,
+        message_id: "m".into(),
+        tenant: None,
+    });
+    let outputs = outputs
+        .iter()
+        .map(|(step, output)| ((*step).to_owned(), output.clone()))
+        .collect();
+    futures::executor::block_on(task.run_step(
+        index,
+        run,
+        &input,
+        std::sync::Arc::new(outputs),
+        Default::default(),
+    ))
+}
+
+fn children_of(outcome: Result<crate::StepOutcome, crate::StepError>) -> crate::children::Children {
+    match outcome {
+        Ok(crate::StepOutcome::WaitForChildren(children)) => children,
+        other => panic!("expected the step to wait for children, got {other:?}"),
+    }
+}
+
+/// The inputs of the children, as JSON.
+fn inputs(children: &crate::children::Children) -> Vec<Value> {
+    children
+        .runs
+        .iter()
+        .map(|child| serde_json::from_slice(&child.body).unwrap())
+        .collect()
+}
+
+fn succeeded(output: Value) -> Value {
+    json!({ "run_id": "r-1", "task": "story.transcribe", "message_id": "x", "status": "succeeded",
+            "output": output, "timed_out": false })
+}
+
+#[test]
+fn trigger_and_fan_out_steps_are_read_with_their_stages() {
+    let tasks = read(CHAIN).unwrap().into_tasks();
+    let steps = tasks[0].steps();
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["transcribe", "tags", "each_sentence"]);
+    assert_eq!(steps[0].stage.as_deref(), Some("TRANSCRIBED"));
+    assert_eq!(steps[2].stage.as_deref(), Some("SENTENCES_DONE"));
+    // Starting children takes no time: the step's own timeout is not the wait's.
+    assert_eq!(steps[1].timeout, None);
+    assert_eq!(steps[1].retry, None);
+}
+
+#[test]
+fn a_trigger_without_input_gives_the_child_the_runs_whole_input() {
+    let children = children_of(run_step(CHAIN, 0, json!({ "text": "Hi. Bye." }), &[]));
+    assert!(children.single);
+    assert_eq!(children.runs[0].task(), "story.transcribe");
+    assert_eq!(inputs(&children), [json!({ "text": "Hi. Bye." })]);
+    assert_eq!(children.timeout, None);
+}
+
+#[test]
+fn a_trigger_passes_on_what_its_input_pointer_names_and_waits_its_timeout() {
+    let transcript = json!({ "sentences": ["Hi.", "Bye."] });
+    let children = children_of(run_step(
+        CHAIN,
+        1,
+        json!({}),
+        &[("transcribe", succeeded(transcript.clone()))],
+    ));
+    assert!(children.single);
+    assert_eq!(children.runs[0].task(), "story.tags");
+    assert_eq!(inputs(&children), [transcript]);
+    assert_eq!(children.timeout, Some(Duration::from_secs(120)));
+}
+
+#[test]
+fn a_trigger_that_reads_the_output_of_a_failed_child_fails_with_child_failed() {
+    let dead = json!({ "run_id": "0193-dead", "task": "story.transcribe", "message_id": "x",
+                       "status": "dead", "timed_out": false,
+                       "error": { "code": "not_found", "message": "no such story" } });
+    let err = run_step(CHAIN, 1, json!({}), &[("transcribe", dead)]).unwrap_err();
+    assert_eq!(err.code, "child_failed");
+    assert_eq!(err.class, crate::ErrorClass::Fatal);
+    assert!(
+        err.message.contains(
+            "child run 0193-dead of task story.transcribe (started by step `transcribe`), which is dead: not_found: no such story"
+        ),
+        "{}",
+        err.message
+    );
+    let timed_out = json!({ "run_id": "0193-slow", "task": "story.transcribe", "message_id": "x",
+                            "status": "running", "timed_out": true });
+    let err = run_step(CHAIN, 1, json!({}), &[("transcribe", timed_out)]).unwrap_err();
+    assert_eq!(err.code, "child_failed");
+    assert!(
+        err.message
+            .contains("had not ended when the wait timed out (running)"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn a_child_input_that_is_not_an_object_is_a_clear_non_retryable_error() {
+    let err = run_step(
+        CHAIN,
+        1,
+        json!({}),
+        &[("transcribe", succeeded(json!(["Hi."])))],
+    )
+    .unwrap_err();
+    assert_eq!(err.code, "invalid_child");
+    assert_eq!(err.class, crate::ErrorClass::Fatal);
+    assert_eq!(
+        err.message,
+        "`input` \"/outputs/transcribe/output\" is a list: a child's input must be a JSON object"
+    );
+    let err = run_step(
+        CHAIN,
+        1,
+        json!({}),
+        &[("transcribe", succeeded(Value::Null))],
+    )
+    .unwrap_err();
+    assert_eq!(err.code, "invalid_child");
+}
+
+#[test]
+fn a_fan_out_starts_a_child_per_item_wrapping_items_that_are_not_objects() {
+    let transcript = json!({ "sentences": ["Hi.", { "text": "Bye." }, 3] });
+    let children = children_of(run_step(
+        CHAIN,
+        2,
+        json!({}),
+        &[
+            ("transcribe", succeeded(transcript)),
+            ("tags", succeeded(json!({}))),
+        ],
+    ));
+    assert!(!children.single);
+    assert_eq!(children.max_running, Some(2));
+    assert_eq!(children.timeout, Some(Duration::from_secs(600)));
+    assert!(children.runs.iter().all(|c| c.task() == "story.sentence"));
+    assert_eq!(
+        inputs(&children),
+        [
+            json!({ "item": "Hi." }),
+            json!({ "text": "Bye." }),
+            json!({ "item": 3 })
+        ]
+    );
+}
+
+#[test]
+fn a_fan_out_over_something_that_is_not_a_list_fails_for_good() {
+    let err = run_step(
+        CHAIN,
+        2,
+        json!({}),
+        &[
+            ("transcribe", succeeded(json!({ "sentences": "Hi. Bye." }))),
+            ("tags", succeeded(json!({}))),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.code, "invalid_child");
+    assert_eq!(
+        err.message,
+        "`items` \"/outputs/transcribe/output/sentences\" is a string, not a list"
+    );
+    let err = run_step(
+        CHAIN,
+        2,
+        json!({}),
+        &[
+            ("transcribe", succeeded(json!({}))),
+            ("tags", succeeded(json!({}))),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err.code, "invalid_child");
+    assert!(
+        err.message.contains(
+            "points at nothing: /outputs/transcribe/output (an object) has no \"sentences\""
+        ),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn a_trigger_of_a_task_the_file_does_not_declare_is_not_a_mistake_of_the_file() {
+    // Another file, or the program, may have it: the step fails with `unknown_task` when it
+    // runs on a fleet that has no such task.
+    let tasks = read(CHAIN).unwrap();
+    assert_eq!(tasks.names(), ["story.chain"]);
+}
+
+fn one_step(step: &str) -> String {
+    format!(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"first\"\nkind = \"wait\"\nduration = \"1s\"\n[[task.step]]\nname = \"s\"\n{step}"
+    )
+}
+
+#[test]
+fn a_trigger_or_fan_out_without_its_task_or_items_is_a_mistake_at_the_step() {
+    assert_mistake(
+        &one_step("kind = \"trigger\"\n"),
+        "7:1",
+        "missing key `task` in [[task.step]]",
+    );
+    let found = mistakes(&one_step("kind = \"fan_out\"\n"));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].contains("7:1: missing key `task`"), "{found:#?}");
+    assert!(found[1].contains("7:1: missing key `items`"), "{found:#?}");
+}
+
+#[test]
+fn a_key_a_trigger_or_fan_out_does_not_have_is_a_mistake_at_its_line() {
+    assert_mistake(
+        &one_step("kind = \"trigger\"\ntask = \"b\"\nlimit = 2\n"),
+        "11:1",
+        "unknown key `limit` in [[task.step]] (known keys: name, kind, stage, task, input, timeout)",
+    );
+    assert_mistake(
+        &one_step("kind = \"fan_out\"\ntask = \"b\"\nitems = \"/input/ids\"\nurl = \"http://x\"\n"),
+        "12:1",
+        "unknown key `url` in [[task.step]] (known keys: name, kind, stage, task, items, limit, timeout)",
+    );
+    assert_mistake(
+        &one_step("kind = \"trigger\"\ntask = \"b\"\nretry = { max_attempts = 2 }\n"),
+        "11:1",
+        "unknown key `retry`",
+    );
+}
+
+#[test]
+fn a_wrong_value_of_a_trigger_or_fan_out_is_a_mistake_at_the_value() {
+    assert_mistake(
+        &one_step("kind = \"trigger\"\ntask = \"not a task\"\n"),
+        "10:8",
+        "`task`: invalid event name \"not a task\"",
+    );
+    assert_mistake(
+        &one_step("kind = \"trigger\"\ntask = \"b\"\ntimeout = \"soon\"\n"),
+        "11:11",
+        "`timeout`: \"soon\" is not a duration",
+    );
+    assert_mistake(
+        &one_step("kind = \"fan_out\"\ntask = \"b\"\nitems = \"/input/ids\"\nlimit = 0\n"),
+        "12:9",
+        "`limit` must be a whole number from 1 to 100000",
+    );
+    assert_mistake(
+        &one_step("kind = \"fan_out\"\ntask = \"b\"\nitems = [\"/input/ids\"]\n"),
+        "11:9",
+        "`items` must be a string, not array",
+    );
+}
+
+#[test]
+fn a_pointer_that_names_no_earlier_step_is_a_mistake_at_its_value() {
+    assert_mistake(
+        &one_step("kind = \"trigger\"\ntask = \"b\"\ninput = \"input/story\"\n"),
+        "11:9",
+        "`input` must be a JSON pointer (RFC 6901) such as \"/input\" or \"/outputs/STEP/output\", not \"input/story\"",
+    );
+    assert_mistake(
+        &one_step("kind = \"trigger\"\ntask = \"b\"\ninput = \"/outputs/s/output\"\n"),
+        "11:9",
+        "`input`: \"/outputs/s/output\" reads the output of `s`, which is not a step before this one (the steps before it: first)",
+    );
+    assert_mistake(
+        &one_step("kind = \"fan_out\"\ntask = \"b\"\nitems = \"/story/ids\"\n"),
+        "11:9",
+        "`items`: \"/story/ids\" points into neither /input (the run's input) nor /outputs/STEP",
+    );
+}
+
+#[test]
+fn a_failure_handler_cannot_start_children() {
+    assert_mistake(
+        "[[task]]\nname = \"a\"\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n[task.on_failure]\nkind = \"trigger\"\ntask = \"b\"\n",
+        "8:8",
+        "a failure handler is an `http` or `command` step: a run that died starts no children",
+    );
+}
+
+#[test]
+fn checking_a_file_reads_trigger_and_fan_out_steps_as_running_it_does() {
+    let dir = TempDir::new("check-children");
+    let path = dir.0.join("tasks.toml");
+    std::fs::write(&path, CHAIN).unwrap();
+    assert_eq!(check(&path, &Registry::new()).unwrap(), 1);
+}
+
+/// The child-runs example of docs/tasks.md is valid as it is.
+#[test]
+fn the_child_runs_example_of_docs_tasks_md_is_valid() {
+    let doc = include_str!("../../../docs/tasks.md");
+    let block = doc
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("kind = \"trigger\""))
+        .expect("a toml block with a trigger step in docs/tasks.md");
+    let tasks = file::read(block, Path::new(FILE), &[], file::Purpose::Check, &|_| None)
+        .unwrap_or_else(|mistakes| panic!("{}", mistakes.lines().collect::<Vec<_>>().join("\n")));
+    let steps: Vec<String> = tasks[0].steps().into_iter().map(|s| s.name).collect();
+    assert_eq!(steps, ["transcribe", "tags", "narrate", "publish"]);
 }
