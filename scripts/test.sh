@@ -29,7 +29,8 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
-# The media-track example's steps run ffmpeg and ffprobe and read their requests with jq.
+# The media-track example's steps run ffmpeg and ffprobe and read their requests with jq (the
+# declared child-run tests use jq too).
 if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! command -v jq >/dev/null; then
   echo "test: installing ffmpeg and jq (Debian packages) for the media-track example" >&2
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
