@@ -45,6 +45,9 @@ pub enum RelayError {
     /// The broker failed; the rows not confirmed stay in the outbox.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The broker did not confirm a batch in time; the rows not confirmed stay in the outbox.
+    #[error("the broker did not confirm the batch within {} s", .0.as_secs())]
+    ConfirmTimeout(Duration),
 }
 
 impl From<deadpool_postgres::tokio_postgres::Error> for RelayError {
@@ -120,35 +123,34 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// One relay pass: takes up to [`BATCH`] due rows, publishes them pipelined, and deletes the
 /// confirmed ones in the same transaction. Returns how many rows it took. A row the broker
 /// returned unroutable or refused stays, postponed, with the reason (visible in `warren runs
-/// show` and the lag gauges); a broker failure leaves the unconfirmed rows for the next pass.
+/// show` and the lag gauges); a broker failure, or confirms that do not come within
+/// [`CONFIRM_TIMEOUT`], leave the unconfirmed rows for the next pass.
 pub async fn relay_due(pool: &Pool, publisher: &Publisher) -> Result<usize, RelayError> {
     let mut client = pool
         .get()
         .await
         .map_err(|e| RelayError::Db(e.to_string()))?;
     let tx = client.transaction().await?;
-    let rows = outbox::take_due(&tx, BATCH).await?;
+    let due = outbox::take_due(&tx, BATCH).await?;
+    for (id, error) in &due.unreadable {
+        tracing::error!(outbox_row = id, %error, "outbox message cannot be read; set aside");
+        metrics::counter!(names::OUTBOX_FAILURES, "reason" => "unreadable").increment(1);
+        outbox::postpone(&tx, *id, error, MAX_POSTPONE).await?;
+    }
+    let rows = due.pending;
+    let taken = rows.len() + due.unreadable.len();
     if rows.is_empty() {
         tx.commit().await?;
-        return Ok(0);
+        return Ok(taken);
     }
-    let taken = rows.len();
-    let outcome = tokio::time::timeout(CONFIRM_TIMEOUT, publish(&tx, &rows, publisher))
-        .await
-        .map_err(|_| {
-            RelayError::Db(format!(
-                "the broker confirmed no batch within {} s",
-                CONFIRM_TIMEOUT.as_secs()
-            ))
-        })?;
-    let (sent, broken) = outcome?;
+    let (sent, broken) = publish(&tx, &rows, publisher).await?;
     outbox::delete_sent(&tx, &sent).await?;
     tx.commit().await?;
     metrics::counter!(names::OUTBOX_SENT).increment(sent.len() as u64);
     match broken {
         Some(e) => {
             metrics::counter!(names::OUTBOX_FAILURES, "reason" => "broker").increment(1);
-            Err(e.into())
+            Err(e)
         }
         None => Ok(taken),
     }
@@ -161,7 +163,7 @@ async fn publish(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[outbox::Pending],
     publisher: &Publisher,
-) -> Result<(Vec<i64>, Option<PublishError>), RelayError> {
+) -> Result<(Vec<i64>, Option<RelayError>), RelayError> {
     let mut confirms = Vec::with_capacity(rows.len());
     let mut broken = None;
     for row in rows {
@@ -176,14 +178,21 @@ async fn publish(
         {
             Ok(confirm) => confirms.push((row, confirm)),
             Err(e) => {
-                broken = Some(e);
+                broken = Some(e.into());
                 break;
             }
         }
     }
     let mut sent = Vec::with_capacity(confirms.len());
+    // The rows stay locked until the pass ends: bounded, and what was confirmed by then is
+    // kept (deleted), the rest sent again by a later pass.
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
     for (row, confirm) in confirms {
-        match confirm.wait().await {
+        let Ok(confirmed) = tokio::time::timeout_at(deadline, confirm.wait()).await else {
+            broken.get_or_insert(RelayError::ConfirmTimeout(CONFIRM_TIMEOUT));
+            break;
+        };
+        match confirmed {
             Ok(()) => sent.push(row.id),
             Err(e @ PublishError::Unroutable { .. }) => {
                 metrics::counter!(names::OUTBOX_FAILURES, "reason" => "unroutable").increment(1);
@@ -196,7 +205,7 @@ async fn publish(
                 outbox::postpone(tx, row.id, &e.to_string(), Duration::from_secs(1)).await?;
             }
             Err(e) => {
-                broken.get_or_insert(e);
+                broken.get_or_insert(e.into());
             }
         }
     }

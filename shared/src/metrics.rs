@@ -122,7 +122,7 @@ catalog! {
         "Outbox messages (emitted events, child triggers, wake-ups, retries) the relay published with a confirm and removed.";
     /// Outbox publishes that failed.
     OUTBOX_FAILURES = "warren_outbox_failures_total", Counter, ["reason"],
-        "Outbox messages whose publish failed and that stay in the outbox to be tried again (reason: unroutable, nacked, broker).";
+        "Outbox messages whose publish failed and that stay in the outbox to be tried again (reason: unroutable, nacked, broker, unreadable).";
     /// Outbox rows due and not sent.
     OUTBOX_DUE = "warren_outbox_due_messages", Gauge, [],
         "Outbox messages due and not sent yet, all replicas together (polled from Postgres every 5 s).";

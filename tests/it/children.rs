@@ -519,3 +519,70 @@ async fn a_fan_out_of_nothing_goes_on_at_once() {
     assert_eq!(run.output.unwrap()["total"], 0);
     worker.shutdown().await.unwrap();
 }
+
+/// Cancelling a parent while its children end and start others under a limit: once the
+/// cancellation has committed, no child of it starts, and every child is finished.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_child_starts_after_its_parent_is_cancelled_even_while_siblings_end() {
+    let env = TestEnv::new().await;
+    let worker = env
+        .start_worker(registry(Arc::new(AtomicUsize::new(0))))
+        .await;
+    let sleeps: Vec<u64> = (0..300).map(|i| 5 + i % 20).collect();
+    let message = publish(&env, "story.fan", json!({ "sleeps": sleeps, "limit": 20 })).await;
+    let client = env.pool.get().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let parent = loop {
+        let row = client
+            .query_opt(
+                "SELECT p.id FROM runs p WHERE p.message_id = $1
+                 AND (SELECT count(*) FROM runs c WHERE c.parent_id = p.id AND c.status = 'succeeded') >= 40",
+                &[&message],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get::<_, Uuid>(0);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "children never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    control::cancel(&env.pool, parent, "operator:test")
+        .await
+        .unwrap();
+    // Later than the cancellation's commit.
+    let committed: chrono::DateTime<chrono::Utc> = client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status NOT IN ('succeeded', 'cancelled')),
+                    count(*) FILTER (WHERE created_at > $2),
+                    count(*),
+                    (SELECT count(*) FROM run_transitions t JOIN runs c ON c.id = t.run_id
+                     WHERE c.parent_id = $1 AND t.to_status = 'running' AND t.at > $2)
+             FROM runs WHERE parent_id = $1",
+            &[&parent, &committed],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0, "children left unfinished");
+    assert_eq!(
+        row.get::<_, i64>(1),
+        0,
+        "children created after the cancellation"
+    );
+    assert_eq!(
+        row.get::<_, i64>(3),
+        0,
+        "children started after the cancellation"
+    );
+    assert!(
+        row.get::<_, i64>(2) < 300,
+        "every child ran: the cancellation came too late"
+    );
+    worker.shutdown().await.unwrap();
+}

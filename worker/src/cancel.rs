@@ -23,13 +23,17 @@ use uuid::Uuid;
 /// The runs this replica is executing, each with the token that stops its current step.
 #[derive(Debug, Default)]
 pub(crate) struct Cancellations {
-    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    running: Mutex<HashMap<Uuid, (u64, CancellationToken)>>,
+    /// Numbers the registrations, so that a look that began during one delivery of a run
+    /// cannot cancel the next one (a run parked and woken again within the look).
+    registrations: std::sync::atomic::AtomicU64,
 }
 
 /// A run registered as executing here; unregistered when dropped.
 pub(crate) struct Registered {
     registry: Arc<Cancellations>,
     run: Uuid,
+    number: u64,
     token: CancellationToken,
 }
 
@@ -42,12 +46,15 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.registry.map().remove(&self.run);
+        let mut map = self.registry.map();
+        if map.get(&self.run).is_some_and(|(n, _)| *n == self.number) {
+            map.remove(&self.run);
+        }
     }
 }
 
 impl Cancellations {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (u64, CancellationToken)>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -55,17 +62,23 @@ impl Cancellations {
     /// the run's lock here, so there is one registration per run).
     pub(crate) fn register(self: &Arc<Self>, run: Uuid) -> Registered {
         let token = CancellationToken::new();
-        self.map().insert(run, token.clone());
+        let number = self
+            .registrations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.map().insert(run, (number, token.clone()));
         Registered {
             registry: Arc::clone(self),
             run,
+            number,
             token,
         }
     }
 
-    /// A run was cancelled (or is no longer this replica's): stop its step if it runs here.
-    fn cancel(&self, run: Uuid) {
-        if let Some(token) = self.map().get(&run)
+    /// A run was cancelled (or is no longer this replica's): stop its step if the same
+    /// registration (`number`, from [`Cancellations::running`]) still runs it here.
+    fn cancel(&self, run: Uuid, number: u64) {
+        if let Some((registered, token)) = self.map().get(&run)
+            && *registered == number
             && !token.is_cancelled()
         {
             tracing::info!(%run, "run cancelled or taken over: stopping its step");
@@ -73,8 +86,9 @@ impl Cancellations {
         }
     }
 
-    fn running(&self) -> Vec<Uuid> {
-        self.map().keys().copied().collect()
+    /// The runs executing here, each with its registration's number.
+    fn running(&self) -> Vec<(Uuid, u64)> {
+        self.map().iter().map(|(run, (n, _))| (*run, *n)).collect()
     }
 }
 
@@ -95,10 +109,11 @@ pub(crate) async fn watch(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(WATCH_EVERY) => {}
         }
-        let running = registry.running();
+        let running: HashMap<Uuid, u64> = registry.running().into_iter().collect();
         if running.is_empty() {
             continue;
         }
+        let ids: Vec<Uuid> = running.keys().copied().collect();
         let Ok(client) = pool.get().await else {
             continue;
         };
@@ -106,11 +121,14 @@ pub(crate) async fn watch(
             .query(
                 "SELECT id FROM runs WHERE id = ANY($1)
                  AND (status <> 'running' OR worker IS DISTINCT FROM $2)",
-                &[&running, &&*owner],
+                &[&ids, &&*owner],
             )
             .await;
         for row in cancelled.into_iter().flatten() {
-            registry.cancel(row.get(0));
+            let run: Uuid = row.get(0);
+            if let Some(number) = running.get(&run) {
+                registry.cancel(run, *number);
+            }
         }
     }
 }
@@ -125,11 +143,24 @@ mod tests {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let run_a = registry.register(a);
         let run_b = registry.register(b);
-        registry.cancel(a);
+        let seen: HashMap<Uuid, u64> = registry.running().into_iter().collect();
+        registry.cancel(a, seen[&a]);
         assert!(run_a.token().is_cancelled());
         assert!(!run_b.token().is_cancelled());
         drop(run_b);
-        registry.cancel(b);
-        assert!(registry.running() == vec![a]);
+        registry.cancel(b, seen[&b]);
+        assert_eq!(registry.running(), vec![(a, seen[&a])]);
+    }
+
+    #[test]
+    fn a_look_taken_during_one_delivery_does_not_cancel_the_next() {
+        let registry = Arc::new(Cancellations::default());
+        let run = Uuid::now_v7();
+        let first = registry.register(run);
+        let seen: HashMap<Uuid, u64> = registry.running().into_iter().collect();
+        drop(first);
+        let next = registry.register(run);
+        registry.cancel(run, seen[&run]);
+        assert!(!next.token().is_cancelled());
     }
 }

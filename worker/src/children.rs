@@ -253,8 +253,15 @@ impl Directory {
     }
 }
 
+/// The most children one step may start: a join's rows and its children's runs are written in
+/// one transaction, which must stay well inside the state writer's commit timeout.
+pub const MAX_CHILDREN: usize = 100_000;
+
 /// What a parent's step needs to start its children: who it is and where messages go.
 pub(crate) struct Parent<'a> {
+    /// The largest message a worker accepts: a child's input must fit, or its message would be
+    /// dead-lettered without a run and the parent would wait for it in vain.
+    pub(crate) max_message_bytes: usize,
     pub(crate) run: Uuid,
     pub(crate) step: &'a str,
     /// Distinguishes the children of a retried or replayed run from those of earlier budgets
@@ -279,6 +286,16 @@ pub(crate) fn plan(
         .iter()
         .enumerate()
         .map(|(position, child)| {
+            if child.body.len() > parent.max_message_bytes {
+                return Err(StepError::fatal(
+                    "invalid_child",
+                    format!(
+                        "the input of child {position} ({} bytes) exceeds the message limit of {} bytes",
+                        child.body.len(),
+                        parent.max_message_bytes
+                    ),
+                ));
+            }
             let event = parent.directory.event_of(&child.task).ok_or_else(|| {
                 StepError::fatal(
                     "unknown_task",

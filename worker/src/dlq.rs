@@ -346,8 +346,11 @@ impl<'a> DeadLetterQueue<'a> {
                 Err(e) => Err(e.into()),
             };
         };
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        // A span longer than chrono can subtract purges nothing rather than panicking.
+        let cutoff = chrono::Duration::from_std(older_than)
+            .ok()
+            .and_then(|span| Utc::now().checked_sub_signed(span))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         let mut purged = 0;
         while let Some(message) = self.get(&channel).await? {
             let letter = DeadLetter::from_message(&message);

@@ -337,7 +337,7 @@ impl Executor {
             .map(|c| (c.step, c.output))
             .collect();
         if let Some(joined) = joined {
-            match self.record_join(attempt, joined).await? {
+            match self.record_join(delivery, attempt, joined).await? {
                 Some((step, output)) => {
                     outputs.insert(step, output);
                 }
@@ -437,8 +437,7 @@ impl Executor {
                         let properties = copy_properties(delivery, run, attempt_no, &wake);
                         self.send_later(duration, &delivery.data, properties)
                             .await?;
-                        let until = Utc::now()
-                            + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
+                        let until = later(duration);
                         (output, End::Wait(info.name.clone(), until))
                     }
                 }
@@ -580,7 +579,19 @@ impl Executor {
     ) -> Result<Result<(), StepError>, Requeue> {
         let run = attempt.run;
         let trace = trace_context::of_span(span);
+        if requested.runs.len() > children::MAX_CHILDREN {
+            return Ok(Err(StepError::fatal(
+                "too_many_children",
+                format!(
+                    "step {} asked for {} child runs; one step may start at most {} (fan out in stages)",
+                    info.name,
+                    requested.runs.len(),
+                    children::MAX_CHILDREN
+                ),
+            )));
+        }
         let parent = children::Parent {
+            max_message_bytes: self.max_message_bytes,
             run: run.id,
             step: &info.name,
             generation: attempt.attempt_base,
@@ -608,9 +619,7 @@ impl Executor {
                 &[(header::WAKE, wake_token.clone())],
             ),
         };
-        let deadline = requested
-            .timeout
-            .map(|t| Utc::now() + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX));
+        let deadline = requested.timeout.map(later);
         let count = planned.len();
         let write = StartJoin {
             run: Arc::clone(run),
@@ -656,13 +665,15 @@ impl Executor {
     /// the last step. Returns the step and its output, or `None` when the run is done here.
     async fn record_join(
         &self,
+        delivery: &Delivery,
         attempt: &Attempt<'_>,
         joined: store::children::Joined,
     ) -> Result<Option<(String, Value)>, Requeue> {
         let run = attempt.run;
         let index = usize::try_from(joined.position).unwrap_or(usize::MAX);
         let Some(info) = self.steps.get(index).filter(|s| s.name == joined.step) else {
-            // The pipeline changed under a waiting run: fail it rather than guess.
+            // The pipeline changed under a waiting run: it fails for good (dead-lettered, its
+            // failure handler run, its join closed) rather than guess which step goes on.
             let error = StepError::fatal(
                 "pipeline_changed",
                 format!(
@@ -670,15 +681,9 @@ impl Executor {
                     joined.step, joined.position, self.task_id
                 ),
             );
-            let write = FailRun {
-                run: Arc::clone(run),
-                after: AfterFailure::Dead,
-                code: error.code.clone(),
-                message: error.message.clone(),
-                step: None,
-                step_started_at: None,
-            };
-            self.writer.write(write).await?;
+            let step = (joined.step.clone(), joined.position);
+            self.fail(delivery, attempt, step, joined.started_at, error)
+                .await?;
             return Ok(None);
         };
         let last = index + 1 == self.steps.len();
@@ -753,8 +758,7 @@ impl Executor {
                     &carried,
                 );
                 self.send_later(delay, &delivery.data, properties).await?;
-                let at =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                let at = later(delay);
                 AfterFailure::Retry { next_attempt, at }
             }
             None => {
@@ -901,7 +905,7 @@ impl Executor {
             .ensure(&self.topology, self.publisher.channel(), &exchange)
             .await
             .map_err(PublishError::from)?;
-        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let due = later(delay);
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(
             header::DUE_AT.into(),
@@ -969,6 +973,16 @@ fn copy_properties(
 ) -> BasicProperties {
     contract::forwarded_properties(&delivery.properties, &run.event, attempt, extra)
         .with_message_id(run.message_id.as_str().into())
+}
+
+/// Now plus `delay`, saturating at the latest time chrono represents rather than panicking on a
+/// delay too long to add (a step may ask for any `Duration`).
+fn later(delay: Duration) -> DateTime<Utc> {
+    let now = Utc::now();
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|delay| now.checked_add_signed(delay))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -69,12 +69,20 @@ pub(crate) trait Write: Send + 'static {
     fn batched_output(&self) -> Option<Self::Output> {
         None
     }
+
+    /// A row other runs' writes lock too (a parent's join, for a child's end): writes are
+    /// applied in this order within a batch, so that replicas lock such rows in one order and
+    /// do not deadlock each other's batches.
+    fn lock_key(&self) -> Option<uuid::Uuid> {
+        None
+    }
 }
 
 /// A queued write with its reply channel, type-erased so one queue carries every kind.
 trait Queued: Send {
     fn apply<'a>(&'a mut self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), ()>>;
     fn batchable(&self) -> Option<Batchable<'_>>;
+    fn lock_key(&self) -> Option<uuid::Uuid>;
     /// The set-based form recorded it.
     fn batched(&mut self);
     /// Recorded in this transaction already.
@@ -103,6 +111,10 @@ impl<W: Write> Queued for Entry<W> {
 
     fn batchable(&self) -> Option<Batchable<'_>> {
         self.write.batchable()
+    }
+
+    fn lock_key(&self) -> Option<uuid::Uuid> {
+        self.write.lock_key()
     }
 
     fn batched(&mut self) {
@@ -410,6 +422,7 @@ async fn apply_and_commit(
             .iter_mut()
             .enumerate()
             .partition(|(_, entry)| sets && entry.batchable().is_some());
+        plain.sort_by_key(|(_, entry)| entry.lock_key());
         let mut claims = Vec::new();
         let mut steps = Vec::new();
         for (i, entry) in &set_based {

@@ -9,6 +9,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use uuid::Uuid;
+use warren_shared::state::RunStatus;
 use warren_shared::store::{
     self, AfterFailure, Change, Claim, Failure, NewRun, StepDone, StepEnd, StoreError, children,
     outbox,
@@ -216,6 +217,10 @@ impl Write for CompleteStep {
         })
     }
 
+    fn lock_key(&self) -> Option<Uuid> {
+        self.run.parent.filter(|_| self.ends_run())
+    }
+
     /// The set-based form records the checkpoint and the run's change only: a step with more
     /// to write (events, a join, a child's end) goes through [`store::complete_step`].
     fn batchable(&self) -> Option<Batchable<'_>> {
@@ -260,10 +265,19 @@ impl Write for FailRun {
             };
             store::fail_run(tx, self.run.id, self.after, &failure, &change).await?;
             if matches!(self.after, AfterFailure::Dead) {
+                // A run that dies while waiting for children (its wake-up found its pipeline
+                // changed) starts no more of them.
+                children::close_join(tx, self.run.id).await?;
                 self.run.ended(tx).await?;
             }
             Ok(())
         })
+    }
+
+    fn lock_key(&self) -> Option<Uuid> {
+        self.run
+            .parent
+            .filter(|_| matches!(self.after, AfterFailure::Dead))
     }
 }
 
@@ -333,9 +347,19 @@ impl Write for DeadOnArrival {
         Box::pin(async move {
             let handled =
                 store::dead_on_arrival(tx, &self.run.new_run(), &self.code, &self.message).await?;
-            self.run.ended(tx).await?;
+            // Only a child that is dead now has ended: a copy of the message of a child that
+            // runs elsewhere (decoded by a replica with another schema) has not.
+            if self.run.parent.is_some()
+                && store::status(tx, self.run.id).await? == Some(RunStatus::Dead)
+            {
+                self.run.ended(tx).await?;
+            }
             Ok(handled)
         })
+    }
+
+    fn lock_key(&self) -> Option<Uuid> {
+        self.run.parent
     }
 }
 

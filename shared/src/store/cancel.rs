@@ -43,47 +43,63 @@ pub async fn cancel_run(
     if status.is_terminal() {
         return Ok(Cancelled::AlreadyFinished(status));
     }
-    // Every unfinished run of the tree, the root first, locked.
-    let tree = client
-        .query(
-            "WITH RECURSIVE tree (id, depth) AS (
-                 SELECT $1::uuid, 0
-                 UNION ALL
-                 SELECT r.id, t.depth + 1 FROM runs r JOIN tree t ON r.parent_id = t.id
-                 WHERE t.depth < 64
-             )
-             SELECT r.id, r.status, r.attempt FROM runs r JOIN tree t USING (id)
-             WHERE r.status NOT IN ('succeeded', 'halted', 'dead', 'cancelled')
-             ORDER BY t.depth, r.created_at
-             FOR UPDATE OF r",
-            &[&run],
-        )
-        .await?;
     let reason = format!("cancelled by {by}");
-    let mut cancelled = Vec::with_capacity(tree.len());
-    for row in &tree {
-        let id: Uuid = row.get(0);
-        let from = parse_status(row.get(1))?;
-        let attempt: i32 = row.get(2);
-        client
-            .execute(
-                "UPDATE runs SET status = 'cancelled', cancelled_by = $2, cancelled_at = now(),
-                        finished_at = now(), updated_at = now(), wake_token = NULL,
-                        next_attempt_at = NULL, error_code = 'cancelled', error_message = $3
-                 WHERE id = $1",
-                &[&id, &by, &reason],
+    let mut cancelled = Vec::new();
+    // Set-based, whatever the size of the tree. Repeated until it finds nothing new: a child
+    // that a concurrent transaction started (a sibling's end, under a limit) is not visible to
+    // the statement that began before it committed, but is to the next one; and once this
+    // transaction has closed a parent's join, nothing starts another child of it.
+    loop {
+        let round = client
+            .query(
+                "WITH RECURSIVE tree (id, depth) AS (
+                     SELECT $1::uuid, 0
+                     UNION ALL
+                     SELECT r.id, t.depth + 1 FROM runs r JOIN tree t ON r.parent_id = t.id
+                     WHERE t.depth < 64
+                 ), doomed AS (
+                     SELECT r.id, r.status, r.attempt FROM runs r JOIN tree t USING (id)
+                     WHERE r.status NOT IN ('succeeded', 'halted', 'dead', 'cancelled')
+                     ORDER BY r.id
+                     FOR UPDATE OF r
+                 ), done AS (
+                     UPDATE runs SET status = 'cancelled', cancelled_by = $2, cancelled_at = now(),
+                            finished_at = now(), updated_at = now(), wake_token = NULL,
+                            next_attempt_at = NULL, error_code = 'cancelled', error_message = $3
+                     FROM doomed WHERE runs.id = doomed.id
+                     RETURNING runs.id
+                 )
+                 SELECT id, status, attempt FROM doomed",
+                &[&run, &by, &reason],
             )
             .await?;
-        let change = Change {
-            attempt,
-            worker: by,
-            reason: &reason,
-            step: None,
-            stage: None,
-        };
-        log_transition(client, id, Some(from), RunStatus::Cancelled, &change).await?;
-        children::close_join(client, id).await?;
-        cancelled.push(id);
+        if round.is_empty() {
+            break;
+        }
+        let mut ids = Vec::with_capacity(round.len());
+        let mut froms = Vec::with_capacity(round.len());
+        let mut attempts = Vec::with_capacity(round.len());
+        for row in &round {
+            let from = parse_status(row.get(1))?;
+            crate::state::check(Some(from), RunStatus::Cancelled)?;
+            ids.push(row.get::<_, Uuid>(0));
+            froms.push(from.as_str());
+            attempts.push(row.get::<_, i32>(2));
+        }
+        client
+            .execute(
+                "INSERT INTO run_transitions (run_id, from_status, to_status, attempt, worker, reason)
+                 SELECT id, f, 'cancelled', a, $4, $5
+                 FROM unnest($1::uuid[], $2::text[], $3::int[]) AS x(id, f, a)",
+                &[&ids, &froms, &attempts, &by, &reason],
+            )
+            .await?;
+        children::close_joins(client, &ids).await?;
+        cancelled.extend(ids);
+    }
+    // The root first, as the caller reports it.
+    if let Some(at) = cancelled.iter().position(|id| *id == run) {
+        cancelled.swap(0, at);
     }
     // The root may itself be a child: its parent counts it as ended (its descendants' parents
     // are cancelled with them).

@@ -243,10 +243,14 @@ async fn start_children(
     Ok(usize::try_from(started).unwrap_or(0))
 }
 
-/// The wake-up is due now.
+/// The wake-up is due now. A wake-up a relay holds locked is being sent already (its timeout
+/// came): it is skipped rather than waited for, so that a child's end never waits on the broker.
 async fn release_wake(client: &impl GenericClient, wake_id: i64) -> Result<(), StoreError> {
     let stmt = client
-        .prepare_cached("UPDATE outbox SET available_at = now() WHERE id = $1")
+        .prepare_cached(
+            "UPDATE outbox SET available_at = now()
+             WHERE id = (SELECT id FROM outbox WHERE id = $1 FOR UPDATE SKIP LOCKED)",
+        )
         .await?;
     client.execute(&stmt, &[&wake_id]).await?;
     Ok(())
@@ -420,14 +424,23 @@ pub async fn joined(
 /// the join, its children's rows and an unsent wake-up go; children still running after a
 /// timeout go on, their ends count for nothing, and children that never started never will.
 pub async fn close_join(client: &impl GenericClient, parent: Uuid) -> Result<(), StoreError> {
+    close_joins(client, std::slice::from_ref(&parent)).await
+}
+
+/// [`close_join`] for several parents at once (a cancelled tree). A wake-up a relay holds
+/// locked is being sent: that relay deletes it once confirmed, and its delivery finds the run
+/// moved on; it is not waited for, so that no write waits on the broker.
+pub async fn close_joins(client: &impl GenericClient, parents: &[Uuid]) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached(
-            "WITH j AS (DELETE FROM run_joins WHERE parent_id = $1 RETURNING wake_id),
-                  c AS (DELETE FROM run_children WHERE parent_id = $1)
-             DELETE FROM outbox WHERE id IN (SELECT wake_id FROM j)",
+            "WITH j AS (DELETE FROM run_joins WHERE parent_id = ANY($1) RETURNING wake_id),
+                  c AS (DELETE FROM run_children WHERE parent_id = ANY($1))
+             DELETE FROM outbox
+             WHERE id IN (SELECT o.id FROM outbox o JOIN j ON o.id = j.wake_id
+                          FOR UPDATE OF o SKIP LOCKED)",
         )
         .await?;
-    client.execute(&stmt, &[&parent]).await?;
+    client.execute(&stmt, &[&parents]).await?;
     Ok(())
 }
 

@@ -745,6 +745,17 @@ pub async fn owns(
         .get(0))
 }
 
+/// The run's status, if it exists.
+pub async fn status(
+    client: &impl GenericClient,
+    run: Uuid,
+) -> Result<Option<RunStatus>, StoreError> {
+    let row = client
+        .query_opt("SELECT status FROM runs WHERE id = $1", &[&run])
+        .await?;
+    row.map(|row| parse_status(row.get(0))).transpose()
+}
+
 /// Records that the task's failure handler ran for the run's current death.
 pub async fn mark_failure_handled(
     client: &impl GenericClient,

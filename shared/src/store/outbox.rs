@@ -99,7 +99,8 @@ pub struct Unsent {
 pub struct Lag {
     /// Rows due now.
     pub due: i64,
-    /// Age of the oldest due row, in seconds (0 when none).
+    /// How long the oldest due row has been due, in seconds (0 when none): a wake-up held until
+    /// its children ended counts from when it was released, not from when it was written.
     pub oldest_seconds: f64,
     /// Rows whose publish failed at least once and are not sent yet.
     pub failing: i64,
@@ -171,9 +172,19 @@ pub async fn insert(
     Ok(ids)
 }
 
+/// Due rows, as the relay takes them.
+#[derive(Debug, Default)]
+pub struct Due {
+    /// Rows to send.
+    pub pending: Vec<Pending>,
+    /// Rows whose stored properties do not parse (written by another release, say), with why:
+    /// the relay sets them aside rather than let one row stop every relay.
+    pub unreadable: Vec<(i64, String)>,
+}
+
 /// Takes up to `limit` due rows, oldest first, locked for the caller's transaction (other
 /// relays skip them).
-pub async fn take_due(client: &impl GenericClient, limit: i64) -> Result<Vec<Pending>, StoreError> {
+pub async fn take_due(client: &impl GenericClient, limit: i64) -> Result<Due, StoreError> {
     let stmt = client
         .prepare_cached(
             "SELECT id, exchange, routing_key, body, properties, attempts FROM outbox
@@ -182,19 +193,23 @@ pub async fn take_due(client: &impl GenericClient, limit: i64) -> Result<Vec<Pen
         )
         .await?;
     let rows = client.query(&stmt, &[&limit]).await?;
-    let mut pending = Vec::with_capacity(rows.len());
+    let mut due = Due::default();
     for row in rows {
+        let id: i64 = row.get(0);
         let Json(properties): Json<serde_json::Value> = row.get(4);
-        pending.push(Pending {
-            id: row.get(0),
-            exchange: row.get(1),
-            routing_key: row.get(2),
-            body: row.get(3),
-            properties: parse_properties(properties)?,
-            attempts: row.get(5),
-        });
+        match parse_properties(properties) {
+            Ok(properties) => due.pending.push(Pending {
+                id,
+                exchange: row.get(1),
+                routing_key: row.get(2),
+                body: row.get(3),
+                properties,
+                attempts: row.get(5),
+            }),
+            Err(e) => due.unreadable.push((id, e.to_string())),
+        }
     }
-    Ok(pending)
+    Ok(due)
 }
 
 /// Forgets rows whose messages the broker confirmed.
@@ -234,7 +249,7 @@ pub async fn lag(client: &impl GenericClient) -> Result<Lag, StoreError> {
     let row = client
         .query_one(
             "SELECT count(*) FILTER (WHERE available_at <= now()),
-                    coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE available_at <= now())), 0)::float8,
+                    coalesce(extract(epoch FROM now() - min(available_at) FILTER (WHERE available_at <= now())), 0)::float8,
                     count(*) FILTER (WHERE attempts > 0)
              FROM outbox WHERE available_at <= now() OR attempts > 0",
             &[],

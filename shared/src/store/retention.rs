@@ -35,9 +35,11 @@ pub const DEFAULT_PRUNE_BATCH: i64 = 5_000;
 /// The finished runs a batch deletes, oldest first, locked (`$1` the cutoff, `$2` where the
 /// previous batch ended, `$3` the finished statuses, `$4` the batch size). The statements are
 /// public so that a test can check their plans use the indexes.
+/// (A finished child whose parent still waits for its join is kept: the join reads its outcome.)
 pub const FINISHED_RUNS_SQL: &str = "SELECT id, created_at FROM runs
      WHERE created_at < $1 AND created_at >= coalesce($2::timestamptz, '-infinity')
        AND coalesce(finished_at, updated_at) < $1 AND status = ANY($3)
+       AND NOT EXISTS (SELECT 1 FROM run_children c WHERE c.child_id = runs.id)
      ORDER BY created_at
      LIMIT $4
      FOR UPDATE SKIP LOCKED";
