@@ -17,6 +17,7 @@
 
 mod ceiling;
 mod endpoint;
+mod fanout;
 mod measure;
 mod report;
 mod scenario;
@@ -84,12 +85,25 @@ pub(crate) struct Args {
     /// thousand others on a shared machine (the throughput is measured at --concurrency).
     #[arg(long, default_value_t = 8)]
     http_latency_concurrency: u32,
+    /// Children of the fan-out scenario's one parent (default 10,000; 500 with --quick).
+    #[arg(long)]
+    fanout_children: Option<usize>,
+    /// Parents in the join-wake scenario (default 200; 20 with --quick).
+    #[arg(long)]
+    join_parents: Option<usize>,
+    /// Children of each parent in the join-wake scenario (default 20; 5 with --quick).
+    #[arg(long)]
+    join_children: Option<usize>,
+    /// Parents published per second in the join-wake scenario: few enough that the joins do
+    /// not queue behind each other, so that what is measured is the join's own latency.
+    #[arg(long, default_value_t = 20.0)]
+    join_rate: f64,
     /// Replicas in the scaling scenario.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
     /// The Warren scenarios to run, after the ceiling (comma-separated; `half` needs `noop`,
     /// whose maximum rate it halves).
-    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http"])]
+    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http", "fan-out", "join"])]
     scenarios: Vec<ScenarioKind>,
     /// Also write the results as a Markdown section to this file (appended).
     #[arg(long)]
@@ -125,6 +139,13 @@ enum ScenarioKind {
     /// 1-step HTTP jobs against a local no-op endpoint, after the same POST made bare from a
     /// Rust step: the HTTP step's cost against the call's, and its throughput against `noop`.
     Http,
+    /// One parent fanning out to `--fanout-children` 1-step no-op children, 1 replica: the
+    /// children's rate against the same number of 1-step jobs published directly (the `noop`
+    /// scenario's, when it ran with as many jobs, else measured for it).
+    FanOut,
+    /// `--join-parents` parents of `--join-children` children each, at `--join-rate` parents
+    /// per second, 1 replica: the time from a parent's last child's end to its wake-up.
+    Join,
 }
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {
@@ -161,7 +182,7 @@ fn main() -> ExitCode {
 }
 
 /// A JSON object of exactly `bytes` bytes (at least the braces and one field).
-fn payload(bytes: usize) -> Vec<u8> {
+pub(crate) fn payload(bytes: usize) -> Vec<u8> {
     let frame = r#"{"pad":""}"#.len();
     format!(r#"{{"pad":"{}"}}"#, "x".repeat(bytes.saturating_sub(frame))).into_bytes()
 }
@@ -372,6 +393,54 @@ async fn run(args: Args) -> Result<()> {
         );
         let throughput = measure(&setup, &full, &mut report).await?;
         report.http_cost(&called, &stepped, &throughput, max.as_ref());
+    }
+
+    if wanted(ScenarioKind::FanOut) {
+        let children = args
+            .fanout_children
+            .unwrap_or(if quick { 500 } else { 10_000 })
+            .max(1);
+        // The same number of the same jobs, published directly, in this invocation.
+        let reused = max.as_ref().filter(|_| jobs == children);
+        let (direct, direct_name) = match reused {
+            Some(noop) => (noop.clone(), "the 1-step no-op scenario above".to_owned()),
+            None => {
+                let name = format!("1-step no-op, {children} jobs, 1 replica (fan-out baseline)");
+                let baseline = single(&name, tasks::NOOP, children, 1);
+                (measure(&setup, &baseline, &mut report).await?, name)
+            }
+        };
+        let fan = fanout::FanOut {
+            name: format!("fan-out: 1 parent, {children} children, 1 replica"),
+            parents: 1,
+            children,
+            rate: None,
+        };
+        let outcome = fanout::run(&setup, &fan)
+            .await
+            .with_context(|| format!("scenario {:?} failed", fan.name))?;
+        report.fan_out(&fan.name, &outcome, &direct, &direct_name);
+    }
+    if wanted(ScenarioKind::Join) {
+        let parents = args.join_parents.unwrap_or(if quick { 20 } else { 200 });
+        let children = args.join_children.unwrap_or(if quick { 5 } else { 20 });
+        anyhow::ensure!(
+            args.join_rate.is_finite() && args.join_rate > 0.0,
+            "--join-rate must be a positive number of parents per second"
+        );
+        let fan = fanout::FanOut {
+            name: format!(
+                "join wake: {parents} parents of {children} children at {:.0} parents/s, 1 replica",
+                args.join_rate
+            ),
+            parents: parents.max(1),
+            children: children.max(1),
+            rate: Some(args.join_rate),
+        };
+        let outcome = fanout::run(&setup, &fan)
+            .await
+            .with_context(|| format!("scenario {:?} failed", fan.name))?;
+        report.join_wake(&fan.name, &outcome);
     }
 
     report.footer();

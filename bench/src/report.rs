@@ -3,6 +3,7 @@
 
 use crate::Args;
 use crate::ceiling::BrokerRun;
+use crate::fanout::FanOutcome;
 use crate::measure::CpuSplit;
 use crate::scenario::Outcome;
 use std::fmt::Write as _;
@@ -36,7 +37,20 @@ pub(crate) struct Report {
     ceilings: (f64, f64, f64),
     context: Vec<String>,
     rows: Vec<String>,
+    /// The fan-out scenarios' figures against their targets: (figure, measured, target, met).
+    targets: Vec<[String; 4]>,
     notes: Vec<String>,
+}
+
+/// The fan-out's children run at least at this share of the rate of the same jobs published
+/// directly (issue 13).
+pub(crate) const FAN_OUT_TARGET_PERCENT: f64 = 70.0;
+
+/// A join wakes its parent within this long of its last child's end, at p99 (issue 13).
+pub(crate) const JOIN_WAKE_TARGET_MS: f64 = 50.0;
+
+fn met(ok: bool) -> String {
+    if ok { "yes" } else { "**no**" }.to_owned()
 }
 
 fn machine() -> String {
@@ -107,6 +121,7 @@ impl Report {
             ceilings: (0.0, 0.0, 0.0),
             context,
             rows: Vec::new(),
+            targets: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -293,6 +308,90 @@ impl Report {
         self.notes.push(line);
     }
 
+    /// The fan-out of one parent: its children's rate against the same number of 1-step jobs
+    /// published directly (`direct`, described by `direct_name`), both counted from the first
+    /// start to the last finish.
+    pub(crate) fn fan_out(
+        &mut self,
+        name: &str,
+        o: &FanOutcome,
+        direct: &Outcome,
+        direct_name: &str,
+    ) {
+        let (coalesced, each_ack, warren_messages) = self.ceilings;
+        let share = ratio(o.children_per_sec, direct.jobs_per_sec_from_start);
+        let split = cpu(&o.cpu, Some(o.worker_us_per_child), "publisher");
+        let tx = match o.state_commits_per_child {
+            Some(state) => format!("{:.3} ({:.3} state)", o.transactions_per_child, state),
+            None => format!("{:.3}", o.transactions_per_child),
+        };
+        println!(
+            "{name}: {:.0} children/s ({} of {} succeeded), {share:.0} % of the {:.0} jobs/s of {direct_name} \
+             (both from the first start to the last finish; target: at least {FAN_OUT_TARGET_PERCENT:.0} %); \
+             parent parked to first child started {:.0} ms; last child's end to the parent's wake {:.1} ms; \
+             parent publish-to-finish {:.0} ms; peak RSS {:.1} MiB; Postgres {tx} transactions per child; CPU per child: {split}",
+            o.children_per_sec,
+            o.children_succeeded,
+            o.children_total,
+            direct.jobs_per_sec_from_start,
+            o.park_to_first_child.max,
+            o.wake.max,
+            o.parent_finish.max,
+            o.peak_rss_mib,
+        );
+        self.rows.push(format!(
+            "| {name} (children/s) | {:.0} | {:.0} % | {:.0} % | {:.0} % | | | {:.2} | {:.1} | {tx} | | {split} |",
+            o.children_per_sec,
+            ratio(o.children_per_sec, coalesced),
+            ratio(o.children_per_sec, each_ack),
+            ratio(o.children_per_sec, warren_messages),
+            o.worker_us_per_child / 1000.0,
+            o.peak_rss_mib,
+        ));
+        self.targets.push([
+            format!("{name}: children/s against {direct_name}"),
+            format!(
+                "{:.0} against {:.0} jobs/s: {share:.0} %",
+                o.children_per_sec, direct.jobs_per_sec_from_start
+            ),
+            format!("≥ {FAN_OUT_TARGET_PERCENT:.0} %"),
+            met(share >= FAN_OUT_TARGET_PERCENT),
+        ]);
+        self.notes.push(format!(
+            "{name}: the parent parked {:.0} ms before its first child started (the relay and the broker) and woke {:.1} ms after its last child's end; publish to finish {:.0} ms.",
+            o.park_to_first_child.max, o.wake.max, o.parent_finish.max
+        ));
+    }
+
+    /// Many parents joining a few children each: the time from each parent's last child's end
+    /// to its wake-up.
+    pub(crate) fn join_wake(&mut self, name: &str, o: &FanOutcome) {
+        let ok = o.wake.p99 <= JOIN_WAKE_TARGET_MS;
+        println!(
+            "{name}: last child's end to the parent's wake ms p50/p95/p99/max {} (target: p99 at most {JOIN_WAKE_TARGET_MS:.0} ms); \
+             parent parked to first child started {}; parent publish-to-finish {}; {} of {} children succeeded",
+            ms(&o.wake),
+            ms(&o.park_to_first_child),
+            ms(&o.parent_finish),
+            o.children_succeeded,
+            o.children_total,
+        );
+        let split = cpu(&o.cpu, Some(o.worker_us_per_child), "publisher");
+        self.rows.push(format!(
+            "| {name} (parents' publish→finish; children/s) | {:.0} | | | | | {} | {:.2} | | {:.3} | | {split} |",
+            o.children_per_sec,
+            ms(&o.parent_finish),
+            o.worker_us_per_child / 1000.0,
+            o.transactions_per_child,
+        ));
+        self.targets.push([
+            format!("{name}: last child's end → parent's wake, ms p50 / p95 / p99 / max"),
+            ms(&o.wake),
+            format!("p99 ≤ {JOIN_WAKE_TARGET_MS:.0} ms"),
+            met(ok),
+        ]);
+    }
+
     pub(crate) fn footer(&self) {
         println!();
         println!("done");
@@ -311,6 +410,14 @@ impl Report {
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for row in &self.rows {
             let _ = writeln!(md, "{row}");
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(md);
+            let _ = writeln!(md, "| fan-out figure | measured | target | met |");
+            let _ = writeln!(md, "|---|---|---|---|");
+            for [figure, measured, target, met] in &self.targets {
+                let _ = writeln!(md, "| {figure} | {measured} | {target} | {met} |");
+            }
         }
         let _ = writeln!(md);
         for note in &self.notes {

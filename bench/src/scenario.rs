@@ -45,6 +45,9 @@ pub(crate) struct Scenario {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Outcome {
     pub(crate) jobs_per_sec: f64,
+    /// Jobs over the span from the first start to the last finish (the first publish's trip to
+    /// the worker left out): how the fan-out's children are counted, for a like comparison.
+    pub(crate) jobs_per_sec_from_start: f64,
     pub(crate) queue_wait: Percentiles,
     pub(crate) finish: Percentiles,
     pub(crate) cpu_seconds_per_1000: f64,
@@ -68,9 +71,19 @@ pub(crate) struct Outcome {
 /// publisher and consumer run in this process, so their CPU is in the publisher's share).
 pub(crate) const PROBE_RATE: f64 = 100.0;
 
-struct Replica {
+pub(crate) struct Replica {
     child: Child,
     metrics_port: u16,
+}
+
+impl Replica {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
 }
 
 impl Drop for Replica {
@@ -80,75 +93,28 @@ impl Drop for Replica {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-pub(crate) async fn run(setup: &Setup, scenario: &Scenario) -> Result<Outcome> {
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let namespace = format!("bench{id}");
-    let database = format!("warren_bench_{id}");
-    let database_url = format!("{}/{database}", setup.pg_url);
-    let topology = Topology::new(namespace.clone(), setup.queue_type);
-    let pool = warren_shared::db::prepare(&database_url, 2)
-        .await
-        .context("cannot prepare the benchmark database")?;
-    let (admin, connection) =
-        tokio_postgres::connect(&format!("{}/postgres", setup.pg_url), tokio_postgres::NoTls)
-            .await?;
-    tokio::spawn(connection);
-
-    let result = measure_scenario(
-        setup,
-        scenario,
-        &topology,
-        &pool,
-        &admin,
-        &database,
-        &database_url,
-    )
-    .await;
-
-    cleanup(setup, &topology, scenario.task).await;
-    pool.close();
-    let _ = admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-        ))
-        .await;
-    result
-}
-
-async fn measure_scenario(
+/// Starts `count` worker replicas (this binary's `worker` command) running `tasks`.
+pub(crate) fn start_replicas(
     setup: &Setup,
-    scenario: &Scenario,
-    topology: &Topology,
-    pool: &deadpool_postgres::Pool,
-    admin: &tokio_postgres::Client,
-    database: &str,
-    database_url: &str,
-) -> Result<Outcome> {
-    let concurrency = scenario.concurrency.unwrap_or(setup.concurrency);
-    let prefetch = if scenario.concurrency.is_some() {
-        u16::try_from(concurrency).unwrap_or(u16::MAX)
-    } else {
-        setup.prefetch
-    };
+    bed: &Bed,
+    tasks: &[&str],
+    count: usize,
+    concurrency: u32,
+    prefetch: u16,
+) -> Result<Vec<Replica>> {
     let mut replicas = Vec::new();
-    for i in 0..scenario.replicas {
+    for i in 0..count {
         let port = free_port()?;
         let child = Command::new(&setup.exe)
             .args(["worker", "--worker-id", &format!("bench-{i}")])
-            .args(["--only", scenario.task])
+            .args(["--only", &tasks.join(",")])
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--prefetch", &prefetch.to_string()])
             .args(["--queue-type", setup.queue_type.as_str()])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .env("WARREN_AMQP_URL", &setup.amqp_url)
-            .env("WARREN_DATABASE_URL", database_url)
-            .env("WARREN_NAMESPACE", topology.namespace())
+            .env("WARREN_DATABASE_URL", &bed.database_url)
+            .env("WARREN_NAMESPACE", bed.topology.namespace())
             .env(
                 crate::tasks::ENDPOINT_ENV,
                 setup
@@ -165,7 +131,105 @@ async fn measure_scenario(
             metrics_port: port,
         });
     }
-    wait_consumers(setup, topology, scenario.task, scenario.replicas).await?;
+    Ok(replicas)
+}
+
+/// Stops the replicas with SIGTERM and waits for them (stopped replicas have flushed their
+/// statistics to Postgres).
+pub(crate) fn stop_replicas(replicas: &mut [Replica]) {
+    for replica in replicas.iter_mut() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &replica.child.id().to_string()])
+            .status();
+    }
+    for replica in replicas.iter_mut() {
+        let _ = replica.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A fresh namespace and database for one measurement, dropped afterwards.
+pub(crate) struct Bed {
+    pub(crate) topology: Topology,
+    pub(crate) pool: deadpool_postgres::Pool,
+    /// A connection to the server's `postgres` database: statistics, and the final drop.
+    pub(crate) admin: tokio_postgres::Client,
+    pub(crate) database: String,
+    pub(crate) database_url: String,
+}
+
+impl Bed {
+    pub(crate) async fn new(setup: &Setup) -> Result<Bed> {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let namespace = format!("bench{id}");
+        let database = format!("warren_bench_{id}");
+        let database_url = format!("{}/{database}", setup.pg_url);
+        let topology = Topology::new(namespace, setup.queue_type);
+        let pool = warren_shared::db::prepare(&database_url, 2)
+            .await
+            .context("cannot prepare the benchmark database")?;
+        let (admin, connection) =
+            tokio_postgres::connect(&format!("{}/postgres", setup.pg_url), tokio_postgres::NoTls)
+                .await?;
+        tokio::spawn(connection);
+        Ok(Bed {
+            topology,
+            pool,
+            admin,
+            database,
+            database_url,
+        })
+    }
+
+    /// Deletes the tasks' queues and exchanges and drops the database.
+    pub(crate) async fn teardown(self, setup: &Setup, tasks: &[&str]) {
+        cleanup(setup, &self.topology, tasks).await;
+        self.pool.close();
+        let _ = self
+            .admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.database
+            ))
+            .await;
+    }
+}
+
+pub(crate) async fn run(setup: &Setup, scenario: &Scenario) -> Result<Outcome> {
+    let bed = Bed::new(setup).await?;
+    let result = measure_scenario(setup, scenario, &bed).await;
+    bed.teardown(setup, &[scenario.task]).await;
+    result
+}
+
+async fn measure_scenario(setup: &Setup, scenario: &Scenario, bed: &Bed) -> Result<Outcome> {
+    let Bed {
+        topology,
+        pool,
+        admin,
+        database,
+        ..
+    } = bed;
+    let concurrency = scenario.concurrency.unwrap_or(setup.concurrency);
+    let prefetch = if scenario.concurrency.is_some() {
+        u16::try_from(concurrency).unwrap_or(u16::MAX)
+    } else {
+        setup.prefetch
+    };
+    let mut replicas = start_replicas(
+        setup,
+        bed,
+        &[scenario.task],
+        scenario.replicas,
+        concurrency,
+        prefetch,
+    )?;
+    wait_consumers(setup, topology, &[scenario.task], scenario.replicas).await?;
 
     let cpu_before = total_cpu(&replicas)?;
     let machine_before = MachineCpu::now();
@@ -174,7 +238,7 @@ async fn measure_scenario(
         Producer::connect_named(&setup.amqp_url, topology.clone(), "warren-bench producer").await?;
     let broker_probe = match scenario.rate.filter(|r| r.is_finite() && *r > 0.0) {
         None => {
-            publish(&producer, scenario, &setup.body).await?;
+            publish(&producer, scenario.task, scenario.jobs, None, &setup.body).await?;
             None
         }
         Some(rate) => {
@@ -192,7 +256,13 @@ async fn measure_scenario(
                 shape: Shape::Bare,
             };
             let (published, probed) = tokio::join!(
-                publish(&producer, scenario, &setup.body),
+                publish(
+                    &producer,
+                    scenario.task,
+                    scenario.jobs,
+                    Some(rate),
+                    &setup.body
+                ),
                 ceiling::measure(probe)
             );
             published?;
@@ -229,23 +299,16 @@ async fn measure_scenario(
         .map(|r| scrape_counter(r.metrics_port, warren_shared::metrics::STATE_COMMITS))
         .sum::<Option<f64>>();
 
-    // Stopped replicas have flushed their statistics to Postgres.
-    for replica in &mut replicas {
-        let _ = Command::new("kill")
-            .args(["-TERM", &replica.child.id().to_string()])
-            .status();
-    }
-    for replica in &mut replicas {
-        let _ = replica.child.wait();
-    }
+    stop_replicas(&mut replicas);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let pg_after = measure::pg_counters(admin, database).await?;
 
-    let (span, queue_wait, finish) = latencies(pool).await?;
+    let (span, started_span, queue_wait, finish) = latencies(pool).await?;
     let step_us = step_times(pool).await?;
     let jobs = scenario.jobs as f64;
     Ok(Outcome {
         jobs_per_sec: jobs / span,
+        jobs_per_sec_from_start: jobs / started_span,
         queue_wait,
         finish,
         cpu_seconds_per_1000: cpu_after.saturating_sub(cpu_before).as_secs_f64() / jobs * 1000.0,
@@ -277,25 +340,31 @@ fn rows(before: PgCounters, after: PgCounters) -> f64 {
     (after.rows_written - before.rows_written) as f64
 }
 
-fn total_cpu(replicas: &[Replica]) -> Result<Duration> {
+pub(crate) fn total_cpu(replicas: &[Replica]) -> Result<Duration> {
     replicas
         .iter()
         .map(|r| measure::cpu_time(r.child.id()))
         .sum()
 }
 
-async fn wait_consumers(
+/// Waits until every task's queue has `replicas` consumers.
+pub(crate) async fn wait_consumers(
     setup: &Setup,
     topology: &Topology,
-    task: &str,
+    tasks: &[&str],
     replicas: usize,
 ) -> Result<()> {
     let connection = warren_shared::amqp::connect(&setup.amqp_url, "warren-bench").await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let channel = connection.create_channel().await?;
-        let stats = inspect_queue(&channel, &topology.task_queue(task)).await?;
-        if stats.is_some_and(|s| s.consumers as usize >= replicas) {
+        let mut ready = true;
+        for task in tasks {
+            // A queue not declared yet closes the channel that asked.
+            let channel = connection.create_channel().await?;
+            let stats = inspect_queue(&channel, &topology.task_queue(task)).await?;
+            ready &= stats.is_some_and(|s| s.consumers as usize >= replicas);
+        }
+        if ready {
             break;
         }
         anyhow::ensure!(
@@ -308,21 +377,27 @@ async fn wait_consumers(
     Ok(())
 }
 
-/// Publishes the scenario's jobs with the Warren producer, keeping up to [`CONFIRM_WINDOW`]
+/// Publishes `jobs` jobs of `task` with the Warren producer, keeping up to [`CONFIRM_WINDOW`]
 /// confirms outstanding; at a fixed rate, each job is sent at its due time (open loop: a slow
 /// consumer does not slow the publisher down).
-async fn publish(producer: &Producer, scenario: &Scenario, body: &[u8]) -> Result<()> {
+pub(crate) async fn publish(
+    producer: &Producer,
+    task: &str,
+    jobs: usize,
+    rate: Option<f64>,
+    body: &[u8],
+) -> Result<()> {
     let start = tokio::time::Instant::now();
     let mut pending = VecDeque::with_capacity(CONFIRM_WINDOW);
-    for i in 0..scenario.jobs {
-        if let Some(rate) = scenario.rate {
+    for i in 0..jobs {
+        if let Some(rate) = rate {
             tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
         }
         let options = PublishOptions {
             message_id: Some(format!("job-{i}")),
             ..PublishOptions::default()
         };
-        let (_, confirm) = producer.start_json(scenario.task, body, options).await?;
+        let (_, confirm) = producer.start_json(task, body, options).await?;
         pending.push_back(confirm);
         if pending.len() >= CONFIRM_WINDOW
             && let Some(oldest) = pending.pop_front()
@@ -339,7 +414,7 @@ async fn publish(producer: &Producer, scenario: &Scenario, body: &[u8]) -> Resul
 /// Waits until every job has succeeded. Watches the replicas' own counters rather than counting
 /// rows in Postgres, which would load the database being measured (a count over the runs
 /// table every few hundred milliseconds took a fair share of a core); Postgres confirms once.
-async fn wait_done(
+pub(crate) async fn wait_done(
     pool: &deadpool_postgres::Pool,
     replicas: &[Replica],
     jobs: usize,
@@ -375,9 +450,9 @@ async fn wait_done(
     Ok(())
 }
 
-/// The whole run's span (first publish to last finish, seconds) and the per-job latencies
-/// (milliseconds), from the runs' timestamps.
-async fn latencies(pool: &deadpool_postgres::Pool) -> Result<(f64, Percentiles, Percentiles)> {
+/// The whole run's span (first publish to last finish, seconds), the span from the first start
+/// to the last finish, and the per-job latencies (milliseconds), from the runs' timestamps.
+async fn latencies(pool: &deadpool_postgres::Pool) -> Result<(f64, f64, Percentiles, Percentiles)> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -387,20 +462,26 @@ async fn latencies(pool: &deadpool_postgres::Pool) -> Result<(f64, Percentiles, 
             &[],
         )
         .await?;
-    let span: f64 = client
+    let spans = client
         .query_one(
-            "SELECT extract(epoch FROM max(finished_at) - min(published_at))::float8 FROM runs",
+            "SELECT extract(epoch FROM max(finished_at) - min(published_at))::float8,
+                    extract(epoch FROM max(finished_at) - min(started_at))::float8
+             FROM runs",
             &[],
         )
-        .await?
-        .get(0);
+        .await?;
     let wait = rows.iter().map(|r| r.get::<_, f64>(0)).collect();
     let finish = rows.iter().map(|r| r.get::<_, f64>(1)).collect();
-    Ok((span, Percentiles::of(wait), Percentiles::of(finish)))
+    Ok((
+        spans.get(0),
+        spans.get(1),
+        Percentiles::of(wait),
+        Percentiles::of(finish),
+    ))
 }
 
 /// Reads one counter (summed over its series) from a replica's `/metrics`.
-fn scrape_counter(port: u16, name: &str) -> Option<f64> {
+pub(crate) fn scrape_counter(port: u16, name: &str) -> Option<f64> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     stream
@@ -417,14 +498,14 @@ fn scrape_counter(port: u16, name: &str) -> Option<f64> {
 }
 
 /// Deletes the scenario's queues and exchanges.
-async fn cleanup(setup: &Setup, topology: &Topology, task: &str) {
+async fn cleanup(setup: &Setup, topology: &Topology, tasks: &[&str]) {
     let Ok(connection) =
         warren_shared::amqp::connect(&setup.amqp_url, "warren-bench cleanup").await
     else {
         return;
     };
     if let Ok(channel) = connection.create_channel().await {
-        topology.delete_all(&channel, [task]).await;
+        topology.delete_all(&channel, tasks.iter().copied()).await;
     }
     warren_shared::amqp::close(&connection, "done").await;
 }

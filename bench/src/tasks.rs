@@ -1,10 +1,11 @@
 //! The benchmark's tasks: no work at all, so that what is measured is Warren itself, 50 ms
-//! of waiting, for I/O-bound jobs, and a tiny program run as a command step, against the same
-//! program spawned bare.
+//! of waiting, for I/O-bound jobs, a tiny program run as a command step, against the same
+//! program spawned bare, and a parent that fans out to no-op children and joins them.
 
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use warren_worker::children::Children;
 use warren_worker::steps::command::{CommandStep, CommandStepConfig};
 use warren_worker::steps::http::{HttpStep, HttpStepConfig, Secret};
 use warren_worker::steps::{ExternalStep, StepRequest};
@@ -34,6 +35,11 @@ pub(crate) const HTTP_BARE: &str = "bench.http_bare";
 pub(crate) const ENDPOINT_ENV: &str = "WARREN_BENCH_ENDPOINT";
 /// The endpoint of replicas started for other scenarios: never called.
 pub(crate) const NO_ENDPOINT: &str = "http://127.0.0.1:9/step";
+
+/// A parent run: its first step starts `children` runs of [`NOOP`] (no limit), each with a
+/// JSON object of `child_bytes` bytes as its input (the job of the 1-step scenario, so that
+/// the rates compare), and waits for them; its last step counts their outcomes.
+pub(crate) const FAN_OUT: &str = "bench.fanout";
 
 /// How long an I/O-bound step waits.
 pub(crate) const IO_WAIT: Duration = Duration::from_millis(50);
@@ -127,8 +133,32 @@ pub(crate) fn registry() -> Registry {
             ))
         }
     };
+    let fan_out = |ctx: StepContext<Value>| async move {
+        let count = ctx.input()["children"].as_u64().unwrap_or(0);
+        let bytes = ctx.input()["child_bytes"].as_u64().unwrap_or(0);
+        let input: Value = serde_json::from_slice(&crate::payload(
+            usize::try_from(bytes).unwrap_or(usize::MAX),
+        ))
+        .map_err(|e| StepError::fatal("invalid_input", e.to_string()))?;
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let children = Children::each(NOOP, std::iter::repeat_n(&input, count))?;
+        Ok(StepOutcome::WaitForChildren(children))
+    };
+    let joined = |ctx: StepContext<Value>| async move {
+        let joined = ctx.children("fan")?;
+        Ok(StepOutcome::next(json!({
+            "succeeded": joined.succeeded,
+            "failed": joined.failed,
+            "unfinished": joined.unfinished,
+        })))
+    };
     Registry::new()
         .register(Task::<Value>::new(NOOP).step(step("noop", noop)))
+        .register(
+            Task::<Value>::new(FAN_OUT)
+                .step(step("fan", fan_out))
+                .step(step("joined", joined)),
+        )
         .register(Task::<Value>::new(HTTP).step(step("http", call_http)))
         .register(Task::<Value>::new(HTTP_BARE).step(step("post", post_bare)))
         .register(Task::<Value>::new(COMMAND).step(step("command", run_command)))

@@ -40,6 +40,9 @@ fn the_benchmark_runs_in_quick_mode() {
         "Command step: its own time",
         "1-step HTTP step to a local no-op endpoint",
         "HTTP step: its own time",
+        "1 replica (fan-out baseline):",
+        "fan-out: 1 parent, 500 children, 1 replica:",
+        "join wake: 20 parents of 5 children at 20 parents/s, 1 replica: last child's end to the parent's wake",
         "done",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");

@@ -586,3 +586,152 @@ async fn no_child_starts_after_its_parent_is_cancelled_even_while_siblings_end()
     );
     worker.shutdown().await.unwrap();
 }
+
+/// A fan-out without a limit starts all its children at once, so the replica claims and ends
+/// them many to a group commit (the set-based forms): each child still starts once, from
+/// `queued`, runs its step once and is counted once, and the parent wakes once with every
+/// outcome in list order.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unlimited_fan_out_runs_each_child_once_and_wakes_the_parent_once() {
+    let env = TestEnv::new().await;
+    let finished = Arc::new(AtomicUsize::new(0));
+    let worker = env.start_worker(registry(Arc::clone(&finished))).await;
+    let sleeps = vec![json!(0); 300];
+    let message = publish(&env, "story.fan", json!({ "sleeps": sleeps })).await;
+    let run = env.wait_finished(&message).await;
+    assert_eq!(run.summary.status, "succeeded", "{run:?}");
+    let output = run.output.clone().unwrap();
+    assert_eq!(output["succeeded"], 300);
+    let children = output["children"].as_array().unwrap();
+    assert_eq!(children.len(), 300);
+    for (position, child) in children.iter().enumerate() {
+        let id = child["message_id"].as_str().unwrap();
+        assert!(id.ends_with(&format!("/{position}")), "{id} at {position}");
+        assert_eq!(child["status"], "succeeded");
+    }
+    assert_eq!(finished.load(Ordering::SeqCst), 300);
+    let wakes = run
+        .transitions
+        .iter()
+        .filter(|t| t.from_status.as_deref() == Some("waiting_for_children"))
+        .count();
+    assert_eq!(wakes, 1);
+
+    let client = env.pool.get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT string_agg(coalesce(t.from_status, '-') || '>' || t.to_status, ' ' ORDER BY t.id),
+                    count(*) FILTER (WHERE t.reason = 'child run started'),
+                    (SELECT executions FROM run_steps s WHERE s.run_id = r.id)
+             FROM runs r JOIN run_transitions t ON t.run_id = r.id
+             WHERE r.parent_id = $1 GROUP BY r.id",
+            &[&run.summary.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 300);
+    for row in rows {
+        assert_eq!(
+            row.get::<_, String>(0),
+            "->queued queued>running running>succeeded"
+        );
+        assert_eq!(row.get::<_, i64>(1), 1);
+        assert_eq!(row.get::<_, Option<i32>>(2), Some(1));
+    }
+    let unsent: i64 = client
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unsent, 0);
+    worker.shutdown().await.unwrap();
+}
+
+/// The set-based claim of child runs starts only children that have never run: a cancelled
+/// child, a replayed one and one running elsewhere are left to the full claim, which knows
+/// what to make of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_set_based_claim_starts_only_children_that_never_ran() {
+    let env = TestEnv::new().await;
+    let mut client = env.pool.get().await.unwrap();
+    let parent = Uuid::now_v7();
+    // (message id, status, attempt, attempt base, owner)
+    let children = [
+        ("fresh", "queued", 1, 0, None),
+        ("cancelled", "cancelled", 1, 0, None),
+        ("replayed", "queued", 2, 1, None),
+        ("elsewhere", "running", 1, 0, Some("other#1")),
+    ];
+    let mut ids = Vec::new();
+    for (message_id, status, attempt, base, owner) in children {
+        let id = warren_shared::store::run_id("story.upper", message_id);
+        client
+            .execute(
+                "INSERT INTO runs (id, message_id, task, event, status, attempt, attempt_base,
+                                   worker, parent_id, published_at)
+                 VALUES ($1, $2, 'story.upper', 'story.upper', $3, $4, $5, $6, $7, now())",
+                &[&id, &message_id, &status, &attempt, &base, &owner, &parent],
+            )
+            .await
+            .unwrap();
+        ids.push((id, message_id));
+    }
+    let runs: Vec<_> = ids
+        .iter()
+        .map(|(id, message_id)| warren_shared::store::NewRun {
+            id: *id,
+            message_id,
+            task: "story.upper",
+            event: "story.upper",
+            input: None,
+            attempt: 2,
+            idempotency_key: None,
+            tenant: None,
+            published_at: None,
+            worker: "here#1",
+            wake: None,
+            idempotency_window: Duration::from_secs(60),
+        })
+        .collect();
+    let tx = client.transaction().await.unwrap();
+    let started = warren_shared::store::start_queued_children(&tx, &runs)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(started, [true, false, false, false]);
+
+    let rows = client
+        .query(
+            "SELECT r.message_id, r.status, r.attempt, r.worker, r.started_at IS NOT NULL,
+                    (SELECT string_agg(t.from_status || '>' || t.to_status || ' ' || t.reason, '; ')
+                     FROM run_transitions t WHERE t.run_id = r.id)
+             FROM runs r WHERE parent_id = $1 ORDER BY r.message_id",
+            &[&parent],
+        )
+        .await
+        .unwrap();
+    // message id, status, attempt, owner, started, transitions
+    let seen: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {:?} {} {:?}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, i32>(2),
+                r.get::<_, Option<String>>(3),
+                r.get::<_, bool>(4),
+                r.get::<_, Option<String>>(5),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "cancelled cancelled 1 None false None",
+            "elsewhere running 1 Some(\"other#1\") false None",
+            "fresh running 2 Some(\"here#1\") true Some(\"queued>running child run started\")",
+            "replayed queued 2 None false None",
+        ]
+    );
+}

@@ -101,26 +101,43 @@ pub(crate) enum Batchable<'a> {
     Step(&'a CompleteStep),
 }
 
-/// Records a group commit's claims and completed steps in the set-based forms, the two
-/// statements pipelined. Returns, for each claim, whether it started a new run (the others
-/// need the full claim).
+/// Records a group commit's claims and completed steps in the set-based forms, the statements
+/// pipelined: new runs' claims, child runs' claims (their parent created them `queued`), the
+/// completed steps, and the ends of the child runs those steps finished, counted in their
+/// parents' joins. Returns, for each claim, whether it started its run (the others need the
+/// full claim).
 pub(crate) async fn apply_batched(
     tx: &Transaction<'_>,
     claims: &[&RunFields],
     steps: &[&CompleteStep],
 ) -> Result<Vec<bool>, StoreError> {
-    let runs: Vec<NewRun<'_>> = claims.iter().map(|run| run.new_run()).collect();
+    let (children, runs): (Vec<&RunFields>, Vec<&RunFields>) =
+        claims.iter().partition(|run| run.parent.is_some());
+    let children: Vec<NewRun<'_>> = children.iter().map(|run| run.new_run()).collect();
+    let runs: Vec<NewRun<'_>> = runs.iter().map(|run| run.new_run()).collect();
     let reasons: Vec<String> = steps.iter().map(|s| s.reason()).collect();
     let parts: Vec<(StepDone<'_>, Change<'_>)> = steps
         .iter()
         .zip(&reasons)
         .map(|(step, reason)| step.parts(reason))
         .collect();
+    let ended: Vec<Uuid> = steps
+        .iter()
+        .filter(|step| step.ends_run() && step.run.parent.is_some())
+        .map(|step| step.run.id)
+        .collect();
     let start = async {
         if runs.is_empty() {
             Ok(Vec::new())
         } else {
             store::start_new_runs(tx, &runs).await
+        }
+    };
+    let start_children = async {
+        if children.is_empty() {
+            Ok(Vec::new())
+        } else {
+            store::start_queued_children(tx, &children).await
         }
     };
     let complete = async {
@@ -130,8 +147,25 @@ pub(crate) async fn apply_batched(
             store::complete_steps(tx, &parts).await
         }
     };
-    let (inserted, ()) = futures::try_join!(start, complete)?;
-    Ok(inserted)
+    // Last, so that the joins' rows are locked as briefly as the batch allows.
+    let count_ends = async {
+        children::children_ended(tx, &ended).await?;
+        Ok(())
+    };
+    let (inserted, started, (), ()) =
+        futures::try_join!(start, start_children, complete, count_ends)?;
+    let (mut inserted, mut started) = (inserted.into_iter(), started.into_iter());
+    Ok(claims
+        .iter()
+        .map(|run| {
+            let next = if run.parent.is_some() {
+                started.next()
+            } else {
+                inserted.next()
+            };
+            next.unwrap_or(false)
+        })
+        .collect())
 }
 
 /// How a completed step ends the run, owned.
@@ -221,12 +255,11 @@ impl Write for CompleteStep {
         self.run.parent.filter(|_| self.ends_run())
     }
 
-    /// The set-based form records the checkpoint and the run's change only: a step with more
-    /// to write (events, a join, a child's end) goes through [`store::complete_step`].
+    /// The set-based form records the checkpoint, the run's change and a child run's end in
+    /// its parent's join: a step with more to write (events, a join) goes through
+    /// [`store::complete_step`].
     fn batchable(&self) -> Option<Batchable<'_>> {
-        let plain = self.emitted.is_empty()
-            && !self.joined
-            && !(self.ends_run() && self.run.parent.is_some());
+        let plain = self.emitted.is_empty() && !self.joined;
         plain.then_some(Batchable::Step(self))
     }
 

@@ -1,14 +1,15 @@
-//! Set-based forms of the two hottest writes, for a group commit that carries many of them: the
-//! first claim of a new run, and a completed step. Each is one statement over arrays (`unnest`,
-//! with data-modifying `WITH` clauses for the rows it writes in several tables) whatever the
-//! batch size, where the one-write forms cost several statements per run: Postgres's
-//! per-statement overhead was most of its time at full load, and every statement is a round
-//! trip the batch waits for.
+//! Set-based forms of the hottest writes, for a group commit that carries many of them: the
+//! first claim of a new run, the first claim of a child run its parent created `queued`, and a
+//! completed step. Each is one statement over arrays (`unnest`, with data-modifying `WITH`
+//! clauses for the rows it writes in several tables) whatever the batch size, where the
+//! one-write forms cost several statements per run: Postgres's per-statement overhead was most
+//! of its time at full load, and every statement is a round trip the batch waits for.
 //!
-//! They do exactly what [`super::claim`] (for a run that does not exist yet) and
-//! [`super::complete_step`] do, row for row. Anything unusual falls back to those: a claim that
-//! finds its run already there, and a batch in which one completion no longer owns its run (the
-//! whole batch then fails, and the writer commits its writes one by one).
+//! They do exactly what [`super::claim`] (for a run that does not exist yet, or a child run
+//! that has never run) and [`super::complete_step`] do, row for row. Anything unusual falls
+//! back to those: a claim that finds its run already there (or, for a child, not fresh), and a
+//! batch in which one completion no longer owns its run (the whole batch then fails, and the
+//! writer commits its writes one by one).
 
 use super::{Change, NewRun, StepDone, StepEnd, StoreError};
 use crate::state::{self, RunStatus};
@@ -77,6 +78,53 @@ pub async fn start_new_runs(
         .map(|row| row.get(0))
         .collect();
     Ok(runs.iter().map(|r| inserted.contains(&r.id)).collect())
+}
+
+/// Starts child runs that their parent created `queued` and that have never run: `running`
+/// for their message's attempt, with the transition [`super::claim`] logs for them. Returns,
+/// for each, whether it started; the others (a child cancelled, already running elsewhere, or
+/// replayed) need the full [`super::claim`], which finds out what they are. A child's run
+/// always exists before its message is sent (the parent's transaction created it), so these
+/// claims never insert. Runs with an idempotency key must go through [`super::claim`].
+pub async fn start_queued_children(
+    tx: &Transaction<'_>,
+    runs: &[NewRun<'_>],
+) -> Result<Vec<bool>, StoreError> {
+    state::check(Some(RunStatus::Queued), RunStatus::Running)?;
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+    let attempts: Vec<i32> = runs.iter().map(|r| r.attempt).collect();
+    let workers: Vec<&str> = runs.iter().map(|r| r.worker).collect();
+    // Fresh: never claimed (attempt 1 of the first budget, no join, no checkpoint), which is
+    // what makes the full claim's answer `Claim::Run` with no checkpoints and no join. Planned
+    // for its arrays each time, like `complete_steps`, for the same reason: a join of `runs`
+    // with `unnest`.
+    let started: HashSet<Uuid> = tx
+        .query_typed(
+            "WITH fresh AS (
+                 UPDATE runs SET status = 'running', attempt = u.attempt, worker = u.worker,
+                        updated_at = now(), started_at = coalesce(runs.started_at, now()),
+                        wake_token = NULL, next_attempt_at = NULL
+                 FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS u(id, attempt, worker)
+                 WHERE runs.id = u.id AND runs.status = 'queued' AND runs.attempt = 1
+                       AND runs.attempt_base = 0 AND u.attempt >= 1 AND runs.join_step IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM run_steps s WHERE s.run_id = runs.id)
+                 RETURNING runs.id, runs.attempt, runs.worker
+             ), logged AS (
+                 INSERT INTO run_transitions (run_id, from_status, to_status, attempt, worker, reason)
+                 SELECT id, 'queued', 'running', attempt, worker, 'child run started' FROM fresh
+             )
+             SELECT id FROM fresh",
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&attempts, Type::INT4_ARRAY),
+                (&workers, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(runs.iter().map(|r| started.contains(&r.id)).collect())
 }
 
 /// Records completed steps: their checkpoints, their runs' new states, and the transitions.

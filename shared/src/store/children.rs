@@ -273,43 +273,62 @@ pub async fn child_ended(
     client: &impl GenericClient,
     child: Uuid,
 ) -> Result<ChildEnded, StoreError> {
+    children_ended(client, &[child]).await
+}
+
+/// [`child_ended`] for many children at once (a group commit's), in one statement whatever
+/// their number: a join is locked and counted once per batch rather than once per child (a
+/// fan-out's children all end in the same join, whose row each end locked until its commit).
+/// The joins are locked in the order of their parents' ids, so that two such statements
+/// never wait for each other in a cycle. Says whether any waiting child started and any
+/// parent's wake-up became due.
+pub async fn children_ended(
+    client: &impl GenericClient,
+    children: &[Uuid],
+) -> Result<ChildEnded, StoreError> {
+    if children.is_empty() {
+        return Ok(ChildEnded::default());
+    }
     let stmt = client
         .prepare_cached(
             "WITH c AS (
                  UPDATE run_children SET ended_at = now()
-                 WHERE child_id = $1 AND ended_at IS NULL
+                 WHERE child_id = ANY($1) AND ended_at IS NULL
                  RETURNING parent_id
+             ), n AS (
+                 SELECT parent_id, count(*)::int AS k FROM c GROUP BY parent_id
              ), old AS (
-                 SELECT j.parent_id, j.started FROM run_joins j JOIN c USING (parent_id)
+                 SELECT j.parent_id, j.started, n.k FROM run_joins j JOIN n USING (parent_id)
+                 ORDER BY j.parent_id
                  FOR UPDATE OF j
              )
              UPDATE run_joins j
-             SET ended = j.ended + 1,
+             SET ended = j.ended + old.k,
                  started = CASE WHEN j.max_running IS NULL THEN j.started
-                                ELSE least(j.started + 1, j.total) END
+                                ELSE least(j.started + old.k, j.total) END
              FROM old WHERE j.parent_id = old.parent_id
              RETURNING j.parent_id, old.started, j.started, j.ended, j.total, j.wake_id,
                        (SELECT tenant FROM runs WHERE id = j.parent_id)",
         )
         .await?;
-    let Some(row) = client.query_opt(&stmt, &[&child]).await? else {
-        return Ok(ChildEnded::default());
-    };
-    let parent: Uuid = row.get(0);
-    let was_started: i32 = row.get(1);
-    let started: i32 = row.get(2);
-    let ended: i32 = row.get(3);
-    let total: i32 = row.get(4);
-    let wake_id: i64 = row.get(5);
-    let tenant: Option<String> = row.get(6);
+    let rows = client.query(&stmt, &[&children]).await?;
     let mut effect = ChildEnded::default();
-    if started > was_started {
-        effect.started_next =
-            start_children(client, parent, was_started, started, tenant.as_deref()).await? > 0;
-    }
-    if ended >= total {
-        release_wake(client, wake_id).await?;
-        effect.woke_parent = true;
+    for row in rows {
+        let parent: Uuid = row.get(0);
+        let was_started: i32 = row.get(1);
+        let started: i32 = row.get(2);
+        let ended: i32 = row.get(3);
+        let total: i32 = row.get(4);
+        let wake_id: i64 = row.get(5);
+        let tenant: Option<String> = row.get(6);
+        if started > was_started {
+            effect.started_next |=
+                start_children(client, parent, was_started, started, tenant.as_deref()).await? > 0;
+        }
+        if ended >= total {
+            release_wake(client, wake_id).await?;
+            effect.woke_parent = true;
+        }
     }
     Ok(effect)
 }

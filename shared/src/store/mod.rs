@@ -31,7 +31,7 @@ pub mod outbox;
 mod replicas;
 pub mod retention;
 
-pub use batch::{complete_steps, start_new_runs};
+pub use batch::{complete_steps, start_new_runs, start_queued_children};
 pub use replicas::{
     INCARNATION_SEPARATOR, STALE_LISTED_FOR, WorkerInfo, WorkerRecord, heartbeat, list_workers,
     register_worker, stop_worker,
