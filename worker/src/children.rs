@@ -278,12 +278,13 @@ pub(crate) struct Parent<'a> {
 /// committed) names the same children. A task no replica knows fails the step, not retryable.
 pub(crate) fn plan(
     parent: &Parent<'_>,
-    children: &[ChildRun],
+    children: Vec<ChildRun>,
 ) -> Result<Vec<warren_shared::store::children::NewChild>, StepError> {
     use warren_shared::contract::{self, Outgoing, header};
     use warren_shared::store::{self, outbox};
+    // The inputs move into the messages: a fan-out's list is held once, not twice.
     children
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(position, child)| {
             if child.body.len() > parent.max_message_bytes {
@@ -321,17 +322,18 @@ pub(crate) fn plan(
                 .with_header(header::PARENT_RUN, parent.run.to_string())
                 .properties()
                 .map_err(|e| StepError::fatal("invalid_child", e.to_string()))?;
+            let routing_key = parent.topology.task_queue(&child.task);
             Ok(store::children::NewChild {
                 id: store::run_id(&child.task, &message_id),
-                task: child.task.clone(),
+                task: child.task,
                 event: event.to_owned(),
                 message_id,
                 message: outbox::Message {
                     run_id: parent.run,
                     kind: outbox::Kind::Child,
                     exchange: String::new(),
-                    routing_key: parent.topology.task_queue(&child.task),
-                    body: child.body.clone(),
+                    routing_key,
+                    body: child.body,
                     properties,
                 },
             })

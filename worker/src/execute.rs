@@ -600,7 +600,10 @@ impl Executor {
             topology: &self.topology,
             directory: &self.directory,
         };
-        let planned = match children::plan(&parent, &requested.runs) {
+        let max_running = requested.max_running;
+        let single = requested.single;
+        let timeout = requested.timeout;
+        let planned = match children::plan(&parent, requested.runs) {
             Ok(planned) => planned,
             Err(error) => return Ok(Err(error)),
         };
@@ -619,17 +622,15 @@ impl Executor {
                 &[(header::WAKE, wake_token.clone())],
             ),
         };
-        let deadline = requested.timeout.map(later);
+        let deadline = timeout.map(later);
         let count = planned.len();
         let write = StartJoin {
             run: Arc::clone(run),
             step: info.name.clone(),
             position,
             children: planned,
-            max_running: requested
-                .max_running
-                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
-            single: requested.single,
+            max_running: max_running.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            single,
             deadline,
             wake,
             wake_token,
