@@ -31,6 +31,9 @@ pub struct RunInfo {
     pub message_id: String,
     /// The tenant, if the message named one.
     pub tenant: Option<String>,
+    /// On a run a schedule fired: the slot it fired for (docs/schedules.md), however late the
+    /// run starts or how often it is retried.
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a step gets: the run's identity, its typed input, and what earlier steps returned.

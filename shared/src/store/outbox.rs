@@ -25,6 +25,8 @@ pub enum Kind {
     Wake,
     /// The message of a run an operator retried.
     Retry,
+    /// The message of a run a schedule fired.
+    Schedule,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::Child => "child",
             Kind::Wake => "wake",
             Kind::Retry => "retry",
+            Kind::Schedule => "schedule",
         }
     }
 }

@@ -180,6 +180,7 @@ fn a_wait_step_waits_its_duration() {
         attempt: 1,
         message_id: "m".into(),
         tenant: None,
+        scheduled_for: None,
     });
     let outcome = futures::executor::block_on(media.run_step(
         2,
@@ -649,6 +650,7 @@ fn run_step(
         attempt: 1,
         message_id: "m".into(),
         tenant: None,
+        scheduled_for: None,
     });
     let outputs = outputs
         .iter()
