@@ -460,3 +460,60 @@ async fn the_schedules_commands_create_list_show_pause_resume_trigger_and_delete
     drop(client);
     worker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn prune_removes_old_fire_records_but_keeps_each_schedules_last_ten() {
+    let env = TestEnv::new().await;
+    let mut client = env.pool.get().await.unwrap();
+    for name in ["busy", "quiet"] {
+        let definition = Definition {
+            name: name.into(),
+            task: "t".into(),
+            payload: json!({}),
+            cron: None,
+            every_secs: Some(60),
+            timezone: "UTC".into(),
+            missed: Missed::Latest,
+            catch_up_limit: 10,
+        };
+        assert!(schedules::create(&client, &definition, None).await.unwrap());
+    }
+    // 15 old fires of `busy`, 3 of `quiet`, and a recent one of `busy`.
+    client
+        .batch_execute(
+            "INSERT INTO schedule_fires (schedule, slot, message_id, run_id, fired_at)
+             SELECT 'busy', now() - make_interval(days => 3, mins => n), 'm' || n,
+                    gen_random_uuid(), now() - interval '3 days'
+             FROM generate_series(1, 15) n;
+             INSERT INTO schedule_fires (schedule, slot, message_id, run_id, fired_at)
+             SELECT 'quiet', now() - make_interval(days => 3, mins => n), 'q' || n,
+                    gen_random_uuid(), now() - interval '3 days'
+             FROM generate_series(1, 3) n;
+             INSERT INTO schedule_fires (schedule, slot, message_id, run_id)
+             VALUES ('busy', now(), 'recent', gen_random_uuid());",
+        )
+        .await
+        .unwrap();
+    let policy = warren_shared::store::retention::Prune {
+        batch: 4,
+        ..warren_shared::store::retention::Prune::older_than(Duration::from_secs(86_400))
+    };
+    let report = warren_shared::store::retention::prune(&mut client, &policy, &|| true)
+        .await
+        .unwrap();
+    assert_eq!(report.schedule_fires, 6);
+    assert_eq!(
+        schedules::recent_fires(&client, "busy", 100)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    assert_eq!(
+        schedules::recent_fires(&client, "quiet", 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
