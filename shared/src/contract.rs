@@ -926,6 +926,21 @@ mod tests {
     }
 
     #[test]
+    fn a_scheduled_message_carries_its_slot_and_a_malformed_slot_is_refused() {
+        let props = props_with(&[(header::SCHEDULED_FOR, long("2026-03-29T01:00:00.000Z"))]);
+        let env = decode("report.daily", &props, b"{}", 1024).unwrap();
+        assert_eq!(
+            env.scheduled_for.map(format_time).as_deref(),
+            Some("2026-03-29T01:00:00.000Z")
+        );
+        let props = props_with(&[(header::SCHEDULED_FOR, long("tomorrow"))]);
+        let err = decode("report.daily", &props, b"{}", 1024).unwrap_err();
+        assert!(err.to_string().contains(header::SCHEDULED_FOR), "{err}");
+        let plain = decode("report.daily", &BasicProperties::default(), b"{}", 1024).unwrap();
+        assert_eq!(plain.scheduled_for, None);
+    }
+
+    #[test]
     fn a_message_without_content_type_or_headers_is_plain_json() {
         let env = decode("player.dump", &BasicProperties::default(), b"{}", 1024).unwrap();
         assert_eq!(env.message_id, None);
@@ -1230,6 +1245,7 @@ mod properties {
             Just(header::PUBLISHED_AT.to_owned()),
             Just(header::FIRST_FAILED_AT.to_owned()),
             Just(header::DUE_AT.to_owned()),
+            Just(header::SCHEDULED_FOR.to_owned()),
             Just(header::WAKE.to_owned()),
             Just(header::TRACEPARENT.to_owned()),
             "[a-z-]{1,12}",

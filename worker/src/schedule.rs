@@ -262,3 +262,74 @@ async fn fire(pool: &Pool, targets: &HashMap<String, Target>) -> Result<usize, S
     }
     Ok(fired.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_declared_schedule_is_named_after_its_task_and_its_name_or_position() {
+        let named = Schedule::cron("0 9 * * *")
+            .unwrap()
+            .timezone("Europe/Paris")
+            .unwrap()
+            .named("morning")
+            .payload(json!({ "report": "sales" }))
+            .definition("report.daily", 0)
+            .unwrap();
+        assert_eq!(named.name, "report.daily/morning");
+        assert_eq!(named.cron.as_deref(), Some("0 9 * * *"));
+        assert_eq!(named.timezone, "Europe/Paris");
+        assert_eq!(named.missed, Missed::Latest);
+        assert_eq!(named.catch_up_limit, DEFAULT_CATCH_UP_LIMIT);
+        let numbered = Schedule::every("5m")
+            .unwrap()
+            .missed(Missed::All)
+            .catch_up_limit(3)
+            .definition("health", 2)
+            .unwrap();
+        assert_eq!(numbered.name, "health/2");
+        assert_eq!(
+            (
+                numbered.every_secs,
+                numbered.missed,
+                numbered.catch_up_limit
+            ),
+            (Some(300), Missed::All, 3)
+        );
+        assert_eq!(numbered.payload, json!({}));
+    }
+
+    #[test]
+    fn a_bad_declaration_says_what_is_wrong() {
+        assert!(Schedule::cron("0 9 * *").is_err());
+        assert!(Schedule::every("never").is_err());
+        assert!(
+            Schedule::cron("0 9 * * *")
+                .unwrap()
+                .timezone("Europe/Atlantis")
+                .is_err()
+        );
+        let spaced = Schedule::every("1m").unwrap().named("two words");
+        assert!(spaced.definition("t", 0).is_err());
+    }
+
+    #[test]
+    fn a_step_request_carries_the_slot_only_for_a_scheduled_run() {
+        let mut run = crate::RunInfo {
+            id: uuid::Uuid::nil(),
+            task: "t".into(),
+            event: "t".into(),
+            attempt: 1,
+            message_id: "m".into(),
+            tenant: None,
+            scheduled_for: None,
+        };
+        let plain = serde_json::to_value(&run).unwrap();
+        assert!(plain.get("scheduled_for").is_none(), "{plain}");
+        run.scheduled_for = chrono::DateTime::from_timestamp(1_774_746_000, 0);
+        let scheduled = serde_json::to_value(&run).unwrap();
+        assert_eq!(scheduled["scheduled_for"], "2026-03-29T01:00:00Z");
+    }
+}
