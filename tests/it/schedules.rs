@@ -1,5 +1,5 @@
 //! Schedules (docs/schedules.md): one run per slot across a fleet whose replicas die and come
-//! back, a run that knows its slot, declared schedules that survive restarts as they were, and
+//! back and whose Postgres sessions are cut, a run that knows its slot, declared schedules that survive restarts as they were, and
 //! the `warren schedules` commands.
 
 use chrono::{DateTime, Utc};
@@ -44,7 +44,7 @@ async fn fires_of(env: &TestEnv, schedule: &str) -> Vec<(DateTime<Utc>, String, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_one_second_schedule_on_three_replicas_fires_every_slot_once_while_one_is_killed_and_restarted()
+async fn a_one_second_schedule_on_three_replicas_fires_every_slot_once_through_a_kill_a_restart_and_a_postgres_restart()
  {
     let env = TestEnv::new().await;
     create_ledger(&env).await;
@@ -79,7 +79,10 @@ async fn a_one_second_schedule_on_three_replicas_fires_every_slot_once_while_one
     a.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let _a = spawn_worker(&env, "sched-a");
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Every Postgres session dropped at once, as in a database restart.
+    assert!(env.terminate_postgres_sessions().await > 0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
     {
         let client = env.pool.get().await.unwrap();
         schedules::set_paused(&client, &definition.name, true, None)
