@@ -211,8 +211,8 @@ async fn a_daily_schedules_run_sees_its_slot_even_when_it_fires_late() {
 }
 
 #[tokio::test]
-async fn restarting_a_replica_keeps_a_declared_schedule_paused_and_its_next_time_unless_it_changed()
-{
+async fn restarting_a_replica_keeps_a_declared_schedule_paused_and_its_next_time_unless_it_changed_and_drops_removed_ones()
+ {
     let env = TestEnv::new().await;
     let declare = |schedule: Schedule| {
         let pool = env.pool.clone();
@@ -266,6 +266,29 @@ async fn restarting_a_replica_keeps_a_declared_schedule_paused_and_its_next_time
     assert!(moved.paused);
     let timing = Timing::cron("30 10 * * *", "UTC").unwrap();
     assert_eq!(moved.next_fire_at, timing.next_after(moved.updated_at));
+
+    // A schedule removed from the code goes; an operator's schedule of the task stays.
+    let operators = Definition {
+        name: "by-hand".into(),
+        task: "report.daily".into(),
+        payload: json!({}),
+        cron: None,
+        every_secs: Some(60),
+        timezone: "UTC".into(),
+        missed: Missed::Latest,
+        catch_up_limit: 10,
+    };
+    assert!(schedules::create(&client, &operators, None).await.unwrap());
+    warren_worker::schedule::declare(&env.pool, &[("report.daily".into(), vec![])])
+        .await
+        .unwrap();
+    let left: Vec<String> = schedules::list(&client)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.definition.name)
+        .collect();
+    assert_eq!(left, ["by-hand"]);
 }
 
 fn warren(env: &TestEnv, args: &[&str]) -> Output {

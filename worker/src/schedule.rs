@@ -154,8 +154,9 @@ pub enum DeclareError {
     Store(#[from] StoreError),
 }
 
-/// Writes the declared schedules of `tasks` (task id and its schedules). An unchanged
-/// definition keeps its paused flag and its next fire time.
+/// Writes the declared schedules of `tasks` (task id and its schedules), and deletes those
+/// tasks' declared schedules that the code no longer has. An unchanged definition keeps its
+/// paused flag and its next fire time.
 pub async fn declare(
     pool: &Pool,
     tasks: &[(String, Vec<Schedule>)],
@@ -179,9 +180,6 @@ pub async fn declare(
             definitions.push(definition);
         }
     }
-    if definitions.is_empty() {
-        return Ok(0);
-    }
     let client = pool
         .get()
         .await
@@ -195,6 +193,15 @@ pub async fn declare(
         if !schedules::upsert_declared(&client, definition, next).await? {
             tracing::warn!(schedule = %definition.name, "a schedule made with the CLI has this declared schedule's name; keeping the CLI's");
         }
+    }
+    let task_ids: Vec<&str> = tasks.iter().map(|(task, _)| task.as_str()).collect();
+    let names: Vec<&str> = definitions.iter().map(|d| d.name.as_str()).collect();
+    let removed = schedules::delete_undeclared(&client, &task_ids, &names).await?;
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "deleted the schedules this replica's tasks no longer declare"
+        );
     }
     Ok(definitions.len())
 }

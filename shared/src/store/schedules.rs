@@ -221,6 +221,22 @@ pub async fn upsert_declared(
     Ok(source.as_deref() == Some("task"))
 }
 
+/// Deletes the declared schedules of `tasks` that are not in `keep`: a schedule removed from a
+/// task's code stops when a replica running the new code starts. Operators' schedules stay.
+pub async fn delete_undeclared(
+    client: &impl GenericClient,
+    tasks: &[&str],
+    keep: &[&str],
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "DELETE FROM schedules
+             WHERE source = 'task' AND task = ANY($1) AND NOT (name = ANY($2))",
+            &[&tasks, &keep],
+        )
+        .await?)
+}
+
 /// All schedules, by name.
 pub async fn list(client: &impl GenericClient) -> Result<Vec<Schedule>, StoreError> {
     let rows = client
