@@ -230,7 +230,7 @@ pub(crate) async fn run(global: &Global, args: SchedulesArgs) -> anyhow::Result<
                 }
                 if Instant::now() >= deadline {
                     anyhow::bail!(
-                        "schedule {name} was triggered but not fired within {}s: is a replica that runs its task up?",
+                        "schedule {name} was triggered but not fired within {}s: no replica running its task fired it (the request stays until one does)",
                         wait.as_secs()
                     );
                 }
@@ -336,6 +336,10 @@ fn show(s: &Schedule, upcoming: &[chrono::DateTime<chrono::Utc>], fires: &[Fire]
         }
     }
     println!();
+    if fires.is_empty() {
+        println!("last fires: none");
+        return;
+    }
     let mut t = table(&["SLOT (UTC)", "FIRED", "LATE", "RUN", "STATUS"]);
     for f in fires {
         let late = (f.fired_at - f.slot).num_milliseconds().max(0) as f64 / 1000.0;
