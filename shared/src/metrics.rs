@@ -119,7 +119,7 @@ catalog! {
         "Running steps this replica stopped because their run was cancelled (or taken over by another replica).";
     /// Outbox rows sent.
     OUTBOX_SENT = "warren_outbox_sent_total", Counter, [],
-        "Outbox messages (emitted events, child triggers, wake-ups, retries) the relay published with a confirm and removed.";
+        "Outbox messages (emitted events, child triggers, wake-ups, retries, scheduled runs) the relay published with a confirm and removed.";
     /// Outbox publishes that failed.
     OUTBOX_FAILURES = "warren_outbox_failures_total", Counter, ["reason"],
         "Outbox messages whose publish failed and that stay in the outbox to be tried again (reason: unroutable, nacked, broker, unreadable).";

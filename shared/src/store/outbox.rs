@@ -81,7 +81,7 @@ pub struct Pending {
 pub struct Unsent {
     /// The row.
     pub id: i64,
-    /// `event`, `child`, `wake` or `retry`.
+    /// `event`, `child`, `wake`, `retry` or `schedule`.
     pub kind: String,
     /// Where it goes.
     pub routing_key: String,
