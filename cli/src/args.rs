@@ -75,6 +75,9 @@ pub(crate) enum Command {
     Workers(WorkersArgs),
     /// Delete finished runs, expired idempotency keys and gone replicas older than a cutoff.
     Prune(crate::commands::prune::PruneArgs),
+    /// Cron and interval schedules that start runs: create, list, show, pause, resume, delete,
+    /// trigger (docs/schedules.md).
+    Schedules(crate::commands::schedules::SchedulesArgs),
 }
 
 #[derive(Args, Debug)]

@@ -72,5 +72,6 @@ async fn run(cli: Cli, registry: Registry) -> anyhow::Result<()> {
         Command::Dlq(args) => commands::dlq::run(&global, args, &registry).await,
         Command::Workers(args) => commands::workers::run(&global, args).await,
         Command::Prune(args) => commands::prune::run(&global, args).await,
+        Command::Schedules(args) => commands::schedules::run(&global, args).await,
     }
 }

@@ -69,6 +69,10 @@ pub mod header {
     /// wake-up or a delayed publish. Queue wait is measured from here rather than from the
     /// publish. Set by Warren; producers need not set it.
     pub const DUE_AT: &str = "warren-due-at";
+    /// On a run a schedule fired: the slot it fired for (RFC 3339, UTC), which the run sees as
+    /// `RunInfo::scheduled_for` (a daily report reports its slot's day, however late it runs).
+    /// Set by Warren.
+    pub const SCHEDULED_FOR: &str = "warren-scheduled-for";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace context vendor state.
@@ -192,6 +196,8 @@ pub struct Envelope {
     pub step_attempt: Option<(String, u32)>,
     /// On a child run's message: the run that started it.
     pub parent: Option<uuid::Uuid>,
+    /// On a run a schedule fired: the slot it fired for.
+    pub scheduled_for: Option<DateTime<Utc>>,
 }
 
 /// Is `name` usable as an event name (a topic routing key without wildcards)?
@@ -257,6 +263,7 @@ pub fn decode(
             due_at: None,
             step_attempt: None,
             parent: None,
+            scheduled_for: None,
         },
         Some(CONTENT_TYPE_CLOUDEVENTS) => decode_cloudevent(routing_key, headers, body)?,
         Some(other) => return Err(ContractError::UnsupportedContentType(other.to_owned())),
@@ -274,6 +281,7 @@ pub fn decode(
         .transpose()?;
     envelope.first_failed_at = time_header(headers, header::FIRST_FAILED_AT)?;
     envelope.due_at = time_header(headers, header::DUE_AT)?;
+    envelope.scheduled_for = time_header(headers, header::SCHEDULED_FOR)?;
     envelope.step_attempt = string_header(headers, header::STEP_ATTEMPT)?
         .map(|text| {
             text.split_once('/')
@@ -384,6 +392,7 @@ fn decode_cloudevent(
         due_at: None,
         step_attempt: None,
         parent: None,
+        scheduled_for: None,
     })
 }
 
@@ -917,6 +926,21 @@ mod tests {
     }
 
     #[test]
+    fn a_scheduled_message_carries_its_slot_and_a_malformed_slot_is_refused() {
+        let props = props_with(&[(header::SCHEDULED_FOR, long("2026-03-29T01:00:00.000Z"))]);
+        let env = decode("report.daily", &props, b"{}", 1024).unwrap();
+        assert_eq!(
+            env.scheduled_for.map(format_time).as_deref(),
+            Some("2026-03-29T01:00:00.000Z")
+        );
+        let props = props_with(&[(header::SCHEDULED_FOR, long("tomorrow"))]);
+        let err = decode("report.daily", &props, b"{}", 1024).unwrap_err();
+        assert!(err.to_string().contains(header::SCHEDULED_FOR), "{err}");
+        let plain = decode("report.daily", &BasicProperties::default(), b"{}", 1024).unwrap();
+        assert_eq!(plain.scheduled_for, None);
+    }
+
+    #[test]
     fn a_message_without_content_type_or_headers_is_plain_json() {
         let env = decode("player.dump", &BasicProperties::default(), b"{}", 1024).unwrap();
         assert_eq!(env.message_id, None);
@@ -1221,6 +1245,7 @@ mod properties {
             Just(header::PUBLISHED_AT.to_owned()),
             Just(header::FIRST_FAILED_AT.to_owned()),
             Just(header::DUE_AT.to_owned()),
+            Just(header::SCHEDULED_FOR.to_owned()),
             Just(header::WAKE.to_owned()),
             Just(header::TRACEPARENT.to_owned()),
             "[a-z-]{1,12}",

@@ -26,6 +26,7 @@ pub mod db;
 pub mod metrics;
 pub mod redact;
 pub mod retry;
+pub mod schedule;
 pub mod state;
 pub mod store;
 pub mod topology;

@@ -119,7 +119,7 @@ catalog! {
         "Running steps this replica stopped because their run was cancelled (or taken over by another replica).";
     /// Outbox rows sent.
     OUTBOX_SENT = "warren_outbox_sent_total", Counter, [],
-        "Outbox messages (emitted events, child triggers, wake-ups, retries) the relay published with a confirm and removed.";
+        "Outbox messages (emitted events, child triggers, wake-ups, retries, scheduled runs) the relay published with a confirm and removed.";
     /// Outbox publishes that failed.
     OUTBOX_FAILURES = "warren_outbox_failures_total", Counter, ["reason"],
         "Outbox messages whose publish failed and that stay in the outbox to be tried again (reason: unroutable, nacked, broker, unreadable).";
@@ -129,6 +129,15 @@ catalog! {
     /// Age of the oldest due outbox row.
     OUTBOX_LAG = "warren_outbox_lag_seconds", Gauge, [],
         "Age of the oldest outbox message that is due and not sent (0 when none): the relay's lag, or a stuck message.";
+    /// Schedule slots fired.
+    SCHEDULE_FIRES = "warren_schedule_fires_total", Counter, ["task"],
+        "Schedule slots fired (including manual triggers): each one's run message committed to the outbox with its slot record.";
+    /// Missed schedule slots skipped by their policy.
+    SCHEDULE_MISSED = "warren_schedule_missed_total", Counter, ["task"],
+        "Schedule slots missed during downtime (over 60 s late) that their missed policy (skip, latest, all up to the limit) did not fire.";
+    /// How late schedule slots fire.
+    SCHEDULE_LATENESS = "warren_schedule_lateness_seconds", Histogram, ["task"],
+        "How long after its slot time a schedule slot fired (Postgres clock); a manual trigger counts from its request.";
     /// Replica readiness.
     WORKER_READY = "warren_worker_ready", Gauge, [],
         "1 while the replica is connected to the broker and the database and consuming, else 0.";

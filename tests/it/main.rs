@@ -29,6 +29,7 @@ mod polyglot;
 mod producer;
 mod replicas;
 mod retention;
+mod schedules;
 mod schema;
 mod settle;
 mod tls;

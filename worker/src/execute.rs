@@ -352,6 +352,7 @@ impl Executor {
             attempt: attempt_no,
             message_id: run.message_id.clone(),
             tenant: run.tenant.clone(),
+            scheduled_for: warren_shared::schedule::slot_of_message_id(&run.message_id),
         });
         let deadline = tokio::time::Instant::now() + self.task.max_duration();
         for (index, info) in steps.iter().enumerate() {

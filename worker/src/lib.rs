@@ -47,6 +47,7 @@ pub mod demo;
 pub mod dlq;
 pub mod retention;
 pub mod runtime;
+pub mod schedule;
 pub mod settle;
 pub mod step;
 pub mod steps;

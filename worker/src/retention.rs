@@ -68,6 +68,7 @@ pub(crate) async fn run(pool: Pool, policy: Policy, every: Duration, stop: Cance
                 transitions = report.transitions,
                 idempotency_keys = report.idempotency_keys,
                 replicas = report.replicas,
+                schedule_fires = report.schedule_fires,
                 "pruned what the retention policy no longer keeps"
             ),
             Ok(_) => {}

@@ -183,6 +183,9 @@ pub enum WorkerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The tasks' declared schedules could not be written.
+    #[error(transparent)]
+    Schedules(#[from] crate::schedule::DeclareError),
     /// A consumer ended without being asked to (connection lost).
     #[error("consumer of task {task} stopped: {reason}")]
     ConsumerLost {
@@ -297,6 +300,23 @@ impl Worker {
         let pool = db::prepare(&config.database_url, config.db_pool_size).await?;
         let task_ids: Vec<String> = registry.tasks().map(|t| t.id().to_owned()).collect();
         let owner = fleet::register(&pool, &config.worker_id, &task_ids).await?;
+        let declared: Vec<(String, Vec<crate::schedule::Schedule>)> = registry
+            .tasks()
+            .map(|task| (task.id().to_owned(), task.schedules()))
+            .collect();
+        crate::schedule::declare(&pool, &declared).await?;
+        let schedule_targets = events
+            .iter()
+            .filter_map(|(task, events)| {
+                Some((
+                    task.clone(),
+                    warren_shared::store::schedules::Target {
+                        event: events.first()?.clone(),
+                        queue: config.topology.task_queue(task),
+                    },
+                ))
+            })
+            .collect();
         let (writer, writer_task) = StateWriter::start(pool.clone());
         let slots = registry
             .tasks()
@@ -367,6 +387,12 @@ impl Worker {
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(crate::schedule::run(
+            pool.clone(),
+            schedule_targets,
+            shared.relay.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(crate::cancel::watch(
             pool.clone(),
             Arc::clone(&shared.worker_id),

@@ -31,6 +31,10 @@ pub struct RunInfo {
     pub message_id: String,
     /// The tenant, if the message named one.
     pub tenant: Option<String>,
+    /// On a run a schedule fired: the slot it fired for (docs/schedules.md), however late the
+    /// run starts or how often it is retried. Left out of a step request when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a step gets: the run's identity, its typed input, and what earlier steps returned.

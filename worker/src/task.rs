@@ -64,6 +64,7 @@ pub struct Task<I> {
     classifier: Option<Classifier>,
     on_failure: Option<FailureHandler>,
     input_check: Option<InputCheck>,
+    schedules: Vec<crate::schedule::Schedule>,
 }
 
 impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
@@ -80,7 +81,15 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
             classifier: None,
             on_failure: None,
             input_check: None,
+            schedules: Vec::new(),
         }
+    }
+
+    /// Starts runs of this task on a schedule (docs/schedules.md); may be called more than once.
+    /// Each replica writes its tasks' schedules to Postgres when it starts.
+    pub fn schedule(mut self, schedule: crate::schedule::Schedule) -> Self {
+        self.schedules.push(schedule);
+        self
     }
 
     /// This task's retry policy (otherwise the replica's default).
@@ -181,6 +190,10 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn classify(&self, error: &StepError) -> ErrorClass;
     /// The failure handler, if the task has one.
     fn failure_handler(&self) -> Option<FailureHandler>;
+    /// The schedules declared on it.
+    fn schedules(&self) -> Vec<crate::schedule::Schedule> {
+        Vec::new()
+    }
     /// Runs step `index` with the earlier outputs.
     fn run_step(
         &self,
@@ -238,6 +251,10 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
 
     fn failure_handler(&self) -> Option<FailureHandler> {
         self.on_failure.clone()
+    }
+
+    fn schedules(&self) -> Vec<crate::schedule::Schedule> {
+        self.schedules.clone()
     }
 
     fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String> {

@@ -5,6 +5,7 @@ pub(crate) mod migrate;
 pub(crate) mod prune;
 pub(crate) mod publish;
 pub(crate) mod runs;
+pub(crate) mod schedules;
 pub(crate) mod tasks;
 pub(crate) mod worker;
 pub(crate) mod workers;

@@ -41,13 +41,14 @@ pub(crate) async fn run(global: &Global, args: PruneArgs) -> anyhow::Result<()> 
         return print_json(&report);
     }
     println!(
-        "pruned {} run(s) ({} step(s), {} transition(s)), {} idempotency key(s) and {} \
-         replica(s) older than {} in {:.1} s",
+        "pruned {} run(s) ({} step(s), {} transition(s)), {} idempotency key(s), {} \
+         replica(s) and {} schedule fire record(s) older than {} in {:.1} s",
         report.runs,
         report.steps,
         report.transitions,
         report.idempotency_keys,
         report.replicas,
+        report.schedule_fires,
         humantime::format_duration(args.older_than),
         started.elapsed().as_secs_f64()
     );

@@ -30,6 +30,7 @@ pub mod children;
 pub mod outbox;
 mod replicas;
 pub mod retention;
+pub mod schedules;
 
 pub use batch::{complete_steps, start_new_runs, start_queued_children};
 pub use replicas::{

@@ -25,6 +25,8 @@ pub enum Kind {
     Wake,
     /// The message of a run an operator retried.
     Retry,
+    /// The message of a run a schedule fired.
+    Schedule,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::Child => "child",
             Kind::Wake => "wake",
             Kind::Retry => "retry",
+            Kind::Schedule => "schedule",
         }
     }
 }
@@ -78,7 +81,7 @@ pub struct Pending {
 pub struct Unsent {
     /// The row.
     pub id: i64,
-    /// `event`, `child`, `wake` or `retry`.
+    /// `event`, `child`, `wake`, `retry` or `schedule`.
     pub kind: String,
     /// Where it goes.
     pub routing_key: String,

@@ -106,6 +106,8 @@ pub struct PruneReport {
     pub idempotency_keys: u64,
     /// Replica incarnations.
     pub replicas: u64,
+    /// Schedule fire records (the newest ones of each schedule are kept).
+    pub schedule_fires: u64,
     /// Whether it stopped before the end, when asked to.
     pub interrupted: bool,
 }
@@ -113,7 +115,12 @@ pub struct PruneReport {
 impl PruneReport {
     /// Rows deleted in all.
     pub fn rows(&self) -> u64 {
-        self.runs + self.steps + self.transitions + self.idempotency_keys + self.replicas
+        self.runs
+            + self.steps
+            + self.transitions
+            + self.idempotency_keys
+            + self.replicas
+            + self.schedule_fires
     }
 }
 
@@ -179,6 +186,18 @@ pub async fn prune(
         tokio::time::sleep(policy.pause).await;
     }
     report.replicas = prune_replicas(client, runs_before).await?;
+    loop {
+        if !keep_going() {
+            report.interrupted = true;
+            return Ok(report);
+        }
+        let fires = prune_schedule_fires(client, runs_before, policy.batch).await?;
+        report.schedule_fires += fires;
+        if fires < u64::try_from(policy.batch).unwrap_or(0) {
+            break;
+        }
+        tokio::time::sleep(policy.pause).await;
+    }
     Ok(report)
 }
 
@@ -248,6 +267,30 @@ pub async fn prune_replicas(
         .execute(
             "DELETE FROM workers WHERE coalesce(stopped_at, last_heartbeat) < $1",
             &[&before],
+        )
+        .await?)
+}
+
+/// The fire records `warren schedules show` lists, kept whatever their age.
+pub const KEPT_SCHEDULE_FIRES: i64 = 10;
+
+/// Deletes up to `limit` schedule fire records made before `before`, except the newest
+/// [`KEPT_SCHEDULE_FIRES`] of each schedule. A slot's record only guards against firing it
+/// twice while it can still be due, which an old slot cannot be.
+pub async fn prune_schedule_fires(
+    client: &impl GenericClient,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "DELETE FROM schedule_fires WHERE ctid IN (
+                 SELECT f.ctid FROM schedule_fires f
+                 WHERE f.fired_at < $1
+                   AND f.slot < (SELECT g.slot FROM schedule_fires g WHERE g.schedule = f.schedule
+                                 ORDER BY g.slot DESC OFFSET $3 LIMIT 1)
+                 LIMIT $2)",
+            &[&before, &limit, &(KEPT_SCHEDULE_FIRES - 1)],
         )
         .await?)
 }

@@ -58,6 +58,7 @@ fn request(run: &FailedRun) -> StepRequest {
             attempt: u32::try_from(run.attempts).unwrap_or(1).max(1),
             message_id: run.message_id.clone(),
             tenant: run.tenant.clone(),
+            scheduled_for: warren_shared::schedule::slot_of_message_id(&run.message_id),
         },
         step: STEP_NAME.to_owned(),
         input: run.input.clone().unwrap_or(Value::Null),

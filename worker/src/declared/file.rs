@@ -44,6 +44,7 @@ const TASK_KEYS: &[&str] = &[
     "retry",
     "step",
     "on_failure",
+    "schedule",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "min_delay", "max_delay", "factor", "jitter"];
 /// The keys every HTTP or command step may have; the others are its kind's.
@@ -210,6 +211,9 @@ impl Reader<'_, '_> {
         let on_failure = table
             .get("on_failure")
             .and_then(|handler| self.on_failure(handler));
+        let schedules = table
+            .get("schedule")
+            .and_then(|item| super::schedules::read(item, &mut self.found));
         if self.found.count() > before {
             return None;
         }
@@ -235,6 +239,9 @@ impl Reader<'_, '_> {
         }
         for step in steps {
             task = task.step(step);
+        }
+        for schedule in schedules.unwrap_or_default() {
+            task = task.schedule(schedule);
         }
         Some(task)
     }

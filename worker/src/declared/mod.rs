@@ -24,6 +24,7 @@ mod failure;
 mod fields;
 mod file;
 mod mistakes;
+mod schedules;
 mod schema;
 
 pub use file::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_HTTP_TIMEOUT};

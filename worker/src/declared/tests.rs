@@ -180,6 +180,7 @@ fn a_wait_step_waits_its_duration() {
         attempt: 1,
         message_id: "m".into(),
         tenant: None,
+        scheduled_for: None,
     });
     let outcome = futures::executor::block_on(media.run_step(
         2,
@@ -649,6 +650,7 @@ fn run_step(
         attempt: 1,
         message_id: "m".into(),
         tenant: None,
+        scheduled_for: None,
     });
     let outputs = outputs
         .iter()
@@ -956,4 +958,95 @@ fn the_child_runs_example_of_docs_tasks_md_is_valid() {
         .unwrap_or_else(|mistakes| panic!("{}", mistakes.lines().collect::<Vec<_>>().join("\n")));
     let steps: Vec<String> = tasks[0].steps().into_iter().map(|s| s.name).collect();
     assert_eq!(steps, ["transcribe", "tags", "narrate", "publish"]);
+}
+
+const SCHEDULED: &str = r#"
+[[task]]
+name = "report.nightly"
+
+[[task.step]]
+name = "pause"
+kind = "wait"
+duration = "1s"
+
+[[task.schedule]]
+name = "paris"
+cron = "0 2 * * *"
+timezone = "Europe/Paris"
+payload = { report = "sales", days = 1 }
+missed = "all"
+catch_up_limit = 3
+
+[[task.schedule]]
+every = "5m"
+"#;
+
+#[test]
+fn a_task_file_declares_schedules_with_cron_or_every() {
+    let tasks = read(SCHEDULED).unwrap().into_tasks();
+    let schedules = tasks[0].schedules();
+    assert_eq!(
+        schedules,
+        [
+            crate::schedule::Schedule::cron("0 2 * * *")
+                .unwrap()
+                .timezone("Europe/Paris")
+                .unwrap()
+                .payload(json!({ "report": "sales", "days": 1 }))
+                .missed(warren_shared::schedule::Missed::All)
+                .catch_up_limit(3)
+                .named("paris"),
+            crate::schedule::Schedule::every("5m").unwrap(),
+        ]
+    );
+    let named = schedules[0].definition("report.nightly", 0).unwrap();
+    assert_eq!(named.name, "report.nightly/paris");
+    let numbered = schedules[1].definition("report.nightly", 1).unwrap();
+    assert_eq!(numbered.name, "report.nightly/1");
+    assert_eq!(numbered.every_secs, Some(300));
+}
+
+#[test]
+fn a_bad_schedule_is_a_mistake_at_its_line() {
+    let with = |schedule: &str| {
+        format!(
+            "[[task]]\nname = \"t\"\n[[task.step]]\nname = \"w\"\nkind = \"wait\"\nduration = \"1s\"\n[[task.schedule]]\n{schedule}\n"
+        )
+    };
+    assert_mistake(
+        &with("cron = \"0 25 * * *\""),
+        "8:8",
+        "`cron`: invalid cron expression \"0 25 * * *\": hours: 25 is outside 0-23",
+    );
+    assert_mistake(
+        &with("cron = \"0 2 * * *\"\ntimezone = \"Europe/Pariss\""),
+        "9:12",
+        "unknown time zone",
+    );
+    assert_mistake(
+        &with("every = \"soon\""),
+        "8:9",
+        "`every`: invalid interval",
+    );
+    assert_mistake(
+        &with("every = \"5m\"\nmissed = \"sometimes\""),
+        "9:10",
+        "invalid missed policy",
+    );
+    assert_mistake(
+        &with("every = \"5m\"\npayload = [1]"),
+        "9:11",
+        "`payload` must be a table",
+    );
+    assert_mistake(
+        &with("every = \"5m\"\ncron = \"* * * * *\""),
+        "8:9",
+        "not both",
+    );
+    assert_mistake(
+        &with("name = \"x\""),
+        "7:1",
+        "missing key `cron` or `every`",
+    );
+    assert_mistake(&with("every = \"5m\"\nat = 3"), "9:1", "unknown key `at`");
 }

@@ -388,6 +388,7 @@ mod tests {
                 attempt: 1,
                 message_id: "m-1".into(),
                 tenant: None,
+                scheduled_for: None,
             },
             step: "extract_audio".into(),
             input: json!({"url": "clip.mp4"}),

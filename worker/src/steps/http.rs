@@ -419,6 +419,7 @@ mod tests {
                 attempt: 1,
                 message_id: "m".into(),
                 tenant: None,
+                scheduled_for: None,
             },
             step: "a".into(),
             input: serde_json::Value::Null,
