@@ -38,17 +38,9 @@ impl ChildRun {
     /// A run of `task` with `input` (a JSON object, checked against the wire contract here, so
     /// that a mistake fails the step that makes it rather than the child).
     pub fn new<T: Serialize + ?Sized>(task: &str, input: &T) -> Result<Self, StepError> {
-        let body = serde_json::to_vec(input)
-            .map_err(|e| StepError::fatal("invalid_child", e.to_string()))?;
-        std::str::from_utf8(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|json| {
-                warren_shared::contract::check_payload(json).map_err(|e| e.to_string())
-            })
-            .map_err(|e| StepError::fatal("invalid_child", e))?;
         Ok(ChildRun {
             task: task.to_owned(),
-            body,
+            body: crate::step::message_body(input, "invalid_child")?,
         })
     }
 

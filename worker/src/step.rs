@@ -181,15 +181,7 @@ impl<I> StepContext<I> {
     ) -> Result<(), StepError> {
         warren_shared::contract::validate_event_name(event)
             .map_err(|e| StepError::fatal("invalid_event", e.to_string()))?;
-        let body = serde_json::to_vec(payload)
-            .map_err(|e| StepError::fatal("invalid_event", e.to_string()))?;
-        // The task that receives it would dead-letter it: say so where the mistake is made.
-        std::str::from_utf8(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|json| {
-                warren_shared::contract::check_payload(json).map_err(|e| e.to_string())
-            })
-            .map_err(|e| StepError::fatal("invalid_event", e))?;
+        let body = message_body(payload, "invalid_event")?;
         self.outbox.push(Emitted {
             event: event.to_owned(),
             body,
@@ -223,6 +215,21 @@ impl<I> StepContext<I> {
             )
         })
     }
+}
+
+/// `payload` as the body of a message Warren sends on (an event, a child run's input), checked
+/// against the wire contract: the task that receives it would dead-letter it, so the mistake
+/// fails the step that makes it, non-retryably, with `code`.
+pub(crate) fn message_body<T: serde::Serialize + ?Sized>(
+    payload: &T,
+    code: &str,
+) -> Result<Vec<u8>, StepError> {
+    let body = serde_json::to_vec(payload).map_err(|e| StepError::fatal(code, e.to_string()))?;
+    std::str::from_utf8(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|json| warren_shared::contract::check_payload(json).map_err(|e| e.to_string()))
+        .map_err(|e| StepError::fatal(code, e))?;
+    Ok(body)
 }
 
 /// A step's successful answer.
