@@ -162,6 +162,14 @@ pub(crate) struct WorkerArgs {
     /// Runs of each task this replica executes at once (overrides each task's own).
     #[arg(long, env = "WARREN_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) concurrency: Option<u32>,
+    /// Runs of each task this replica executes at once, for tasks that do not set their own
+    /// (a fleet-wide default: give every replica the same).
+    #[arg(long, env = "WARREN_DEFAULT_CONCURRENCY", default_value_t = warren_worker::task::DEFAULT_CONCURRENCY as u32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) default_concurrency: u32,
+    /// The longest one attempt of a run may take, for tasks that do not set their own (e.g.
+    /// 25m, the default: under RabbitMQ's default consumer_timeout of 30 min).
+    #[arg(long, env = "WARREN_DEFAULT_MAX_DURATION", default_value = "25m", value_parser = parse_positive_duration)]
+    pub(crate) default_max_duration: Duration,
     /// Messages the broker may push ahead per task (defaults to the concurrency).
     #[arg(long, env = "WARREN_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) prefetch: Option<u16>,
@@ -185,7 +193,8 @@ pub(crate) struct WorkerArgs {
     /// replica at a time, every 10 minutes); "off" keeps everything.
     #[arg(long, env = "WARREN_RETENTION", default_value = "30d", value_parser = crate::commands::prune::parse_retention)]
     pub(crate) retention: crate::commands::prune::Retention,
-    /// Attempts per run, for tasks without their own retry policy (1 = never retry).
+    /// Attempts per run, for tasks without their own retry policy (1 = never retry): with the
+    /// four options after it, the fleet-wide default retry policy.
     #[arg(long, env = "WARREN_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_attempts: u32,
     /// Delay before the first retry.
@@ -353,6 +362,14 @@ fn parse_status(s: &str) -> Result<RunStatus, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 10m, 1h)"))
+}
+
+/// A duration longer than zero (a limit of zero would time every step out at once).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero (examples: 30s, 10m, 1h)".into()),
+        d => Ok(d),
+    }
 }
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

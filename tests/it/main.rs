@@ -12,6 +12,7 @@ mod command_steps;
 mod dead_letters;
 mod declared;
 mod declared_children;
+mod defaults;
 mod deploy;
 mod example_children;
 mod example_clipinsight;

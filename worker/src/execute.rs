@@ -96,6 +96,8 @@ pub(crate) struct Executor {
     pub(crate) max_message_bytes: usize,
     pub(crate) run_locks: Arc<RunLocks>,
     pub(crate) retry: RetryPolicy,
+    /// The longest one attempt may take: the task's own, or the replica's default.
+    pub(crate) max_duration: Duration,
     pub(crate) delay_levels: Arc<DelayLevels>,
     pub(crate) idempotency_window: Duration,
     pub(crate) metrics: TaskMetrics,
@@ -354,7 +356,7 @@ impl Executor {
             tenant: run.tenant.clone(),
             scheduled_for: warren_shared::schedule::slot_of_message_id(&run.message_id),
         });
-        let deadline = tokio::time::Instant::now() + self.task.max_duration();
+        let deadline = tokio::time::Instant::now() + self.max_duration;
         for (index, info) in steps.iter().enumerate() {
             if outputs.contains_key(&info.name) {
                 continue;

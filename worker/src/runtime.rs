@@ -44,6 +44,11 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// Overrides every task's concurrency on this replica.
     pub concurrency: Option<usize>,
+    /// The concurrency of tasks that do not set their own (fleet-wide default).
+    pub default_concurrency: usize,
+    /// The longest one attempt may take, for tasks that do not set their own (fleet-wide
+    /// default).
+    pub default_max_duration: Duration,
     /// Messages the broker may push ahead per task; defaults to the task's concurrency, so
     /// that no message waits unstarted in a replica's buffer for long.
     pub prefetch: Option<u16>,
@@ -83,6 +88,8 @@ impl WorkerConfig {
             topology,
             worker_id: default_worker_id(),
             concurrency: None,
+            default_concurrency: crate::task::DEFAULT_CONCURRENCY,
+            default_max_duration: crate::task::DEFAULT_MAX_DURATION,
             prefetch: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             message_budget_bytes: crate::budget::DEFAULT_MESSAGE_BUDGET_BYTES,
@@ -98,11 +105,12 @@ impl WorkerConfig {
 }
 
 /// How many runs of `task` this replica executes at once: the replica's override, or the
-/// task's own.
+/// task's own, or the replica's default.
 fn concurrency_of(config: &WorkerConfig, task: &Arc<dyn crate::task::TaskRunner>) -> usize {
     config
         .concurrency
-        .unwrap_or_else(|| task.concurrency())
+        .or_else(|| task.concurrency())
+        .unwrap_or(config.default_concurrency)
         .max(1)
 }
 
@@ -530,6 +538,7 @@ async fn attach(
             max_message_bytes: config.max_message_bytes,
             run_locks: Arc::clone(&shared.run_locks),
             retry: task.retry_policy().unwrap_or(config.retry),
+            max_duration: task.max_duration().unwrap_or(config.default_max_duration),
             delay_levels: Arc::clone(&shared.delay_levels),
             idempotency_window: config.idempotency_window,
             metrics: TaskMetrics::new(task.id(), &task.steps()),

@@ -12,11 +12,13 @@ use std::time::Duration;
 use uuid::Uuid;
 use warren_shared::retry::RetryPolicy;
 
-/// How many runs of a task one replica executes at once unless the task says otherwise.
+/// How many runs of a task one replica executes at once unless the task or the replica's
+/// default (`--default-concurrency`) says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
-/// How long one attempt of a run may take unless the task says otherwise: under RabbitMQ's
-/// default `consumer_timeout` (30 min), which would otherwise close the channel under it.
+/// How long one attempt of a run may take unless the task or the replica's default
+/// (`--default-max-duration`) says otherwise: under RabbitMQ's default `consumer_timeout`
+/// (30 min), which would otherwise close the channel under it.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(25 * 60);
 
 /// What a failure handler learns about the run that died.
@@ -57,10 +59,10 @@ pub type Classifier = Arc<dyn Fn(&StepError) -> ErrorClass + Send + Sync>;
 pub struct Task<I> {
     id: String,
     events: Vec<String>,
-    concurrency: usize,
+    concurrency: Option<usize>,
     steps: Vec<StepDef<I>>,
     retry: Option<RetryPolicy>,
-    max_duration: Duration,
+    max_duration: Option<Duration>,
     classifier: Option<Classifier>,
     on_failure: Option<FailureHandler>,
     input_check: Option<InputCheck>,
@@ -74,10 +76,10 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
         Task {
             id: id.into(),
             events: Vec::new(),
-            concurrency: DEFAULT_CONCURRENCY,
+            concurrency: None,
             steps: Vec::new(),
             retry: None,
-            max_duration: DEFAULT_MAX_DURATION,
+            max_duration: None,
             classifier: None,
             on_failure: None,
             input_check: None,
@@ -101,7 +103,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
     /// The longest one attempt may take; the running step is cancelled when it is over, as a
     /// retryable `timeout` failure.
     pub fn max_duration(mut self, max: Duration) -> Self {
-        self.max_duration = max;
+        self.max_duration = Some(max);
         self
     }
 
@@ -141,9 +143,10 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
         self
     }
 
-    /// How many runs of this task one replica executes at once.
+    /// How many runs of this task one replica executes at once (otherwise the replica's
+    /// default).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency.max(1);
+        self.concurrency = Some(concurrency.max(1));
         self
     }
 
@@ -176,16 +179,17 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn id(&self) -> &str;
     /// The events that trigger it (the id itself when none were named).
     fn events(&self) -> Vec<String>;
-    /// Runs of this task one replica executes at once.
-    fn concurrency(&self) -> usize;
+    /// Runs of this task one replica executes at once, if the task says (otherwise the
+    /// replica's default).
+    fn concurrency(&self) -> Option<usize>;
     /// The pipeline.
     fn steps(&self) -> Vec<StepInfo>;
     /// Parses a payload into the task's input type.
     fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String>;
     /// The task's own retry policy, if it has one.
     fn retry_policy(&self) -> Option<RetryPolicy>;
-    /// The longest one attempt may take.
-    fn max_duration(&self) -> Duration;
+    /// The longest one attempt may take, if the task says (otherwise the replica's default).
+    fn max_duration(&self) -> Option<Duration>;
     /// Whether an error is worth retrying.
     fn classify(&self, error: &StepError) -> ErrorClass;
     /// The failure handler, if the task has one.
@@ -218,7 +222,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
         }
     }
 
-    fn concurrency(&self) -> usize {
+    fn concurrency(&self) -> Option<usize> {
         self.concurrency
     }
 
@@ -238,7 +242,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
         self.retry
     }
 
-    fn max_duration(&self) -> Duration {
+    fn max_duration(&self) -> Option<Duration> {
         self.max_duration
     }
 

@@ -33,6 +33,12 @@ struct TaskRow {
     task: String,
     events: Vec<String>,
     steps: usize,
+    /// The task's own concurrency per replica; `None`: the replica's default
+    /// (`--default-concurrency`).
+    concurrency: Option<usize>,
+    /// The task's own limit on one attempt, in seconds; `None`: the replica's default
+    /// (`--default-max-duration`).
+    max_duration_seconds: Option<u64>,
     queue: String,
     /// `None` when no worker has declared the queue yet.
     ready: Option<u32>,
@@ -62,6 +68,8 @@ pub(crate) async fn run(
             task: task.id().to_owned(),
             events: task.events(),
             steps: task.steps().len(),
+            concurrency: task.concurrency(),
+            max_duration_seconds: task.max_duration().map(|d| d.as_secs()),
             queue,
             ready: stats.map(|s| s.messages),
             consumers: stats.map(|s| s.consumers),
@@ -78,6 +86,8 @@ pub(crate) async fn run(
         "TASK",
         "EVENTS",
         "STEPS",
+        "CONCURRENCY",
+        "MAX DURATION",
         "QUEUE",
         "READY",
         "CONSUMERS",
@@ -88,6 +98,9 @@ pub(crate) async fn run(
             row.task.clone(),
             row.events.join(", "),
             row.steps.to_string(),
+            row.concurrency.map_or("default".into(), |n| n.to_string()),
+            row.max_duration_seconds
+                .map_or("default".into(), |s| format!("{s}s")),
             row.queue.clone(),
             row.ready.map_or(missing.into(), |n| n.to_string()),
             row.consumers.map_or(missing.into(), |n| n.to_string()),

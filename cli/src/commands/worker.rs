@@ -44,6 +44,8 @@ pub(crate) async fn run(
         config.worker_id = id;
     }
     config.concurrency = args.concurrency.map(|c| c as usize);
+    config.default_concurrency = args.default_concurrency as usize;
+    config.default_max_duration = args.default_max_duration;
     config.prefetch = args.prefetch;
     config.grace_period = args.grace_period;
     config.idempotency_window = args.idempotency_window;

@@ -106,8 +106,8 @@ fn a_valid_file_becomes_tasks_with_everything_it_declares() {
     let tasks = tasks.into_tasks();
     let media = &tasks[task(&tasks, "media.track")];
     assert_eq!(media.events(), ["media.track", "media.retrack"]);
-    assert_eq!(media.concurrency(), 4);
-    assert_eq!(media.max_duration(), Duration::from_secs(600));
+    assert_eq!(media.concurrency(), Some(4));
+    assert_eq!(media.max_duration(), Some(Duration::from_secs(600)));
     assert_eq!(
         media.retry_policy(),
         Some(RetryPolicy {
@@ -137,7 +137,8 @@ fn a_valid_file_becomes_tasks_with_everything_it_declares() {
 
     let report = &tasks[task(&tasks, "report.daily")];
     assert_eq!(report.events(), ["report.daily"]);
-    assert_eq!(report.concurrency(), crate::task::DEFAULT_CONCURRENCY);
+    // A task that says nothing takes the replica's default.
+    assert_eq!(report.concurrency(), None);
     assert_eq!(report.retry_policy(), None);
     assert!(report.failure_handler().is_none());
     assert_eq!(report.steps()[0].timeout, Some(DEFAULT_HTTP_TIMEOUT));
