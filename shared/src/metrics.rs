@@ -117,6 +117,12 @@ catalog! {
     /// Cancelled steps.
     STEPS_CANCELLED = "warren_steps_cancelled_total", Counter, ["task"],
         "Running steps this replica stopped because their run was cancelled (or taken over by another replica).";
+    /// Waits for a reserved start under a rate limit.
+    RATE_LIMIT_WAIT = "warren_rate_limit_wait_seconds", Histogram, ["task"],
+        "Time a delivery of a rate-limited task waited in the worker for the start it reserved (at most 2 s).";
+    /// Deliveries sent back to wait for their turn.
+    RATE_LIMIT_PARKED = "warren_rate_limit_parked_total", Counter, ["task"],
+        "Deliveries of a rate-limited task whose turn was further off than the worker waits: sent back through the delay queues until it is near.";
     /// Outbox rows sent.
     OUTBOX_SENT = "warren_outbox_sent_total", Counter, [],
         "Outbox messages (emitted events, child triggers, wake-ups, retries, scheduled runs) the relay published with a confirm and removed.";

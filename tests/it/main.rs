@@ -28,6 +28,7 @@ mod pipelines;
 mod poison;
 mod polyglot;
 mod producer;
+mod rate_limits;
 mod replicas;
 mod retention;
 mod schedules;

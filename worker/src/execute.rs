@@ -12,6 +12,7 @@
 use crate::cancel::Cancellations;
 use crate::children::{self, Directory};
 use crate::dead_letter::{self, DeadLetter};
+use crate::rate_limit::{self, RateLimit};
 use crate::run_locks::RunLocks;
 use crate::settle::{Pending, Settler};
 use crate::state_writer::{StateWriter, WriteError};
@@ -19,8 +20,8 @@ use crate::step::{ErrorClass, Outbox, RunInfo, StepError, StepOutcome, code};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
 use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::writes::{
-    ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, ReleaseRun, RunFields,
-    StartJoin, StillOwned,
+    ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, ReleaseRun,
+    ReserveStart, RunFields, StartJoin, StillOwned,
 };
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -98,6 +99,8 @@ pub(crate) struct Executor {
     pub(crate) retry: RetryPolicy,
     /// The longest one attempt may take: the task's own, or the replica's default.
     pub(crate) max_duration: Duration,
+    /// The task's fleet-wide limit on starts, if it has one.
+    pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) delay_levels: Arc<DelayLevels>,
     pub(crate) idempotency_window: Duration,
     pub(crate) metrics: TaskMetrics,
@@ -207,6 +210,11 @@ impl Executor {
             Err(e) => return self.dead_on_arrival(delivery, run, e).await,
         };
 
+        if let Some(limit) = &self.rate_limit
+            && !self.wait_for_turn(delivery, &run, limit).await?
+        {
+            return Ok(());
+        }
         let _exclusive = self.run_locks.lock(run.id).await;
         let claimed = match self.claim(&run).await {
             Ok(claimed) => claimed,
@@ -297,6 +305,43 @@ impl Executor {
                     .await
             }
         }
+    }
+
+    /// A rate-limited task's delivery reserves its start (fleet-wide, in Postgres) before it
+    /// claims its run: it sleeps until a start within [`rate_limit::HOLD`] and goes on
+    /// (`true`), or, when the next free start is later, goes back through the delay queues until
+    /// its turn is near and is acknowledged here (`false`). It holds no run yet either way.
+    async fn wait_for_turn(
+        &self,
+        delivery: &Delivery,
+        run: &Arc<RunFields>,
+        limit: &RateLimit,
+    ) -> Result<bool, Requeue> {
+        let key = limit.key(&self.task_id, run.tenant.as_deref(), run.input.as_deref());
+        let reservation = self
+            .writer
+            .write(ReserveStart {
+                key,
+                interval: limit.interval(),
+                hold: rate_limit::HOLD,
+            })
+            .await?;
+        let wait = reservation.wait();
+        if reservation.reserved {
+            self.metrics.rate_limited(wait);
+            tokio::time::sleep(wait).await;
+            return Ok(true);
+        }
+        // Back when its turn is near: a new reservation then finds a start within the hold.
+        let back = wait
+            .saturating_sub(rate_limit::HOLD / 2)
+            .max(Duration::from_secs(1));
+        self.metrics.rate_limit_parked();
+        tracing::debug!(run = %run.id, ?back, "rate limited: back later");
+        let properties =
+            copy_properties(delivery, run, u32::try_from(run.attempt).unwrap_or(1), &[]);
+        self.send_later(back, &delivery.data, properties).await?;
+        Ok(false)
     }
 
     /// Whether this replica still owns the run, before it sends a copy of the run's message on

@@ -45,6 +45,7 @@ pub mod control;
 pub mod declared;
 pub mod demo;
 pub mod dlq;
+pub mod rate_limit;
 pub mod retention;
 pub mod runtime;
 pub mod schedule;

@@ -539,6 +539,7 @@ async fn attach(
             run_locks: Arc::clone(&shared.run_locks),
             retry: task.retry_policy().unwrap_or(config.retry),
             max_duration: task.max_duration().unwrap_or(config.default_max_duration),
+            rate_limit: task.rate_limit(),
             delay_levels: Arc::clone(&shared.delay_levels),
             idempotency_window: config.idempotency_window,
             metrics: TaskMetrics::new(task.id(), &task.steps()),

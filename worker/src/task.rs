@@ -67,6 +67,7 @@ pub struct Task<I> {
     on_failure: Option<FailureHandler>,
     input_check: Option<InputCheck>,
     schedules: Vec<crate::schedule::Schedule>,
+    rate_limit: Option<crate::rate_limit::RateLimit>,
 }
 
 impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
@@ -84,6 +85,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
             on_failure: None,
             input_check: None,
             schedules: Vec::new(),
+            rate_limit: None,
         }
     }
 
@@ -91,6 +93,12 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
     /// Each replica writes its tasks' schedules to Postgres when it starts.
     pub fn schedule(mut self, schedule: crate::schedule::Schedule) -> Self {
         self.schedules.push(schedule);
+        self
+    }
+
+    /// Limits this task's starts across the whole fleet (docs/rate-limits.md).
+    pub fn rate_limit(mut self, limit: crate::rate_limit::RateLimit) -> Self {
+        self.rate_limit = Some(limit);
         self
     }
 
@@ -198,6 +206,10 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn schedules(&self) -> Vec<crate::schedule::Schedule> {
         Vec::new()
     }
+    /// The limit on its starts, if it has one.
+    fn rate_limit(&self) -> Option<crate::rate_limit::RateLimit> {
+        None
+    }
     /// Runs step `index` with the earlier outputs.
     fn run_step(
         &self,
@@ -259,6 +271,10 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
 
     fn schedules(&self) -> Vec<crate::schedule::Schedule> {
         self.schedules.clone()
+    }
+
+    fn rate_limit(&self) -> Option<crate::rate_limit::RateLimit> {
+        self.rate_limit.clone()
     }
 
     fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String> {

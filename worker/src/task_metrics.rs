@@ -71,6 +71,16 @@ impl TaskMetrics {
         }
     }
 
+    /// A rate-limited delivery reserved its start and waits `wait` for it.
+    pub(crate) fn rate_limited(&self, wait: Duration) {
+        histogram!(names::RATE_LIMIT_WAIT, "task" => self.task.clone()).record(wait.as_secs_f64());
+    }
+
+    /// A rate-limited delivery went back to the broker until its turn is near.
+    pub(crate) fn rate_limit_parked(&self) {
+        counter!(names::RATE_LIMIT_PARKED, "task" => self.task.clone()).increment(1);
+    }
+
     /// A step asked for `n` child runs.
     pub(crate) fn children_started(&self, n: usize) {
         counter!(names::CHILDREN_STARTED, "task" => self.task.clone()).increment(n as u64);

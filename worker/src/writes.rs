@@ -425,3 +425,25 @@ impl Write for MarkFailureHandled {
         Box::pin(store::mark_failure_handled(tx, self.0))
     }
 }
+
+/// Reserves a start of a rate-limited key (see `store::rate_limits`).
+pub(crate) struct ReserveStart {
+    pub(crate) key: String,
+    pub(crate) interval: std::time::Duration,
+    pub(crate) hold: std::time::Duration,
+}
+
+impl Write for ReserveStart {
+    type Output = store::rate_limits::Reservation;
+    fn apply<'a>(
+        &'a self,
+        tx: &'a Transaction<'a>,
+    ) -> BoxFuture<'a, Result<store::rate_limits::Reservation, StoreError>> {
+        Box::pin(store::rate_limits::reserve_start(
+            tx,
+            &self.key,
+            self.interval,
+            self.hold,
+        ))
+    }
+}

@@ -28,6 +28,7 @@ mod batch;
 pub mod cancel;
 pub mod children;
 pub mod outbox;
+pub mod rate_limits;
 mod replicas;
 pub mod retention;
 pub mod schedules;

@@ -1,0 +1,122 @@
+//! Fleet-wide rate limits on a task's starts: at most N per second or per minute across every
+//! replica, for the task as a whole or per key (the tenant, or a value of the input such as an
+//! API host).
+//!
+//! Starts are spaced evenly (`1/N` s apart): each delivery reserves its start in Postgres
+//! (`warren_shared::store::rate_limits`) before it claims its run. A start within
+//! [`HOLD`] is waited for in the worker, holding the delivery that long at most; a later one is
+//! not reserved, and the message goes back through the broker's delay queues until its turn
+//! is near. Nothing spins: a delivery either sleeps until its reserved start or leaves.
+//!
+//! ```no_run
+//! # use warren_worker::{Task, rate_limit::RateLimit};
+//! # use serde_json::Value;
+//! let task = Task::<Value>::new("api.call").rate_limit(RateLimit::per_second(20).per_tenant());
+//! ```
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::time::Duration;
+
+/// The longest a delivery waits in a worker for its reserved start: longer waits go back to
+/// the broker instead of holding a run slot and an unacked message.
+pub const HOLD: Duration = Duration::from_secs(2);
+
+/// What one limit counts starts of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyFrom {
+    /// The task as a whole.
+    Task,
+    /// Each tenant (`warren-tenant`) on its own; runs without one share a key.
+    Tenant,
+    /// Each value of the input at this JSON pointer (e.g. `/apiHost`) on its own.
+    Input(String),
+}
+
+/// A limit on a task's starts, fleet-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    interval: Duration,
+    key: KeyFrom,
+}
+
+impl RateLimit {
+    /// At most `n` starts per second (at least one), spaced `1/n` s apart.
+    pub fn per_second(n: u32) -> Self {
+        RateLimit {
+            interval: Duration::from_secs(1) / n.max(1),
+            key: KeyFrom::Task,
+        }
+    }
+
+    /// At most `n` starts per minute (at least one), spaced `60/n` s apart.
+    pub fn per_minute(n: u32) -> Self {
+        RateLimit {
+            interval: Duration::from_secs(60) / n.max(1),
+            key: KeyFrom::Task,
+        }
+    }
+
+    /// The limit applies to each tenant on its own.
+    pub fn per_tenant(mut self) -> Self {
+        self.key = KeyFrom::Tenant;
+        self
+    }
+
+    /// The limit applies to each value of the input at `pointer` (RFC 6901) on its own.
+    pub fn per_input(mut self, pointer: impl Into<String>) -> Self {
+        self.key = KeyFrom::Input(pointer.into());
+        self
+    }
+
+    /// The time between two starts of one key.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The key a run of `task` counts against.
+    pub(crate) fn key(&self, task: &str, tenant: Option<&str>, input: Option<&RawValue>) -> String {
+        match &self.key {
+            KeyFrom::Task => task.to_owned(),
+            KeyFrom::Tenant => format!("{task}#tenant={}", tenant.unwrap_or("")),
+            KeyFrom::Input(pointer) => {
+                let value = input
+                    .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+                    .and_then(|v| v.pointer(pointer).cloned())
+                    .unwrap_or(Value::Null);
+                let value = match value {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                format!("{task}#{pointer}={value}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_are_spaced_evenly() {
+        assert_eq!(
+            RateLimit::per_second(20).interval(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(RateLimit::per_minute(30).interval(), Duration::from_secs(2));
+        assert_eq!(RateLimit::per_second(0).interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn keys_name_the_task_and_what_is_counted() {
+        let input = RawValue::from_string(r#"{"api":{"host":"a.example"}}"#.into()).unwrap();
+        let task = RateLimit::per_second(1);
+        assert_eq!(task.key("t", Some("x"), Some(&input)), "t");
+        let tenant = RateLimit::per_second(1).per_tenant();
+        assert_eq!(tenant.key("t", Some("acme"), None), "t#tenant=acme");
+        let host = RateLimit::per_second(1).per_input("/api/host");
+        assert_eq!(host.key("t", None, Some(&input)), "t#/api/host=a.example");
+        assert_eq!(host.key("t", None, None), "t#/api/host=null");
+    }
+}
