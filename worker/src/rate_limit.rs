@@ -36,15 +36,24 @@ pub enum KeyFrom {
 /// A limit on a task's starts, fleet-wide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
-    interval: Duration,
+    /// Starts allowed per [`RateLimit::per`].
+    limit: u32,
+    per: Per,
     key: KeyFrom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Per {
+    Second,
+    Minute,
 }
 
 impl RateLimit {
     /// At most `n` starts per second (at least one), spaced `1/n` s apart.
     pub fn per_second(n: u32) -> Self {
         RateLimit {
-            interval: Duration::from_secs(1) / n.max(1),
+            limit: n.max(1),
+            per: Per::Second,
             key: KeyFrom::Task,
         }
     }
@@ -52,7 +61,8 @@ impl RateLimit {
     /// At most `n` starts per minute (at least one), spaced `60/n` s apart.
     pub fn per_minute(n: u32) -> Self {
         RateLimit {
-            interval: Duration::from_secs(60) / n.max(1),
+            limit: n.max(1),
+            per: Per::Minute,
             key: KeyFrom::Task,
         }
     }
@@ -71,7 +81,10 @@ impl RateLimit {
 
     /// The time between two starts of one key.
     pub fn interval(&self) -> Duration {
-        self.interval
+        match self.per {
+            Per::Second => Duration::from_secs(1) / self.limit,
+            Per::Minute => Duration::from_secs(60) / self.limit,
+        }
     }
 
     /// The key a run of `task` counts against.
@@ -94,6 +107,22 @@ impl RateLimit {
     }
 }
 
+/// As `warren tasks` shows it: `20/s`, `30/min per /crmHost`, `5/s per tenant`.
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per = match self.per {
+            Per::Second => "s",
+            Per::Minute => "min",
+        };
+        write!(f, "{}/{per}", self.limit)?;
+        match &self.key {
+            KeyFrom::Task => Ok(()),
+            KeyFrom::Tenant => f.write_str(" per tenant"),
+            KeyFrom::Input(pointer) => write!(f, " per {pointer}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +135,19 @@ mod tests {
         );
         assert_eq!(RateLimit::per_minute(30).interval(), Duration::from_secs(2));
         assert_eq!(RateLimit::per_second(0).interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_limit_reads_as_written() {
+        assert_eq!(RateLimit::per_second(20).to_string(), "20/s");
+        assert_eq!(
+            RateLimit::per_minute(30).per_input("/crmHost").to_string(),
+            "30/min per /crmHost"
+        );
+        assert_eq!(
+            RateLimit::per_second(5).per_tenant().to_string(),
+            "5/s per tenant"
+        );
     }
 
     #[test]

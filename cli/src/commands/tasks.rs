@@ -39,6 +39,8 @@ struct TaskRow {
     /// The task's own limit on one attempt, in seconds; `None`: the replica's default
     /// (`--default-max-duration`).
     max_duration_seconds: Option<u64>,
+    /// The task's fleet-wide limit on starts (`20/s`, `5/s per tenant`), if it has one.
+    rate_limit: Option<String>,
     queue: String,
     /// `None` when no worker has declared the queue yet.
     ready: Option<u32>,
@@ -70,6 +72,7 @@ pub(crate) async fn run(
             steps: task.steps().len(),
             concurrency: task.concurrency(),
             max_duration_seconds: task.max_duration().map(|d| d.as_secs()),
+            rate_limit: task.rate_limit().map(|limit| limit.to_string()),
             queue,
             ready: stats.map(|s| s.messages),
             consumers: stats.map(|s| s.consumers),
@@ -88,6 +91,7 @@ pub(crate) async fn run(
         "STEPS",
         "CONCURRENCY",
         "MAX DURATION",
+        "RATE LIMIT",
         "QUEUE",
         "READY",
         "CONSUMERS",
@@ -101,6 +105,7 @@ pub(crate) async fn run(
             row.concurrency.map_or("default".into(), |n| n.to_string()),
             row.max_duration_seconds
                 .map_or("default".into(), |s| format!("{s}s")),
+            row.rate_limit.clone().unwrap_or_else(|| "-".into()),
             row.queue.clone(),
             row.ready.map_or(missing.into(), |n| n.to_string()),
             row.consumers.map_or(missing.into(), |n| n.to_string()),

@@ -45,6 +45,7 @@ const TASK_KEYS: &[&str] = &[
     "step",
     "on_failure",
     "schedule",
+    "rate_limit",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "min_delay", "max_delay", "factor", "jitter"];
 /// The keys every HTTP or command step may have; the others are its kind's.
@@ -214,6 +215,9 @@ impl Reader<'_, '_> {
         let schedules = table
             .get("schedule")
             .and_then(|item| super::schedules::read(item, &mut self.found));
+        let rate_limit = table
+            .get("rate_limit")
+            .and_then(|item| super::rate_limit::read(item, &mut self.found));
         if self.found.count() > before {
             return None;
         }
@@ -242,6 +246,9 @@ impl Reader<'_, '_> {
         }
         for schedule in schedules.unwrap_or_default() {
             task = task.schedule(schedule);
+        }
+        if let Some(limit) = rate_limit {
+            task = task.rate_limit(limit);
         }
         Some(task)
     }

@@ -24,6 +24,7 @@ mod failure;
 mod fields;
 mod file;
 mod mistakes;
+mod rate_limit;
 mod schedules;
 mod schema;
 

@@ -1051,3 +1051,68 @@ fn a_bad_schedule_is_a_mistake_at_its_line() {
     );
     assert_mistake(&with("every = \"5m\"\nat = 3"), "9:1", "unknown key `at`");
 }
+
+#[test]
+fn a_task_file_limits_a_tasks_starts_as_a_whole_per_tenant_or_per_input_value() {
+    let source = r#"
+[[task]]
+name = "api.call"
+rate_limit = { limit = 20 }
+[[task.step]]
+name = "call"
+kind = "wait"
+duration = "1s"
+
+[[task]]
+name = "crm.sync"
+rate_limit = { limit = 30, per = "minute", key = "/crmHost" }
+[[task.step]]
+name = "sync"
+kind = "wait"
+duration = "1s"
+
+[[task]]
+name = "report.render"
+rate_limit = { limit = 5, key = "tenant" }
+[[task.step]]
+name = "render"
+kind = "wait"
+duration = "1s"
+"#;
+    let tasks = read(source).unwrap().into_tasks();
+    use crate::rate_limit::RateLimit;
+    assert_eq!(
+        TaskRunner::rate_limit(&tasks[task(&tasks, "api.call")]),
+        Some(RateLimit::per_second(20))
+    );
+    assert_eq!(
+        TaskRunner::rate_limit(&tasks[task(&tasks, "crm.sync")]),
+        Some(RateLimit::per_minute(30).per_input("/crmHost"))
+    );
+    assert_eq!(
+        TaskRunner::rate_limit(&tasks[task(&tasks, "report.render")]),
+        Some(RateLimit::per_second(5).per_tenant())
+    );
+}
+
+#[test]
+fn a_rate_limit_mistake_is_reported_at_its_place() {
+    let task = |limit: &str| {
+        format!(
+            "[[task]]\nname = \"t\"\nrate_limit = {limit}\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n"
+        )
+    };
+    assert_mistake(&task("{ per = \"second\" }"), "3:14", "`limit`");
+    assert_mistake(&task("{ limit = 0 }"), "3:24", "whole number from 1");
+    assert_mistake(
+        &task("{ limit = 5, per = \"hour\" }"),
+        "3:33",
+        "\"second\" or \"minute\"",
+    );
+    assert_mistake(
+        &task("{ limit = 5, key = \"host\" }"),
+        "3:33",
+        "JSON pointer",
+    );
+    assert_mistake(&task("{ limit = 5, burst = 2 }"), "3:27", "burst");
+}
