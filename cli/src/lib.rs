@@ -27,6 +27,7 @@ use warren_worker::Registry;
 /// Parses the command line, runs the command with `registry`'s tasks, and turns any error into
 /// one line on standard error and exit code 1 (2 for a bad command line).
 pub fn main(registry: Registry) -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return args::report_usage_error(e),
@@ -54,6 +55,26 @@ pub fn main(registry: Registry) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `warren runs show RUN | head`: once the reader has gone, the next line printed panics in
+/// `println!` ("failed printing to stdout: Broken pipe"). That is the reader's choice, not an
+/// error: end quietly with success, as the tools such output is piped from do, instead of a
+/// panic message. Every other panic goes to the usual hook.
+fn quiet_on_closed_stdout() {
+    let usual = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        usual(info);
+    }));
 }
 
 async fn run(cli: Cli, registry: Registry) -> anyhow::Result<()> {

@@ -175,3 +175,35 @@ async fn errors_are_one_line_and_a_non_zero_exit() {
         assert!(!stderr.contains("secret"), "password leaked: {stderr}");
     }
 }
+
+/// A reader that stops reading (`warren … | head`) ends the command quietly: no panic message,
+/// success, as the tools output is usually piped from do.
+#[test]
+fn a_closed_pipe_on_standard_output_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tasks.toml");
+    // A file with many mistakes: `tasks validate` prints one line for each.
+    let mut source = String::new();
+    for i in 0..2000 {
+        source.push_str(&format!("[[task]]\nname = \"t{i}\"\nbogus{i} = 1\n"));
+    }
+    std::fs::write(&file, source).unwrap();
+    let mut child = std::process::Command::new(warren_tests::warren_binary())
+        .args(["tasks", "validate", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then hang up.
+    {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
