@@ -115,6 +115,21 @@ async fn publish(env: &TestEnv, event: &str, payload: Value) -> String {
         .message_id
 }
 
+/// Messages in the task's queue, ready or delivered and not yet acknowledged.
+fn queue_messages(env: &TestEnv, task: &str) -> u64 {
+    let queue = env.topology().task_queue(task);
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "messages", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(name, _)| name.trim() == queue)
+        .and_then(|(_, count)| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no queue {queue}"))
+}
+
 async fn status(env: &TestEnv, run: Uuid) -> String {
     let client = env.pool.get().await.unwrap();
     client
@@ -332,6 +347,10 @@ async fn cancelling_a_parent_stops_its_running_children_and_dead_letters_nothing
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // While it waits, the parent holds no message: its task's queue has none, ready or
+    // delivered and unacked.
+    assert_eq!(queue_messages(&env, "story.fan"), 0);
 
     let cancelled = control::cancel(&env.pool, parent, "operator:test")
         .await
