@@ -297,7 +297,7 @@ pub(crate) enum RunsCommand {
         #[arg(long)]
         task: Option<String>,
         /// Only this status (queued, running, retrying, waiting, waiting_for_children,
-        /// succeeded, halted, dead, cancelled).
+        /// waiting_for_key, succeeded, halted, dead, cancelled).
         #[arg(long, value_parser = parse_status)]
         status: Option<RunStatus>,
         /// Only the children of this run (oldest first).

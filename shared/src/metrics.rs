@@ -123,6 +123,15 @@ catalog! {
     /// Deliveries sent back to wait for their turn.
     RATE_LIMIT_PARKED = "warren_rate_limit_parked_total", Counter, ["task"],
         "Deliveries of a rate-limited task whose turn was further off than the worker waits: sent back through the delay queues until it is near.";
+    /// Runs that found their concurrency key full and waited for a slot.
+    KEY_WAITS = "warren_key_waits_total", Counter, ["task"],
+        "Runs that found their concurrency key full (as many of the key's runs running as its limit allows) and went to wait for a slot.";
+    /// Runs waiting for a slot of their concurrency key now.
+    RUNS_WAITING_FOR_KEY = "warren_runs_waiting_for_key", Gauge, ["task"],
+        "Runs in waiting_for_key, fleet-wide (read from Postgres every few seconds by each replica).";
+    /// Key slots handed to waiters by the safety sweep.
+    KEY_SWEEP_RELEASED = "warren_key_sweep_released_total", Counter, [],
+        "Runs waiting for their key released by a replica's once-a-second sweep rather than at once by the run that freed the slot (a slot freed while its key's claim was queueing a run, or held by a replica that died).";
     /// Outbox rows sent.
     OUTBOX_SENT = "warren_outbox_sent_total", Counter, [],
         "Outbox messages (emitted events, child triggers, wake-ups, retries, scheduled runs) the relay published with a confirm and removed.";

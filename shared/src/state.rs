@@ -27,6 +27,10 @@ pub enum RunStatus {
     /// A step started child runs and the run waits for them to end (or for the wait's timeout);
     /// its wake-up is in the outbox, no worker and no message hold it.
     WaitingForChildren,
+    /// The run's concurrency key had no free slot (as many runs of the key running as its limit
+    /// allows): its message is held in the outbox and released when a slot frees, in the key's
+    /// order of arrival. No worker and no message in a queue hold it.
+    WaitingForKey,
     /// Terminal: every step finished.
     Succeeded,
     /// Terminal: a step ended the run early with a named outcome that is not an error
@@ -42,12 +46,13 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every status, in the order the documentation lists them.
-    pub const ALL: [RunStatus; 9] = [
+    pub const ALL: [RunStatus; 10] = [
         RunStatus::Queued,
         RunStatus::Running,
         RunStatus::Retrying,
         RunStatus::Waiting,
         RunStatus::WaitingForChildren,
+        RunStatus::WaitingForKey,
         RunStatus::Succeeded,
         RunStatus::Halted,
         RunStatus::Dead,
@@ -64,6 +69,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Halted => "halted",
             RunStatus::WaitingForChildren => "waiting_for_children",
+            RunStatus::WaitingForKey => "waiting_for_key",
             RunStatus::Dead => "dead",
             RunStatus::Cancelled => "cancelled",
         }
@@ -89,7 +95,7 @@ impl fmt::Display for RunStatus {
 /// A status name that is not one of [`RunStatus::ALL`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown run status {0:?} (expected one of queued, running, retrying, waiting, waiting_for_children, succeeded, halted, dead, cancelled)"
+    "unknown run status {0:?} (expected one of queued, running, retrying, waiting, waiting_for_children, waiting_for_key, succeeded, halted, dead, cancelled)"
 )]
 pub struct UnknownStatus(pub String);
 
@@ -119,9 +125,13 @@ pub struct IllegalTransition {
 /// The table, read row by row:
 /// - a new run starts `running`, or `dead` when its message is already known to be unusable
 ///   (it fails the task's input schema), or `queued` when it is a child its parent started
-///   (the row exists before its message is sent, so that cancelling the parent reaches it);
+///   (the row exists before its message is sent, so that cancelling the parent reaches it),
+///   or `waiting_for_key` when its concurrency key has no free slot;
 /// - `queued`, `retrying`, `waiting` and `waiting_for_children` runs are picked up again
-///   (`running`), or dead-lettered without running when their message can no longer be used;
+///   (`running`), or dead-lettered without running when their message can no longer be used,
+///   or wait for a slot of their concurrency key (`waiting_for_key`) — as does a run left
+///   `running` by a crashed replica, whose slot lapsed with it;
+/// - a `waiting_for_key` run starts (`running`) when its key has a slot for it;
 /// - a `running` run records each finished step as `running → running`, and goes on to one of
 ///   `retrying`, `waiting`, `waiting_for_children`, `succeeded`, `halted` or `dead`; a worker
 ///   that picks up a redelivered message of a run left `running` by a crashed replica also logs
@@ -133,16 +143,18 @@ pub struct IllegalTransition {
 pub fn check(from: Option<RunStatus>, to: RunStatus) -> Result<(), IllegalTransition> {
     use RunStatus::*;
     let legal = match from {
-        None => matches!(to, Running | Dead | Queued),
+        None => matches!(to, Running | Dead | Queued | WaitingForKey),
         Some(Queued | Retrying | Waiting | WaitingForChildren) => {
-            matches!(to, Running | Dead | Cancelled)
+            matches!(to, Running | Dead | Cancelled | WaitingForKey)
         }
+        Some(WaitingForKey) => matches!(to, Running | Dead | Cancelled),
         Some(Running) => matches!(
             to,
             Running
                 | Retrying
                 | Waiting
                 | WaitingForChildren
+                | WaitingForKey
                 | Succeeded
                 | Halted
                 | Dead
@@ -168,12 +180,12 @@ mod tests {
     }
 
     #[test]
-    fn a_new_run_starts_running_or_dead_or_queued_as_a_child_and_nowhere_else() {
+    fn a_new_run_starts_running_or_dead_or_queued_as_a_child_or_waiting_for_its_key() {
         let allowed: Vec<_> = RunStatus::ALL
             .into_iter()
             .filter(|to| legal(None, *to))
             .collect();
-        assert_eq!(allowed, vec![Queued, Running, Dead]);
+        assert_eq!(allowed, vec![Queued, Running, WaitingForKey, Dead]);
     }
 
     #[test]
@@ -183,6 +195,7 @@ mod tests {
             Retrying,
             Waiting,
             WaitingForChildren,
+            WaitingForKey,
             Succeeded,
             Halted,
             Dead,
@@ -194,14 +207,27 @@ mod tests {
     }
 
     #[test]
-    fn parked_runs_are_resumed_dead_lettered_or_cancelled() {
+    fn parked_runs_are_resumed_dead_lettered_cancelled_or_wait_for_their_key() {
         for from in [Queued, Retrying, Waiting, WaitingForChildren] {
             let allowed: Vec<_> = RunStatus::ALL
                 .into_iter()
                 .filter(|to| legal(Some(from), *to))
                 .collect();
-            assert_eq!(allowed, vec![Running, Dead, Cancelled], "from {from}");
+            assert_eq!(
+                allowed,
+                vec![Running, WaitingForKey, Dead, Cancelled],
+                "from {from}"
+            );
         }
+    }
+
+    #[test]
+    fn a_run_waiting_for_its_key_starts_or_is_cancelled_or_dead_lettered() {
+        let allowed: Vec<_> = RunStatus::ALL
+            .into_iter()
+            .filter(|to| legal(Some(WaitingForKey), *to))
+            .collect();
+        assert_eq!(allowed, vec![Running, Dead, Cancelled]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod children;
 mod cli;
 mod cli_operator;
 mod command_steps;
+mod concurrency_keys;
 mod dead_letters;
 mod declared;
 mod declared_children;

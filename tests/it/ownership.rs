@@ -106,11 +106,15 @@ async fn a_replica_that_lost_its_run_to_a_takeover_can_record_nothing_more_for_i
     let lost = start_process(&mut client, "lost").await;
     let owner = start_process(&mut client, "owner").await;
     let run = store::run_id("owned.job", "owned-1");
-    let first = store::claim(&client, &new_run(run, &lost)).await.unwrap();
+    let first = store::claim(&client, &new_run(run, &lost), None)
+        .await
+        .unwrap();
     assert!(matches!(first, Claim::Run { .. }), "{first:?}");
     // The fleet gives `lost` up (it stopped, or its lease lapsed), and `owner` takes over.
     store::stop_worker(&client, &lost).await.unwrap();
-    let takeover = store::claim(&client, &new_run(run, &owner)).await.unwrap();
+    let takeover = store::claim(&client, &new_run(run, &owner), None)
+        .await
+        .unwrap();
     assert!(matches!(takeover, Claim::Run { .. }), "{takeover:?}");
 
     assert_can_record_nothing(&mut client, run, &lost).await;
@@ -148,7 +152,9 @@ async fn a_replica_restarted_under_the_same_id_frees_its_predecessors_runs_at_on
     let killed = start_process(&mut client, "pod-0").await;
     let other = start_process(&mut client, "pod-1").await;
     let run = store::run_id("owned.job", "owned-1");
-    let claimed = store::claim(&client, &new_run(run, &killed)).await.unwrap();
+    let claimed = store::claim(&client, &new_run(run, &killed), None)
+        .await
+        .unwrap();
     assert!(matches!(claimed, Claim::Run { .. }), "{claimed:?}");
 
     let restarted = start_process(&mut client, "pod-0").await;
@@ -157,7 +163,9 @@ async fn a_replica_restarted_under_the_same_id_frees_its_predecessors_runs_at_on
         restarted.starts_with("pod-0#") && killed.starts_with("pod-0#"),
         "owner names carry the replica id: {killed}, {restarted}"
     );
-    let redelivered = store::claim(&client, &new_run(run, &other)).await.unwrap();
+    let redelivered = store::claim(&client, &new_run(run, &other), None)
+        .await
+        .unwrap();
     assert!(
         matches!(redelivered, Claim::Run { .. }),
         "the run of the killed process is still owned: {redelivered:?}"
@@ -182,7 +190,9 @@ async fn two_live_processes_with_one_id_cannot_both_record_a_run() {
     let mut client = env.pool.get().await.unwrap();
     let first = start_process(&mut client, "twin").await;
     let run = store::run_id("owned.job", "owned-1");
-    let claimed = store::claim(&client, &new_run(run, &first)).await.unwrap();
+    let claimed = store::claim(&client, &new_run(run, &first), None)
+        .await
+        .unwrap();
     assert!(matches!(claimed, Claim::Run { .. }), "{claimed:?}");
 
     let second = start_process(&mut client, "twin").await;
@@ -190,7 +200,9 @@ async fn two_live_processes_with_one_id_cannot_both_record_a_run() {
 
     // A copy of the message reaches the second process: it takes the run over, and the first
     // one's late writes are refused.
-    let takeover = store::claim(&client, &new_run(run, &second)).await.unwrap();
+    let takeover = store::claim(&client, &new_run(run, &second), None)
+        .await
+        .unwrap();
     assert!(matches!(takeover, Claim::Run { .. }), "{takeover:?}");
     assert_can_record_nothing(&mut client, run, &first).await;
     assert!(
@@ -229,12 +241,18 @@ async fn a_new_start_supersedes_a_replica_of_the_release_before_incarnations() {
         .unwrap();
     let other = start_process(&mut client, "pod-1").await;
     let run = store::run_id("owned.job", "owned-1");
-    let claimed = store::claim(&client, &new_run(run, "pod-0")).await.unwrap();
+    let claimed = store::claim(&client, &new_run(run, "pod-0"), None)
+        .await
+        .unwrap();
     assert!(matches!(claimed, Claim::Run { .. }), "{claimed:?}");
-    let busy = store::claim(&client, &new_run(run, &other)).await.unwrap();
+    let busy = store::claim(&client, &new_run(run, &other), None)
+        .await
+        .unwrap();
     assert!(matches!(busy, Claim::Busy { .. }), "{busy:?}");
 
     start_process(&mut client, "pod-0").await;
-    let takeover = store::claim(&client, &new_run(run, &other)).await.unwrap();
+    let takeover = store::claim(&client, &new_run(run, &other), None)
+        .await
+        .unwrap();
     assert!(matches!(takeover, Claim::Run { .. }), "{takeover:?}");
 }

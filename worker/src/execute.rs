@@ -11,8 +11,9 @@
 
 use crate::cancel::Cancellations;
 use crate::children::{self, Directory};
+use crate::concurrency_key::ConcurrencyKey;
 use crate::dead_letter::{self, DeadLetter};
-use crate::rate_limit::{self, RateLimit};
+use crate::rate_limit::RateLimit;
 use crate::run_locks::RunLocks;
 use crate::settle::{Pending, Settler};
 use crate::state_writer::{StateWriter, WriteError};
@@ -20,8 +21,8 @@ use crate::step::{ErrorClass, Outbox, RunInfo, StepError, StepOutcome, code};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
 use crate::task_metrics::{AttemptEnd, TaskMetrics};
 use crate::writes::{
-    ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, ReleaseRun,
-    ReserveStart, RunFields, StartJoin, StillOwned,
+    ClaimRun, CompleteStep, DeadOnArrival, End, FailRun, MarkFailureHandled, ReleaseRun, RunFields,
+    StartJoin, StillOwned,
 };
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -101,6 +102,8 @@ pub(crate) struct Executor {
     pub(crate) max_duration: Duration,
     /// The task's fleet-wide limit on starts, if it has one.
     pub(crate) rate_limit: Option<RateLimit>,
+    /// The task's fleet-wide limit on runs of one key at once, if it has one.
+    pub(crate) concurrency_key: Option<ConcurrencyKey>,
     pub(crate) delay_levels: Arc<DelayLevels>,
     pub(crate) idempotency_window: Duration,
     pub(crate) metrics: TaskMetrics,
@@ -161,6 +164,11 @@ impl Executor {
             }
             processed = self.process(&delivery, decoded).instrument(span) => processed,
         };
+        if self.concurrency_key.is_some() {
+            // A run of this task that left `running` handed its slot to the next run of its key
+            // in the commit just made: send that run's held message now.
+            self.relay.nudge();
+        }
         match processed {
             // An ack that does not reach the broker means a redelivery, which the run's state
             // makes a no-op.
@@ -216,7 +224,7 @@ impl Executor {
             return Ok(());
         }
         let _exclusive = self.run_locks.lock(run.id).await;
-        let claimed = match self.claim(&run).await {
+        let claimed = match self.claim(delivery, &run).await {
             Ok(claimed) => claimed,
             Err(Requeue::Write(WriteError::Store(e))) if e.is_refused_data() => {
                 // What the contract let through and Postgres still refuses would be refused
@@ -282,6 +290,12 @@ impl Executor {
                 self.metrics.duplicate();
                 Ok(())
             }
+            Claim::WaitingForKey => {
+                // Its message waits in the outbox until a run of its key hands it a slot.
+                tracing::debug!(run = %run.id, "concurrency key full: waiting for a slot");
+                self.metrics.key_waited();
+                Ok(())
+            }
             Claim::Stale { current } => {
                 tracing::debug!(run = %run.id, current, "superseded copy; acknowledged");
                 self.metrics.duplicate();
@@ -307,43 +321,6 @@ impl Executor {
         }
     }
 
-    /// A rate-limited task's delivery reserves its start (fleet-wide, in Postgres) before it
-    /// claims its run: it sleeps until a start within [`rate_limit::HOLD`] and goes on
-    /// (`true`), or, when the next free start is later, goes back through the delay queues until
-    /// its turn is near and is acknowledged here (`false`). It holds no run yet either way.
-    async fn wait_for_turn(
-        &self,
-        delivery: &Delivery,
-        run: &Arc<RunFields>,
-        limit: &RateLimit,
-    ) -> Result<bool, Requeue> {
-        let key = limit.key(&self.task_id, run.tenant.as_deref(), run.input.as_deref());
-        let reservation = self
-            .writer
-            .write(ReserveStart {
-                key,
-                interval: limit.interval(),
-                hold: rate_limit::HOLD,
-            })
-            .await?;
-        let wait = reservation.wait();
-        if reservation.reserved {
-            self.metrics.rate_limited(wait);
-            tokio::time::sleep(wait).await;
-            return Ok(true);
-        }
-        // Back when its turn is near: a new reservation then finds a start within the hold.
-        let back = wait
-            .saturating_sub(rate_limit::HOLD / 2)
-            .max(Duration::from_secs(1));
-        self.metrics.rate_limit_parked();
-        tracing::debug!(run = %run.id, ?back, "rate limited: back later");
-        let properties =
-            copy_properties(delivery, run, u32::try_from(run.attempt).unwrap_or(1), &[]);
-        self.send_later(back, &delivery.data, properties).await?;
-        Ok(false)
-    }
-
     /// Whether this replica still owns the run, before it sends a copy of the run's message on
     /// (a retry, a dead letter, a wake-up) that the fenced write after it could not take back.
     /// A run lost to a takeover is left to its new owner, and this delivery acknowledged.
@@ -364,9 +341,13 @@ impl Executor {
         }
     }
 
-    /// Claims the run (see [`Claim`]).
-    async fn claim(&self, run: &Arc<RunFields>) -> Result<Claim, Requeue> {
-        Ok(self.writer.write(ClaimRun(Arc::clone(run))).await?)
+    /// Claims the run (see [`Claim`]), with a slot of its concurrency key if the task has one.
+    async fn claim(&self, delivery: &Delivery, run: &Arc<RunFields>) -> Result<Claim, Requeue> {
+        let claim = ClaimRun {
+            run: Arc::clone(run),
+            key: self.key_turn(delivery, run),
+        };
+        Ok(self.writer.write(claim).await?)
     }
 
     async fn run_steps(
@@ -940,7 +921,7 @@ impl Executor {
 
     /// Sends a copy of the message back to this task's queue after `delay`, through the broker's
     /// delay cascade (or at once for a delay under half a second), and waits for the confirm.
-    async fn send_later(
+    pub(crate) async fn send_later(
         &self,
         delay: Duration,
         body: &[u8],
@@ -1014,7 +995,7 @@ impl Executor {
 /// look-again): the original's, with the identity Warren gave the run. A message published
 /// without a message id got one invented on its first delivery; a copy without it would start
 /// a second run instead of resuming this one.
-fn copy_properties(
+pub(crate) fn copy_properties(
     delivery: &Delivery,
     run: &RunFields,
     attempt: u32,

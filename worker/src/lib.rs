@@ -41,6 +41,7 @@
 //! * [`demo`]: the demo tasks (`video.process`, `player.dump`).
 
 pub mod children;
+pub mod concurrency_key;
 pub mod control;
 pub mod declared;
 pub mod demo;
@@ -54,12 +55,14 @@ pub mod step;
 pub mod steps;
 pub mod task;
 
+mod admission;
 mod budget;
 mod cancel;
 mod dead_letter;
 mod execute;
 mod fleet;
 mod http;
+mod keys;
 mod queue_gauges;
 mod run_locks;
 mod state_writer;

@@ -14,24 +14,13 @@
 //! let task = Task::<Value>::new("api.call").rate_limit(RateLimit::per_second(20).per_tenant());
 //! ```
 
-use serde_json::Value;
+pub use crate::keys::KeyFrom;
 use serde_json::value::RawValue;
 use std::time::Duration;
 
 /// The longest a delivery waits in a worker for its reserved start: longer waits go back to
 /// the broker instead of holding a run slot and an unacked message.
 pub const HOLD: Duration = Duration::from_secs(2);
-
-/// What one limit counts starts of.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyFrom {
-    /// The task as a whole.
-    Task,
-    /// Each tenant (`warren-tenant`) on its own; runs without one share a key.
-    Tenant,
-    /// Each value of the input at this JSON pointer (e.g. `/apiHost`) on its own.
-    Input(String),
-}
 
 /// A limit on a task's starts, fleet-wide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,21 +78,7 @@ impl RateLimit {
 
     /// The key a run of `task` counts against.
     pub(crate) fn key(&self, task: &str, tenant: Option<&str>, input: Option<&RawValue>) -> String {
-        match &self.key {
-            KeyFrom::Task => task.to_owned(),
-            KeyFrom::Tenant => format!("{task}#tenant={}", tenant.unwrap_or("")),
-            KeyFrom::Input(pointer) => {
-                let value = input
-                    .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-                    .and_then(|v| v.pointer(pointer).cloned())
-                    .unwrap_or(Value::Null);
-                let value = match value {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                format!("{task}#{pointer}={value}")
-            }
-        }
+        self.key.key(task, tenant, input)
     }
 }
 
@@ -114,12 +89,7 @@ impl std::fmt::Display for RateLimit {
             Per::Second => "s",
             Per::Minute => "min",
         };
-        write!(f, "{}/{per}", self.limit)?;
-        match &self.key {
-            KeyFrom::Task => Ok(()),
-            KeyFrom::Tenant => f.write_str(" per tenant"),
-            KeyFrom::Input(pointer) => write!(f, " per {pointer}"),
-        }
+        write!(f, "{}/{per}{}", self.limit, self.key.suffix())
     }
 }
 
@@ -148,17 +118,5 @@ mod tests {
             RateLimit::per_second(5).per_tenant().to_string(),
             "5/s per tenant"
         );
-    }
-
-    #[test]
-    fn keys_name_the_task_and_what_is_counted() {
-        let input = RawValue::from_string(r#"{"api":{"host":"a.example"}}"#.into()).unwrap();
-        let task = RateLimit::per_second(1);
-        assert_eq!(task.key("t", Some("x"), Some(&input)), "t");
-        let tenant = RateLimit::per_second(1).per_tenant();
-        assert_eq!(tenant.key("t", Some("acme"), None), "t#tenant=acme");
-        let host = RateLimit::per_second(1).per_input("/api/host");
-        assert_eq!(host.key("t", None, Some(&input)), "t#/api/host=a.example");
-        assert_eq!(host.key("t", None, None), "t#/api/host=null");
     }
 }

@@ -401,6 +401,20 @@ impl Worker {
             shared.relay.clone(),
             shutdown.clone(),
         ));
+        let keyed: Vec<String> = shared
+            .registry
+            .tasks()
+            .filter(|task| task.concurrency_key().is_some())
+            .map(|task| task.id().to_owned())
+            .collect();
+        if !keyed.is_empty() {
+            tokio::spawn(crate::concurrency_key::sweep(
+                pool.clone(),
+                keyed,
+                shared.relay.clone(),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(crate::cancel::watch(
             pool.clone(),
             Arc::clone(&shared.worker_id),
@@ -540,6 +554,7 @@ async fn attach(
             retry: task.retry_policy().unwrap_or(config.retry),
             max_duration: task.max_duration().unwrap_or(config.default_max_duration),
             rate_limit: task.rate_limit(),
+            concurrency_key: task.concurrency_key(),
             delay_levels: Arc::clone(&shared.delay_levels),
             idempotency_window: config.idempotency_window,
             metrics: TaskMetrics::new(task.id(), &task.steps()),

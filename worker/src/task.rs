@@ -68,6 +68,7 @@ pub struct Task<I> {
     input_check: Option<InputCheck>,
     schedules: Vec<crate::schedule::Schedule>,
     rate_limit: Option<crate::rate_limit::RateLimit>,
+    concurrency_key: Option<crate::concurrency_key::ConcurrencyKey>,
 }
 
 impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
@@ -86,6 +87,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
             input_check: None,
             schedules: Vec::new(),
             rate_limit: None,
+            concurrency_key: None,
         }
     }
 
@@ -99,6 +101,13 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
     /// Limits this task's starts across the whole fleet (docs/rate-limits.md).
     pub fn rate_limit(mut self, limit: crate::rate_limit::RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Limits how many runs of one key (a tenant, a value of the input) run at once across the
+    /// whole fleet, each key's runs taking their turns (docs/concurrency-keys.md).
+    pub fn concurrency_key(mut self, key: crate::concurrency_key::ConcurrencyKey) -> Self {
+        self.concurrency_key = Some(key);
         self
     }
 
@@ -210,6 +219,10 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn rate_limit(&self) -> Option<crate::rate_limit::RateLimit> {
         None
     }
+    /// The limit on its runs per key running at once, if it has one.
+    fn concurrency_key(&self) -> Option<crate::concurrency_key::ConcurrencyKey> {
+        None
+    }
     /// Runs step `index` with the earlier outputs.
     fn run_step(
         &self,
@@ -275,6 +288,10 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
 
     fn rate_limit(&self) -> Option<crate::rate_limit::RateLimit> {
         self.rate_limit.clone()
+    }
+
+    fn concurrency_key(&self) -> Option<crate::concurrency_key::ConcurrencyKey> {
+        self.concurrency_key.clone()
     }
 
     fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String> {

@@ -77,6 +77,10 @@ impl TaskMetrics {
     }
 
     /// A rate-limited delivery went back to the broker until its turn is near.
+    pub(crate) fn key_waited(&self) {
+        counter!(names::KEY_WAITS, "task" => self.task.clone()).increment(1);
+    }
+
     pub(crate) fn rate_limit_parked(&self) {
         counter!(names::RATE_LIMIT_PARKED, "task" => self.task.clone()).increment(1);
     }

@@ -68,20 +68,41 @@ impl RunFields {
 }
 
 /// Create or take over the run.
-pub(crate) struct ClaimRun(pub(crate) Arc<RunFields>);
+pub(crate) struct ClaimRun {
+    pub(crate) run: Arc<RunFields>,
+    /// For a task with a concurrency key: the run's key and what waiting for it needs.
+    pub(crate) key: Option<KeyTurn>,
+}
+
+/// A claim's part in a concurrency key (see `store::concurrency`).
+pub(crate) struct KeyTurn {
+    pub(crate) key: String,
+    pub(crate) max_running: i32,
+    /// The copy of the message held in the outbox while the run waits for a slot.
+    pub(crate) held: outbox::Message,
+}
+
+/// Orders the key rows claims of a batch lock (see [`Write::lock_key`]).
+const KEY_LOCK_NAMESPACE: Uuid = Uuid::from_u128(0x5741_5252_454e_4b45_5900_0000_0000_0001);
 
 impl Write for ClaimRun {
     type Output = Claim;
     fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
-        Box::pin(async move { store::claim(tx, &self.0.new_run()).await })
+        Box::pin(async move {
+            let admission = self.key.as_ref().map(|k| store::concurrency::Admission {
+                key: &k.key,
+                max_running: k.max_running,
+                held: &k.held,
+            });
+            store::claim(tx, &self.run.new_run(), admission.as_ref()).await
+        })
     }
 
-    /// A run without an idempotency key to reserve starts in the set-based form when it is new.
+    /// A run without an idempotency key to reserve or a concurrency key to admit it starts in
+    /// the set-based form when it is new.
     fn batchable(&self) -> Option<Batchable<'_>> {
-        self.0
-            .idempotency_key
-            .is_none()
-            .then_some(Batchable::Claim(&self.0))
+        (self.run.idempotency_key.is_none() && self.key.is_none())
+            .then_some(Batchable::Claim(&self.run))
     }
 
     fn batched_output(&self) -> Option<Claim> {
@@ -90,6 +111,13 @@ impl Write for ClaimRun {
             checkpoints: Vec::new(),
             joined: None,
         })
+    }
+
+    /// Claims of one batch lock their keys' rows in one order.
+    fn lock_key(&self) -> Option<Uuid> {
+        self.key
+            .as_ref()
+            .map(|k| Uuid::new_v5(&KEY_LOCK_NAMESPACE, k.key.as_bytes()))
     }
 }
 

@@ -41,6 +41,8 @@ struct TaskRow {
     max_duration_seconds: Option<u64>,
     /// The task's fleet-wide limit on starts (`20/s`, `5/s per tenant`), if it has one.
     rate_limit: Option<String>,
+    /// The task's fleet-wide limit on runs of one key at once (`5 per tenant`), if it has one.
+    concurrency_key: Option<String>,
     queue: String,
     /// `None` when no worker has declared the queue yet.
     ready: Option<u32>,
@@ -73,6 +75,7 @@ pub(crate) async fn run(
             concurrency: task.concurrency(),
             max_duration_seconds: task.max_duration().map(|d| d.as_secs()),
             rate_limit: task.rate_limit().map(|limit| limit.to_string()),
+            concurrency_key: task.concurrency_key().map(|key| key.to_string()),
             queue,
             ready: stats.map(|s| s.messages),
             consumers: stats.map(|s| s.consumers),
@@ -92,6 +95,7 @@ pub(crate) async fn run(
         "CONCURRENCY",
         "MAX DURATION",
         "RATE LIMIT",
+        "KEY LIMIT",
         "QUEUE",
         "READY",
         "CONSUMERS",
@@ -106,6 +110,7 @@ pub(crate) async fn run(
             row.max_duration_seconds
                 .map_or("default".into(), |s| format!("{s}s")),
             row.rate_limit.clone().unwrap_or_else(|| "-".into()),
+            row.concurrency_key.clone().unwrap_or_else(|| "-".into()),
             row.queue.clone(),
             row.ready.map_or(missing.into(), |n| n.to_string()),
             row.consumers.map_or(missing.into(), |n| n.to_string()),

@@ -27,6 +27,8 @@ macro_rules! step_checkpoint_upsert {
 mod batch;
 pub mod cancel;
 pub mod children;
+mod claim;
+pub mod concurrency;
 pub mod outbox;
 pub mod rate_limits;
 mod replicas;
@@ -34,6 +36,7 @@ pub mod retention;
 pub mod schedules;
 
 pub use batch::{complete_steps, start_new_runs, start_queued_children};
+pub use claim::{Checkpoint, Claim, NewRun, checkpoints, claim};
 pub use replicas::{
     INCARNATION_SEPARATOR, STALE_LISTED_FOR, WorkerInfo, WorkerRecord, heartbeat, list_workers,
     register_worker, stop_worker,
@@ -46,7 +49,6 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
@@ -87,92 +89,6 @@ pub fn run_id(task: &str, message_id: &str) -> Uuid {
     name.push(b'/');
     name.extend_from_slice(message_id.as_bytes());
     Uuid::new_v5(&RUN_ID_NAMESPACE, &name)
-}
-
-/// The fields of a run taken from its message when a worker first sees it.
-#[derive(Debug, Clone)]
-pub struct NewRun<'a> {
-    /// From [`run_id`].
-    pub id: Uuid,
-    /// The message identity.
-    pub message_id: &'a str,
-    /// The task.
-    pub task: &'a str,
-    /// The event that triggered it.
-    pub event: &'a str,
-    /// The task input (the JSON payload), when it is JSON.
-    pub input: Option<&'a RawValue>,
-    /// The attempt the message carries.
-    pub attempt: i32,
-    /// Idempotency key.
-    pub idempotency_key: Option<&'a str>,
-    /// Tenant.
-    pub tenant: Option<&'a str>,
-    /// Publish time.
-    pub published_at: Option<DateTime<Utc>>,
-    /// The worker replica.
-    pub worker: &'a str,
-    /// The wait this message ends, if it resumes a waiting run.
-    pub wake: Option<&'a str>,
-    /// How long an idempotency key keeps making later publishes duplicates.
-    pub idempotency_window: std::time::Duration,
-}
-
-/// A finished step's stored output.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Checkpoint {
-    /// Step name.
-    pub step: String,
-    /// Position in the pipeline (0-based).
-    pub position: i32,
-    /// What the step returned.
-    pub output: Value,
-}
-
-/// What a worker may do with a delivered message, decided by the run's state in Postgres.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Claim {
-    /// The run is now `running` for this message's attempt (new, redelivered, retried, woken or
-    /// replayed): execute the steps after its checkpoints.
-    Run {
-        /// Attempts up to this number belong to earlier retry budgets.
-        attempt_base: i32,
-        /// Finished steps, in pipeline order (empty for a new run).
-        checkpoints: Vec<Checkpoint>,
-        /// The run was woken from waiting for its children: their outcomes, to record as the
-        /// waiting step's checkpoint before the steps after it run.
-        joined: Option<children::Joined>,
-    },
-    /// The run already finished: acknowledge the message and do nothing more (but see
-    /// `failure_handled`).
-    Finished {
-        /// Its status.
-        status: RunStatus,
-        /// For a dead run: whether the task's failure handler has run for this death.
-        failure_handled: bool,
-        /// The run's last error code.
-        error_code: Option<String>,
-        /// The run's last error message.
-        error_message: Option<String>,
-    },
-    /// The message carries an older attempt than the run has reached (a copy superseded by a
-    /// retry): acknowledge it and do nothing.
-    Stale {
-        /// The run's current attempt.
-        current: i32,
-    },
-    /// Another message with the same idempotency key already made a run (within the window, and
-    /// that run is not dead): acknowledge this one and make no run.
-    Duplicate {
-        /// The run the key belongs to.
-        original: Uuid,
-    },
-    /// Another live replica is running this run right now (this delivery is a duplicate, or
-    /// the owner lost its channel but goes on): hand the message back and look again later.
-    Busy {
-        /// The replica that owns the run.
-        owner: String,
-    },
 }
 
 /// How long a replica's heartbeat keeps its runs its own. A run whose owner has not
@@ -232,222 +148,6 @@ pub struct Change<'a> {
     pub step: Option<&'a str>,
     /// The stage reached, if any.
     pub stage: Option<&'a str>,
-}
-
-/// Reserves the run's idempotency key for it; `Some(original)` when another run holds the key.
-async fn reserve_idempotency_key(
-    client: &impl GenericClient,
-    run: &NewRun<'_>,
-    key: &str,
-) -> Result<Option<Uuid>, StoreError> {
-    let reserve = client
-        .prepare_cached(
-            "INSERT INTO idempotency_keys (task, key, run_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .await?;
-    if client
-        .execute(&reserve, &[&run.task, &key, &run.id])
-        .await?
-        == 1
-    {
-        return Ok(None);
-    }
-    let holder = client
-        .prepare_cached(
-            "SELECT k.run_id, k.created_at > now() - make_interval(secs => $3), r.status
-             FROM idempotency_keys k LEFT JOIN runs r ON r.id = k.run_id
-             WHERE k.task = $1 AND k.key = $2 FOR UPDATE OF k",
-        )
-        .await?;
-    let row = client
-        .query_one(
-            &holder,
-            &[&run.task, &key, &run.idempotency_window.as_secs_f64()],
-        )
-        .await?;
-    let holder: Uuid = row.get(0);
-    let fresh: bool = row.get(1);
-    let status: Option<String> = row.get(2);
-    if holder == run.id || (fresh && status.as_deref() != Some(RunStatus::Dead.as_str())) {
-        return Ok((holder != run.id).then_some(holder));
-    }
-    // The key expired, or its run died: a failed run never satisfies an idempotency key.
-    client
-        .execute(
-            "UPDATE idempotency_keys SET run_id = $3, created_at = now() WHERE task = $1 AND key = $2",
-            &[&run.task, &key, &run.id],
-        )
-        .await?;
-    Ok(None)
-}
-
-/// Inserts a run unless it exists: `running`, or `dead` with `error` (code, message) for a
-/// message that can never run. Returns whether it was inserted.
-async fn insert_run(
-    client: &impl GenericClient,
-    run: &NewRun<'_>,
-    error: Option<(&str, &str)>,
-) -> Result<bool, StoreError> {
-    let insert = client
-        .prepare_cached(
-            "INSERT INTO runs (id, message_id, task, event, status, attempt, input, idempotency_key,
-                               tenant, worker, published_at, error_code, error_message,
-                               started_at, finished_at)
-             VALUES ($1, $2, $3, $4, CASE WHEN $11::text IS NULL THEN 'running' ELSE 'dead' END,
-                     $5, $6, $7, $8, $9, $10, $11, $12,
-                     CASE WHEN $11::text IS NULL THEN now() END,
-                     CASE WHEN $11::text IS NULL THEN NULL ELSE now() END)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .await?;
-    let inserted = client
-        .execute(
-            &insert,
-            &[
-                &run.id,
-                &run.message_id,
-                &run.task,
-                &run.event,
-                &run.attempt,
-                &run.input.map(Json),
-                &run.idempotency_key,
-                &run.tenant,
-                &run.worker,
-                &run.published_at,
-                &error.map(|(code, _)| code),
-                &error.map(|(_, message)| message),
-            ],
-        )
-        .await?;
-    Ok(inserted == 1)
-}
-
-/// Creates the run as `running`, or takes over the existing one. See [`Claim`].
-pub async fn claim(client: &impl GenericClient, run: &NewRun<'_>) -> Result<Claim, StoreError> {
-    if let Some(key) = run.idempotency_key
-        && let Some(original) = reserve_idempotency_key(client, run, key).await?
-    {
-        return Ok(Claim::Duplicate { original });
-    }
-    let inserted = insert_run(client, run, None).await?;
-    let change = Change {
-        attempt: run.attempt,
-        worker: run.worker,
-        reason: "started",
-        step: None,
-        stage: None,
-    };
-    if inserted {
-        log_transition(client, run.id, None, RunStatus::Running, &change).await?;
-        return Ok(Claim::Run {
-            attempt_base: 0,
-            checkpoints: Vec::new(),
-            joined: None,
-        });
-    }
-
-    let current = client
-        .prepare_cached(
-            "SELECT r.status, r.attempt, r.worker,
-                    (w.stopped_at IS NULL AND w.last_heartbeat > now() - make_interval(secs => $2)) AS owner_alive,
-                    r.attempt_base, r.wake_token, r.failure_handled_at IS NOT NULL,
-                    r.error_code, r.error_message, r.join_step
-             FROM runs r LEFT JOIN workers w ON w.id = r.worker
-             WHERE r.id = $1 FOR UPDATE OF r",
-        )
-        .await?;
-    let row = client
-        .query_one(&current, &[&run.id, &OWNER_LEASE.as_secs_f64()])
-        .await?;
-    let status = parse_status(row.get(0))?;
-    let attempt: i32 = row.get(1);
-    let owner: Option<String> = row.get(2);
-    let owner_alive: Option<bool> = row.get(3);
-    let attempt_base: i32 = row.get(4);
-    let wake_token: Option<String> = row.get(5);
-    if status.is_terminal() {
-        return Ok(Claim::Finished {
-            status,
-            failure_handled: row.get(6),
-            error_code: row.get(7),
-            error_message: row.get(8),
-        });
-    }
-    let join_step: Option<String> = row.get(9);
-    // An older attempt, or a copy that does not end the wait the run is in, was superseded.
-    let parked = matches!(status, RunStatus::Waiting | RunStatus::WaitingForChildren);
-    let wrong_wake = parked && run.wake != wake_token.as_deref();
-    if run.attempt < attempt || wrong_wake {
-        return Ok(Claim::Stale { current: attempt });
-    }
-    if status == RunStatus::Running
-        && owner_alive == Some(true)
-        && let Some(owner) = owner.filter(|o| o != run.worker)
-    {
-        return Ok(Claim::Busy { owner });
-    }
-    let reason = match status {
-        RunStatus::Running => "redelivered: resuming from the last checkpoint",
-        RunStatus::Retrying => "retry attempt started",
-        RunStatus::Waiting => "wait is over",
-        RunStatus::WaitingForChildren => "woken: children ended or the wait timed out",
-        RunStatus::Queued if attempt_base == 0 && attempt == 1 => "child run started",
-        RunStatus::Queued => "replayed run started",
-        _ => "picked up again",
-    };
-    let update = client
-        .prepare_cached(
-            "UPDATE runs SET status = 'running', attempt = $2, worker = $3, updated_at = now(),
-                             started_at = coalesce(started_at, now()), wake_token = NULL,
-                             next_attempt_at = NULL
-             WHERE id = $1",
-        )
-        .await?;
-    client
-        .execute(&update, &[&run.id, &run.attempt, &run.worker])
-        .await?;
-    log_transition(
-        client,
-        run.id,
-        Some(status),
-        RunStatus::Running,
-        &Change { reason, ..change },
-    )
-    .await?;
-    let joined = match join_step {
-        Some(_) => children::joined(client, run.id).await?,
-        None => None,
-    };
-    Ok(Claim::Run {
-        attempt_base,
-        checkpoints: checkpoints(client, run.id).await?,
-        joined,
-    })
-}
-
-/// The finished steps of a run, in pipeline order.
-pub async fn checkpoints(
-    client: &impl GenericClient,
-    run: Uuid,
-) -> Result<Vec<Checkpoint>, StoreError> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT step, position, output FROM run_steps
-             WHERE run_id = $1 AND status = 'succeeded' ORDER BY position",
-        )
-        .await?;
-    Ok(client
-        .query(&stmt, &[&run])
-        .await?
-        .into_iter()
-        .map(|row| Checkpoint {
-            step: row.get(0),
-            position: row.get(1),
-            output: row
-                .get::<_, Option<Json<Value>>>(2)
-                .map_or(Value::Null, |j| j.0),
-        })
-        .collect())
 }
 
 /// How a finished step ends its run, if it does.
@@ -834,7 +534,7 @@ pub async fn dead_on_arrival(
     code: &str,
     message: &str,
 ) -> Result<bool, StoreError> {
-    let inserted = insert_run(client, run, Some((code, message))).await?;
+    let inserted = claim::insert_run(client, run, claim::InsertAs::Dead { code, message }).await?;
     if inserted {
         let change = Change {
             attempt: run.attempt,

@@ -27,6 +27,8 @@ pub enum Kind {
     Retry,
     /// The message of a run a schedule fired.
     Schedule,
+    /// The message of a run waiting for a slot of its concurrency key: held until its turn.
+    KeyTurn,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Wake => "wake",
             Kind::Retry => "retry",
             Kind::Schedule => "schedule",
+            Kind::KeyTurn => "key_turn",
         }
     }
 }
@@ -81,7 +84,7 @@ pub struct Pending {
 pub struct Unsent {
     /// The row.
     pub id: i64,
-    /// `event`, `child`, `wake`, `retry` or `schedule`.
+    /// `event`, `child`, `wake`, `retry`, `schedule` or `key_turn`.
     pub kind: String,
     /// Where it goes.
     pub routing_key: String,

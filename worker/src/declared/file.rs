@@ -46,6 +46,7 @@ const TASK_KEYS: &[&str] = &[
     "on_failure",
     "schedule",
     "rate_limit",
+    "concurrency_key",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "min_delay", "max_delay", "factor", "jitter"];
 /// The keys every HTTP or command step may have; the others are its kind's.
@@ -217,7 +218,10 @@ impl Reader<'_, '_> {
             .and_then(|item| super::schedules::read(item, &mut self.found));
         let rate_limit = table
             .get("rate_limit")
-            .and_then(|item| super::rate_limit::read(item, &mut self.found));
+            .and_then(|item| super::limits::read(item, &mut self.found));
+        let concurrency_key = table
+            .get("concurrency_key")
+            .and_then(|item| super::limits::read_concurrency_key(item, &mut self.found));
         if self.found.count() > before {
             return None;
         }
@@ -249,6 +253,9 @@ impl Reader<'_, '_> {
         }
         if let Some(limit) = rate_limit {
             task = task.rate_limit(limit);
+        }
+        if let Some(key) = concurrency_key {
+            task = task.concurrency_key(key);
         }
         Some(task)
     }

@@ -23,8 +23,8 @@ mod children;
 mod failure;
 mod fields;
 mod file;
+mod limits;
 mod mistakes;
-mod rate_limit;
 mod schedules;
 mod schema;
 

@@ -1116,3 +1116,45 @@ fn a_rate_limit_mistake_is_reported_at_its_place() {
     );
     assert_mistake(&task("{ limit = 5, burst = 2 }"), "3:27", "burst");
 }
+
+#[test]
+fn a_task_file_limits_runs_of_one_key_at_once_per_tenant_per_input_value_or_for_the_task() {
+    let with = |key: &str| {
+        format!(
+            "[[task]]\nname = \"t\"\nconcurrency_key = {key}\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n"
+        )
+    };
+    use crate::concurrency_key::ConcurrencyKey;
+    let key_of = |key: &str| {
+        let tasks = read(&with(key)).unwrap().into_tasks();
+        TaskRunner::concurrency_key(&tasks[task(&tasks, "t")])
+    };
+    assert_eq!(
+        key_of("{ limit = 5, key = \"tenant\" }"),
+        Some(ConcurrencyKey::per_tenant(5))
+    );
+    assert_eq!(
+        key_of("{ limit = 2, key = \"/userId\" }"),
+        Some(ConcurrencyKey::per_input("/userId", 2))
+    );
+    assert_eq!(
+        key_of("{ limit = 10, key = \"task\" }"),
+        Some(ConcurrencyKey::whole_task(10))
+    );
+    assert_mistake(&with("{ limit = 5 }"), "3:19", "`key`");
+    assert_mistake(
+        &with("{ limit = 0, key = \"tenant\" }"),
+        "3:29",
+        "whole number from 1",
+    );
+    assert_mistake(
+        &with("{ limit = 5, key = \"user\" }"),
+        "3:38",
+        "JSON pointer",
+    );
+    assert_mistake(
+        &with("{ limit = 5, key = \"tenant\", per = \"second\" }"),
+        "3:48",
+        "unknown key `per`",
+    );
+}

@@ -1,0 +1,72 @@
+//! What a delivery passes before its run starts, fleet-wide: its turn under the task's rate
+//! limit (reserved before the claim, see [`crate::rate_limit`]) and a slot of its concurrency
+//! key (taken in the claim's transaction, see [`crate::concurrency_key`]).
+
+use crate::execute::{Executor, Requeue, copy_properties};
+use crate::rate_limit::{self, RateLimit};
+use crate::writes::{KeyTurn, ReserveStart, RunFields};
+use lapin::message::Delivery;
+use std::sync::Arc;
+use std::time::Duration;
+use warren_shared::store::outbox;
+
+impl Executor {
+    /// A rate-limited task's delivery reserves its start (fleet-wide, in Postgres) before it
+    /// claims its run: it sleeps until a start within [`rate_limit::HOLD`] and goes on
+    /// (`true`), or, when the next free start is later, goes back through the delay queues until
+    /// its turn is near and is acknowledged here (`false`). It holds no run yet either way.
+    pub(crate) async fn wait_for_turn(
+        &self,
+        delivery: &Delivery,
+        run: &Arc<RunFields>,
+        limit: &RateLimit,
+    ) -> Result<bool, Requeue> {
+        let key = limit.key(&self.task_id, run.tenant.as_deref(), run.input.as_deref());
+        let reservation = self
+            .writer
+            .write(ReserveStart {
+                key,
+                interval: limit.interval(),
+                hold: rate_limit::HOLD,
+            })
+            .await?;
+        let wait = reservation.wait();
+        if reservation.reserved {
+            self.metrics.rate_limited(wait);
+            tokio::time::sleep(wait).await;
+            return Ok(true);
+        }
+        // Back when its turn is near: a new reservation then finds a start within the hold.
+        let back = wait
+            .saturating_sub(rate_limit::HOLD / 2)
+            .max(Duration::from_secs(1));
+        self.metrics.rate_limit_parked();
+        tracing::debug!(run = %run.id, ?back, "rate limited: back later");
+        let properties =
+            copy_properties(delivery, run, u32::try_from(run.attempt).unwrap_or(1), &[]);
+        self.send_later(back, &delivery.data, properties).await?;
+        Ok(false)
+    }
+
+    /// The run's part in its task's concurrency key, if the task has one: its key, the key's
+    /// limit, and the copy of its message to hold while it waits for a slot (back to this
+    /// task's queue, as it came).
+    pub(crate) fn key_turn(&self, delivery: &Delivery, run: &Arc<RunFields>) -> Option<KeyTurn> {
+        let limit = self.concurrency_key.as_ref()?;
+        let key = limit.key(&self.task_id, run.tenant.as_deref(), run.input.as_deref());
+        let attempt = u32::try_from(run.attempt).unwrap_or(1);
+        let held = outbox::Message {
+            run_id: run.id,
+            kind: outbox::Kind::KeyTurn,
+            exchange: String::new(),
+            routing_key: self.topology.task_queue(&self.task_id),
+            body: delivery.data.clone(),
+            properties: copy_properties(delivery, run, attempt, &[]),
+        };
+        Some(KeyTurn {
+            key,
+            max_running: i32::try_from(limit.limit()).unwrap_or(i32::MAX),
+            held,
+        })
+    }
+}
