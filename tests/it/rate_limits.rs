@@ -160,3 +160,93 @@ async fn a_per_tenant_limit_counts_each_tenant_on_its_own() {
     );
     worker.shutdown().await.unwrap();
 }
+
+/// A step can have a rate limit of its own: 30 runs on two replicas whose second step is limited
+/// to 5 starts a second. The first steps all run at once; the limited step keeps to its limit
+/// (at most 6 starts in any second, about 5 a second on average), and the runs that wait for its
+/// turn keep their first step's checkpoint: it runs once per run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_with_a_rate_limit_of_its_own_waits_for_its_turn_and_keeps_earlier_checkpoints() {
+    let env = TestEnv::new().await;
+    let task = "limits.step";
+    let registry = || {
+        Registry::new().register(
+            Task::<Value>::new(task)
+                .step(step("prepare", |_ctx: StepContext<Value>| async move {
+                    Ok(StepOutcome::next(json!({ "prepared": true })))
+                }))
+                .step(
+                    step("call", |_ctx: StepContext<Value>| async move {
+                        Ok(StepOutcome::next(json!({})))
+                    })
+                    .rate_limit(RateLimit::per_second(5)),
+                ),
+        )
+    };
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        let mut config = env.worker_config();
+        config.worker_id = format!("step-limited-{i}");
+        replicas.push(env.start_worker_with(config, registry()).await);
+    }
+    let producer = env.producer().await;
+    for n in 0..30 {
+        producer
+            .publish(task, &json!({ "n": n }), PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    wait_succeeded(&env, task, 30, Duration::from_secs(60)).await;
+    let client = env.pool.get().await.unwrap();
+    let step_starts = |step: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "SELECT s.started_at, s.executions FROM run_steps s JOIN runs r ON r.id = s.run_id
+                     WHERE r.task = $1 AND s.step = $2 ORDER BY s.started_at",
+                    &[&task, &step],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let calls = step_starts("call").await;
+    let starts: Vec<chrono::DateTime<chrono::Utc>> = calls.iter().map(|row| row.get(0)).collect();
+    assert_eq!(starts.len(), 30);
+    let busiest = busiest_second(&starts);
+    let span = (*starts.last().unwrap() - starts[0]).to_std().unwrap();
+    let rate = (starts.len() - 1) as f64 / span.as_secs_f64();
+    let prepares = step_starts("prepare").await;
+    let executions: Vec<i32> = prepares.iter().map(|row| row.get(1)).collect();
+    let prepared: Vec<chrono::DateTime<chrono::Utc>> =
+        prepares.iter().map(|row| row.get(0)).collect();
+    let prepare_span = (*prepared.last().unwrap() - prepared[0]).to_std().unwrap();
+    let waited: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT t.run_id) FROM run_transitions t JOIN runs r ON r.id = t.run_id
+             WHERE r.task = $1 AND t.to_status = 'waiting'",
+            &[&task],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!(
+        "step rate limit: {rate:.2} calls/s, at most {busiest} in a second; 30 prepares within {:.2} s; {waited} runs parked for their turn",
+        prepare_span.as_secs_f64()
+    );
+    assert!(busiest <= 6, "{busiest} calls in one second");
+    assert!(rate >= 4.0, "only {rate:.2} calls a second");
+    assert!(
+        prepare_span < Duration::from_secs(3),
+        "the unlimited first step should not wait for the limited one ({prepare_span:?})"
+    );
+    assert!(waited > 0, "turns over 2 s away should park their runs");
+    assert!(
+        executions.iter().all(|n| *n == 1),
+        "a parked run's earlier step ran again: {executions:?}"
+    );
+    for replica in replicas {
+        replica.shutdown().await.unwrap();
+    }
+}

@@ -324,7 +324,7 @@ impl Executor {
     /// Whether this replica still owns the run, before it sends a copy of the run's message on
     /// (a retry, a dead letter, a wake-up) that the fenced write after it could not take back.
     /// A run lost to a takeover is left to its new owner, and this delivery acknowledged.
-    async fn still_owned(&self, run: &Arc<RunFields>) -> Result<bool, Requeue> {
+    pub(crate) async fn still_owned(&self, run: &Arc<RunFields>) -> Result<bool, Requeue> {
         let owned = self.writer.write(StillOwned(Arc::clone(run))).await?;
         if !owned {
             tracing::warn!(run = %run.id, "run was moved on or taken over by another replica; leaving it");
@@ -386,6 +386,13 @@ impl Executor {
         for (index, info) in steps.iter().enumerate() {
             if outputs.contains_key(&info.name) {
                 continue;
+            }
+            if let Some(limit) = &info.rate_limit
+                && !self
+                    .wait_for_step_turn(delivery, run, &info.name, limit)
+                    .await?
+            {
+                return Ok(());
             }
             let started_at = Utc::now();
             let step_started = Instant::now();
@@ -1007,7 +1014,7 @@ pub(crate) fn copy_properties(
 
 /// Now plus `delay`, saturating at the latest time chrono represents rather than panicking on a
 /// delay too long to add (a step may ask for any `Duration`).
-fn later(delay: Duration) -> DateTime<Utc> {
+pub(crate) fn later(delay: Duration) -> DateTime<Utc> {
     let now = Utc::now();
     chrono::Duration::from_std(delay)
         .ok()

@@ -451,6 +451,7 @@ pub struct StepDef<I> {
     pub(crate) stage: Option<String>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) rate_limit: Option<crate::rate_limit::RateLimit>,
     pub(crate) step: Box<dyn Step<I>>,
 }
 
@@ -474,6 +475,13 @@ impl<I> StepDef<I> {
         self.retry = Some(policy);
         self
     }
+
+    /// Limits this step's starts across the whole fleet (docs/rate-limits.md): a run reaching
+    /// it waits for its turn, its earlier steps' checkpoints kept, its task's other steps free.
+    pub fn rate_limit(mut self, limit: crate::rate_limit::RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
 }
 
 /// A step named `name` that runs `step`.
@@ -483,6 +491,7 @@ pub fn step<I>(name: impl Into<String>, step: impl Step<I>) -> StepDef<I> {
         stage: None,
         timeout: None,
         retry: None,
+        rate_limit: None,
         step: Box::new(step),
     }
 }

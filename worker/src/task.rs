@@ -185,6 +185,8 @@ pub struct StepInfo {
     pub timeout: Option<Duration>,
     /// Its own retry policy, if any (a budget of its own rather than the run's).
     pub retry: Option<RetryPolicy>,
+    /// Its own fleet-wide limit on starts, if any.
+    pub rate_limit: Option<crate::rate_limit::RateLimit>,
 }
 
 /// A decoded task input, type-erased so that the runtime can hold tasks of any input type.
@@ -259,6 +261,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
                 stage: s.stage.clone(),
                 timeout: s.timeout,
                 retry: s.retry,
+                rate_limit: s.rate_limit.clone(),
             })
             .collect()
     }

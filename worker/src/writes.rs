@@ -475,3 +475,35 @@ impl Write for ReserveStart {
         ))
     }
 }
+
+/// A run waits for its rate-limited step's turn (see `store::rate_limits`).
+pub(crate) struct WaitForStepTurn {
+    pub(crate) run: Arc<RunFields>,
+    pub(crate) step: String,
+    pub(crate) token: String,
+    pub(crate) until: DateTime<Utc>,
+}
+
+impl Write for WaitForStepTurn {
+    type Output = bool;
+    fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let reason = format!("step {} waits for its turn under its rate limit", self.step);
+            let change = Change {
+                attempt: self.run.attempt,
+                worker: &self.run.worker,
+                reason: &reason,
+                step: Some(&self.step),
+                stage: None,
+            };
+            store::rate_limits::wait_for_step_turn(
+                tx,
+                self.run.id,
+                &self.token,
+                self.until,
+                &change,
+            )
+            .await
+        })
+    }
+}

@@ -50,7 +50,7 @@ const TASK_KEYS: &[&str] = &[
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "min_delay", "max_delay", "factor", "jitter"];
 /// The keys every HTTP or command step may have; the others are its kind's.
-const STEP_KEYS: &[&str] = &["name", "kind", "stage", "timeout", "retry"];
+const STEP_KEYS: &[&str] = &["name", "kind", "stage", "timeout", "retry", "rate_limit"];
 const WAIT_KEYS: &[&str] = &["name", "kind", "stage", "duration"];
 const TRIGGER_KEYS: &[&str] = &["name", "kind", "stage", "task", "input", "timeout"];
 const FAN_OUT_KEYS: &[&str] = &["name", "kind", "stage", "task", "items", "limit", "timeout"];
@@ -515,11 +515,17 @@ impl Reader<'_, '_> {
                 let retry = table
                     .get("retry")
                     .and_then(|retry| self.retry(retry, "[task.step.retry]"));
+                let rate_limit = table
+                    .get("rate_limit")
+                    .and_then(|item| super::limits::read(item, &mut self.found));
                 let call = self.external(kind, table, STEP_KEYS);
                 let mut step =
                     external(name?, call?).timeout(timeout.unwrap_or(default_timeout(kind)));
                 if let Some(retry) = retry {
                     step = step.retry(retry);
+                }
+                if let Some(limit) = rate_limit {
+                    step = step.rate_limit(limit);
                 }
                 step
             }

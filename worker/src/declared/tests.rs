@@ -1158,3 +1158,28 @@ fn a_task_file_limits_runs_of_one_key_at_once_per_tenant_per_input_value_or_for_
         "unknown key `per`",
     );
 }
+
+#[test]
+fn a_task_file_limits_a_steps_starts_on_its_own() {
+    let source = r#"
+[[task]]
+name = "crm.push"
+[[task.step]]
+name = "prepare"
+kind = "command"
+program = "true"
+[[task.step]]
+name = "push"
+kind = "http"
+url = "http://127.0.0.1:9/push"
+rate_limit = { limit = 10, key = "tenant" }
+"#;
+    let tasks = read(source).unwrap().into_tasks();
+    use crate::rate_limit::RateLimit;
+    let steps = TaskRunner::steps(&tasks[task(&tasks, "crm.push")]);
+    assert_eq!(steps[0].rate_limit, None);
+    assert_eq!(
+        steps[1].rate_limit,
+        Some(RateLimit::per_second(10).per_tenant())
+    );
+}
