@@ -100,6 +100,7 @@ async fn most_at_once(env: &TestEnv, task: &str, tenant: &str) -> (usize, usize)
 /// tenant ever has more than 5 runs going.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_with_a_backlog_does_not_hold_up_another_and_neither_exceeds_its_limit() {
+    let _turn = warren_tests::heavy().await;
     let env = TestEnv::new().await;
     let task = "keys.fair";
     let work = Duration::from_millis(20);

@@ -74,6 +74,7 @@ async fn wait_succeeded(env: &TestEnv, task: &str, count: i64, within: Duration)
 /// 22 starts, and the average is at least 18 a second.
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_starts_a_second_hold_across_three_replicas() {
+    let _turn = warren_tests::heavy().await;
     let env = TestEnv::new().await;
     let task = "limits.api";
     let mut replicas = Vec::new();
@@ -117,6 +118,7 @@ async fn twenty_starts_a_second_hold_across_three_replicas() {
 /// (6 with a window's edge) in a second.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_per_tenant_limit_counts_each_tenant_on_its_own() {
+    let _turn = warren_tests::heavy().await;
     let env = TestEnv::new().await;
     let task = "limits.tenant";
     let worker = env
@@ -167,6 +169,7 @@ async fn a_per_tenant_limit_counts_each_tenant_on_its_own() {
 /// turn keep their first step's checkpoint: it runs once per run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_with_a_rate_limit_of_its_own_waits_for_its_turn_and_keeps_earlier_checkpoints() {
+    let _turn = warren_tests::heavy().await;
     let env = TestEnv::new().await;
     let task = "limits.step";
     let registry = || {

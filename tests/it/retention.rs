@@ -57,6 +57,7 @@ fn run_uuid(i: i64) -> Uuid {
 /// keys, through the indexes.
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_deletes_exactly_the_old_finished_runs_of_a_million_and_their_rows() {
+    let _turn = warren_tests::heavy().await;
     let env = TestEnv::new().await;
     let client = env.pool.get().await.unwrap();
     let generating = Instant::now();

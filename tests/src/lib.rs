@@ -483,6 +483,14 @@ impl TestEnv {
     }
 }
 
+/// Tests that load the whole machine (a million rows, thousands of runs on three replicas) and
+/// tests that measure rates take turns with each other: a rate measured while another test
+/// stalls Postgres measures that test. Hold the guard for the test's length.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// A port that was free a moment ago on 127.0.0.1, for a server the test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
