@@ -85,7 +85,11 @@ fn start_worker(env: &TestEnv, file: &Path) -> TestWorker {
 }
 
 fn warren(env: &TestEnv, args: &[&str]) -> String {
-    let Output { status, stdout, stderr } = env.warren().args(args).output().unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = env.warren().args(args).output().unwrap();
     assert!(
         status.success(),
         "warren {args:?}: {}",
@@ -127,7 +131,12 @@ fn hour_of(t: DateTime<Utc>) -> DateTime<Utc> {
 fn schedules_are_declared_as_written(env: &TestEnv) {
     let paris = warren_shared::schedule::parse_zone("Europe/Paris").unwrap();
     for (name, cron, zone, missed) in [
-        ("buster.report.daily/morning", "0 9 * * *", "Europe/Paris", "all"),
+        (
+            "buster.report.daily/morning",
+            "0 9 * * *",
+            "Europe/Paris",
+            "all",
+        ),
         ("buster.usage.hourly/hourly", "0 * * * *", "UTC", "all"),
         ("buster.health/every-5m", "*/5 * * * *", "UTC", "skip"),
     ] {
@@ -222,13 +231,13 @@ async fn the_daily_report_aggregates_its_slots_day(env: &TestEnv) {
     // Kept in Buster's own table, with the slot it was made for.
     let client = env.pool.get().await.unwrap();
     let row = client
-        .query_one(
-            "SELECT day, slot, report FROM buster.daily_reports",
-            &[],
-        )
+        .query_one("SELECT day, slot, report FROM buster.daily_reports", &[])
         .await
         .unwrap();
-    assert_eq!(row.get::<_, NaiveDate>(0), NaiveDate::from_ymd_opt(2026, 3, 29).unwrap());
+    assert_eq!(
+        row.get::<_, NaiveDate>(0),
+        NaiveDate::from_ymd_opt(2026, 3, 29).unwrap()
+    );
     assert_eq!(row.get::<_, DateTime<Utc>>(1), slot);
     assert_eq!(row.get::<_, Value>(2), report);
 }
@@ -262,7 +271,11 @@ async fn usage_and_health_run_once_each(env: &TestEnv) {
     let previous = this_hour - Span::hours(1);
     let output = usage.output.clone().unwrap();
     assert_eq!(at(output["hour"].as_str().unwrap()), previous, "{output}");
-    assert_eq!(output["crm_calls"], json!({ "acme": 2, "globex": 1 }), "{output}");
+    assert_eq!(
+        output["crm_calls"],
+        json!({ "acme": 2, "globex": 1 }),
+        "{output}"
+    );
     assert_eq!(output["total"], 3);
     let client = env.pool.get().await.unwrap();
     let rows: Vec<(DateTime<Utc>, String, i32)> = client
@@ -275,7 +288,10 @@ async fn usage_and_health_run_once_each(env: &TestEnv) {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(rows, [(previous, "acme".into(), 2), (previous, "globex".into(), 1)]);
+    assert_eq!(
+        rows,
+        [(previous, "acme".into(), 2), (previous, "globex".into(), 1)]
+    );
 
     let health = trigger(env, "buster.health/every-5m").await;
     let slot = at(health.message_id.rsplit('/').next().unwrap());
@@ -343,7 +359,8 @@ async fn a_burst_of_syncs_keeps_to_the_rate_limit_and_retries_the_crms_429s(
             ..PublishOptions::default()
         };
         let customer = customers[i % customers.len()];
-        let payload = json!({ "customer": customer, "email": format!("user-{i}@{customer}.example") });
+        let payload =
+            json!({ "customer": customer, "email": format!("user-{i}@{customer}.example") });
         publish_when_declared(&producer, "buster.crm.sync", &payload, options).await;
     }
     let mut runs = Vec::new();
@@ -352,7 +369,14 @@ async fn a_burst_of_syncs_keeps_to_the_rate_limit_and_retries_the_crms_429s(
     }
 
     let calls: Vec<Call> = serde_json::from_str(
-        &http.get(format!("{crm}/calls")).send().await.unwrap().text().await.unwrap(),
+        &http
+            .get(format!("{crm}/calls"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
     )
     .unwrap();
     let warren_calls: Vec<&Call> = calls
@@ -367,24 +391,42 @@ async fn a_burst_of_syncs_keeps_to_the_rate_limit_and_retries_the_crms_429s(
         "buster: {} CRM calls from Warren in {span:.2} s ({rate:.2}/s), at most {most} in a second",
         times.len()
     );
-    assert!(most <= SYNC_LIMIT + 2, "{most} calls in one second: {times:?}");
+    assert!(
+        most <= SYNC_LIMIT + 2,
+        "{most} calls in one second: {times:?}"
+    );
     assert!(rate <= SYNC_LIMIT as f64 * 1.1, "{rate:.2} calls a second");
 
     // The calls the CRM refused: each run that met one failed it as RATE_LIMIT, was called
     // again no sooner than the CRM's Retry-After (1 s), and succeeded.
-    let refused: Vec<&Call> = warren_calls.iter().copied().filter(|c| c.status == 429).collect();
-    assert!(!refused.is_empty(), "the CRM refused none of Warren's calls: {calls:?}");
+    let refused: Vec<&Call> = warren_calls
+        .iter()
+        .copied()
+        .filter(|c| c.status == 429)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "the CRM refused none of Warren's calls: {calls:?}"
+    );
     for call in &refused {
         let key = call.idempotency_key.as_deref().unwrap();
         let next = warren_calls
             .iter()
             .find(|c| c.idempotency_key.as_deref() == Some(key) && c.at > call.at)
             .unwrap_or_else(|| panic!("{key} was not called again"));
-        assert!(next.at - call.at >= 950, "{key} was called again after {} ms", next.at - call.at);
+        assert!(
+            next.at - call.at >= 950,
+            "{key} was called again after {} ms",
+            next.at - call.at
+        );
         let run_id: Uuid = key.trim_end_matches("/push").parse().unwrap();
         let run = runs.iter().find(|r| r.summary.id == run_id).unwrap();
         assert!(run.summary.attempt >= 2, "{run:?}");
-        let retry = run.transitions.iter().find(|t| t.to_status == "retrying").unwrap();
+        let retry = run
+            .transitions
+            .iter()
+            .find(|t| t.to_status == "retrying")
+            .unwrap();
         assert!(
             retry.reason.as_deref().unwrap().starts_with("RATE_LIMIT:"),
             "{retry:?}"
@@ -401,7 +443,10 @@ async fn a_burst_of_syncs_keeps_to_the_rate_limit_and_retries_the_crms_429s(
         .unwrap()
         .get(0);
     assert_eq!(pushed, 40);
-    eprintln!("buster: {} of Warren's CRM calls refused (429), retried", refused.len());
+    eprintln!(
+        "buster: {} of Warren's CRM calls refused (429), retried",
+        refused.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
