@@ -45,6 +45,13 @@ if ! command -v node >/dev/null; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs >/dev/null
 fi
+# The buster example's steps keep their tables in Postgres through psql.
+if ! command -v psql >/dev/null; then
+  echo "test: installing psql (Debian package postgresql-client) for the buster example" >&2
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
+fi
 node --test clients/node/test/
 PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s clients/python/tests
 

@@ -6,7 +6,6 @@
 
 use crate::declared_children::most_at_once;
 use serde_json::{Value, json};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -313,26 +312,6 @@ fn santai_task_file(port: u16) -> (tempfile::TempDir, PathBuf) {
     (dir, file)
 }
 
-/// `node examples/santai/api.js` on `port`, once it listens; killed when dropped.
-fn start_api(port: u16) -> TestWorker {
-    let mut child = std::process::Command::new("node")
-        .arg(example_dir("santai").join("api.js"))
-        .env("PORT", port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs (scripts/test.sh installs it)");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains(&format!("listening on http://127.0.0.1:{port}")),
-        "api.js said {line:?}"
-    );
-    TestWorker::from(child)
-}
-
 /// How often the API was asked for each path.
 async fn api_calls(port: u16) -> Value {
     let body = reqwest::get(format!("http://127.0.0.1:{port}/calls"))
@@ -352,7 +331,7 @@ async fn api_calls(port: u16) -> Value {
 async fn santai_bulk_dump_keeps_the_players_that_worked_ten_at_a_time_and_lists_the_missing_one() {
     let env = TestEnv::new().await;
     let port = warren_tests::free_port();
-    let _api = start_api(port);
+    let _api = warren_tests::start_node_server(&example_dir("santai").join("api.js"), port, &[]);
     let (_dir, file) = santai_task_file(port);
     let tasks = ["santai.player.dump", "santai.bulk_dump"];
     let _worker = start_worker(&env, "santai", &file, &tasks).await;

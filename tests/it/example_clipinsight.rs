@@ -3,7 +3,6 @@
 //! database, one run down each path of the pipeline, every run's trail read back from Postgres.
 
 use serde_json::{Value, json};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use warren_producer::PublishOptions;
@@ -61,27 +60,6 @@ fn task_file_for(port: u16) -> (TempDir, PathBuf) {
     let text = text.replace(DOCUMENTED_BASE, &format!("http://127.0.0.1:{port}/"));
     std::fs::write(&file, text).unwrap();
     (dir, file)
-}
-
-/// `node examples/clipinsight/server.js` on `port`, once it listens; killed when dropped.
-fn start_service(port: u16) -> TestWorker {
-    let mut child = std::process::Command::new("node")
-        .arg(example_dir().join("server.js"))
-        .env("PORT", port.to_string())
-        .env("WARREN_STEP_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs (scripts/test.sh installs it)");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains(&format!("listening on http://127.0.0.1:{port}")),
-        "server.js said {line:?}"
-    );
-    TestWorker::from(child)
 }
 
 fn start_worker(env: &TestEnv, file: &Path) -> TestWorker {
@@ -171,7 +149,11 @@ fn output<'a>(run: &'a RunDetail, step: &str) -> &'a Value {
 async fn every_path_of_the_clipinsight_pipeline_leaves_its_trail_in_postgres() {
     let env = TestEnv::new().await;
     let port = warren_tests::free_port();
-    let _service = start_service(port);
+    let _service = warren_tests::start_node_server(
+        &example_dir().join("server.js"),
+        port,
+        &[("WARREN_STEP_SECRET", SECRET)],
+    );
     let (_dir, file) = task_file_for(port);
     let _worker = start_worker(&env, &file);
     env.wait_consuming(&[TASK]).await;

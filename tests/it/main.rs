@@ -15,6 +15,7 @@ mod declared;
 mod declared_children;
 mod defaults;
 mod deploy;
+mod example_buster;
 mod example_children;
 mod example_clipinsight;
 mod examples;

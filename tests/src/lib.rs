@@ -491,6 +491,30 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     HEAVY.lock().await
 }
 
+/// `node {script}` on `port` (its `PORT`), with `envs`, once it says it listens on
+/// 127.0.0.1:`port`; killed when dropped. The examples' Node.js servers.
+pub fn start_node_server(script: &std::path::Path, port: u16, envs: &[(&str, &str)]) -> TestWorker {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("node")
+        .arg(script)
+        .env("PORT", port.to_string())
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("node runs (scripts/test.sh installs it)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{} said {line:?}",
+        script.display()
+    );
+    TestWorker(child)
+}
+
 /// A port that was free a moment ago on 127.0.0.1, for a server the test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
