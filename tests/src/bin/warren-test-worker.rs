@@ -1,8 +1,9 @@
 //! `warren` with the demo tasks plus test fixtures that cannot live in-process: a task whose
 //! message kills the worker process, and the fault suite's ledger tasks, whose every step
 //! execution appends a row to a side-effect ledger in the run's own database, and a chain of two
-//! tasks joined by an event the first one's step emits, and a ledgered parent that fans out to
-//! ledgered children (`ledger.fan`).
+//! tasks joined by an event the first one's step emits, a ledgered parent that fans out to
+//! ledgered children (`ledger.fan`), and a ledgered task with a concurrency key per tenant
+//! (`ledger.keyed`).
 
 use deadpool_postgres::Pool;
 use serde::Deserialize;
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 use warren_worker::children::Children;
+use warren_worker::concurrency_key::ConcurrencyKey;
 use warren_worker::{Registry, StepContext, StepError, StepOutcome, Task, code, step};
 
 #[derive(Deserialize)]
@@ -45,6 +47,16 @@ fn ledger_task(steps: usize) -> Task<LedgerJob> {
     NAMES[..steps].iter().fold(
         Task::new(format!("ledger.{steps}")).concurrency(8),
         |task, name| task.step(step(*name, move |ctx| ledger_step(ctx, name))),
+    )
+}
+
+/// `ledger.keyed`: two ledgered steps, at most 3 runs of one tenant at once across the fleet.
+fn ledger_keyed() -> Task<LedgerJob> {
+    ["one", "two"].into_iter().fold(
+        Task::new("ledger.keyed")
+            .concurrency(8)
+            .concurrency_key(ConcurrencyKey::per_tenant(3)),
+        |task, name| task.step(step(name, move |ctx| ledger_step(ctx, name))),
     )
 }
 
@@ -132,6 +144,7 @@ fn main() -> std::process::ExitCode {
         .register(ledger_task(2))
         .register(ledger_task(3))
         .register(ledger_task(4))
-        .register(ledger_fan());
+        .register(ledger_fan())
+        .register(ledger_keyed());
     warren_cli::main(registry)
 }
