@@ -73,6 +73,9 @@ pub mod header {
     /// `RunInfo::scheduled_for` (a daily report reports its slot's day, however late it runs).
     /// Set by Warren.
     pub const SCHEDULED_FOR: &str = "warren-scheduled-for";
+    /// `high`, `normal` or `low`: which lane of its task a message goes to (absent or any other
+    /// value: `normal`). See [`crate::priority`].
+    pub const PRIORITY: &str = "warren-priority";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace context vendor state.
@@ -198,6 +201,8 @@ pub struct Envelope {
     pub parent: Option<uuid::Uuid>,
     /// On a run a schedule fired: the slot it fired for.
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// The `warren-priority` header's lane (normal when absent or unknown).
+    pub priority: crate::priority::Priority,
 }
 
 /// Is `name` usable as an event name (a topic routing key without wildcards)?
@@ -264,6 +269,7 @@ pub fn decode(
             step_attempt: None,
             parent: None,
             scheduled_for: None,
+            priority: crate::priority::Priority::Normal,
         },
         Some(CONTENT_TYPE_CLOUDEVENTS) => decode_cloudevent(routing_key, headers, body)?,
         Some(other) => return Err(ContractError::UnsupportedContentType(other.to_owned())),
@@ -271,6 +277,7 @@ pub fn decode(
     validate_event_name(&envelope.event)?;
     check_payload(envelope.payload.get())?;
     envelope.wake = string_header(headers, header::WAKE)?;
+    envelope.priority = crate::priority::Priority::of_headers(headers);
     envelope.parent = string_header(headers, header::PARENT_RUN)?
         .map(|text| {
             uuid::Uuid::parse_str(&text).map_err(|_| ContractError::InvalidHeader {
@@ -393,6 +400,7 @@ fn decode_cloudevent(
         step_attempt: None,
         parent: None,
         scheduled_for: None,
+        priority: crate::priority::Priority::Normal,
     })
 }
 
@@ -807,6 +815,15 @@ impl Outgoing {
             AMQPValue::LongString(LongString::from(value.into().into_bytes())),
         ));
         self
+    }
+
+    /// Marks the message with a priority (the `warren-priority` header); `normal` adds
+    /// nothing, since a message without the header is normal.
+    pub fn with_priority(self, priority: crate::priority::Priority) -> Self {
+        match priority {
+            crate::priority::Priority::Normal => self,
+            other => self.with_header(header::PRIORITY, other.as_str()),
+        }
     }
 
     /// Adds an integer header.

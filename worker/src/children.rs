@@ -26,12 +26,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
 use uuid::Uuid;
+use warren_shared::priority::Priority;
 
 /// One child run to start: a task and its input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChildRun {
     pub(crate) task: String,
     pub(crate) body: Vec<u8>,
+    /// The child's lane; `None` inherits the parent's priority.
+    pub(crate) priority: Option<Priority>,
 }
 
 impl ChildRun {
@@ -41,7 +44,15 @@ impl ChildRun {
         Ok(ChildRun {
             task: task.to_owned(),
             body: crate::step::message_body(input, "invalid_child")?,
+            priority: None,
         })
+    }
+
+    /// Runs the child in this priority's lane rather than the parent's (a child inherits the
+    /// priority of the message that started its parent's run).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
     }
 
     /// The child's task.
@@ -260,6 +271,8 @@ pub(crate) struct Parent<'a> {
     /// (the run's `attempt_base`).
     pub(crate) generation: i32,
     pub(crate) tenant: Option<&'a str>,
+    /// The priority of the parent's message, which children inherit unless they set one.
+    pub(crate) priority: Priority,
     pub(crate) trace: Option<&'a warren_shared::trace_context::TraceHeaders>,
     pub(crate) topology: &'a warren_shared::topology::Topology,
     pub(crate) directory: &'a Directory,
@@ -312,9 +325,10 @@ pub(crate) fn plan(
             let properties = outgoing
                 .with_header(header::EVENT, event)
                 .with_header(header::PARENT_RUN, parent.run.to_string())
+                .with_priority(child.priority.unwrap_or(parent.priority))
                 .properties()
                 .map_err(|e| StepError::fatal("invalid_child", e.to_string()))?;
-            let routing_key = parent.topology.task_queue(&child.task);
+            let (exchange, routing_key) = parent.topology.task_route(&child.task);
             Ok(store::children::NewChild {
                 id: store::run_id(&child.task, &message_id),
                 task: child.task,
@@ -323,7 +337,7 @@ pub(crate) fn plan(
                 message: outbox::Message {
                     run_id: parent.run,
                     kind: outbox::Kind::Child,
-                    exchange: String::new(),
+                    exchange,
                     routing_key,
                     body: child.body,
                     properties,

@@ -60,6 +60,8 @@ mod dead_letter;
 mod execute;
 mod fleet;
 mod http;
+mod lane_pick;
+mod lanes;
 mod queue_gauges;
 mod run_locks;
 mod state_writer;

@@ -6,15 +6,13 @@ use crate::children::Directory;
 use crate::execute::Executor;
 use crate::fleet;
 use crate::http::Health;
+use crate::lanes::Lanes;
 use crate::run_locks::RunLocks;
 use crate::settle::Settler;
 use crate::state_writer::StateWriter;
 use crate::task::Registry;
 use crate::task_metrics::TaskMetrics;
-use futures::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, Consumer};
+use lapin::Connection;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,17 +112,20 @@ fn concurrency_of(config: &WorkerConfig, task: &Arc<dyn crate::task::TaskRunner>
         .max(1)
 }
 
-/// Each task's prefetch (its concurrency unless set), lowered to fit the message memory
-/// budget; says at start what the bodies of pushed deliveries may take at most.
+/// Each task's prefetch (its concurrency unless set) for each of its lane consumers, lowered
+/// to fit the message memory budget; says at start what the bodies of pushed deliveries may
+/// take at most. A task with lanes asks once per lane: each lane's consumer is pushed its own
+/// prefetch.
 fn message_budget(config: &WorkerConfig, registry: &Registry) -> BTreeMap<String, u16> {
     let asked: Vec<(String, u16)> = registry
         .tasks()
-        .map(|task| {
+        .flat_map(|task| {
             let concurrency = concurrency_of(config, task);
             let prefetch = config
                 .prefetch
                 .unwrap_or_else(|| u16::try_from(concurrency).unwrap_or(u16::MAX));
-            (task.id().to_owned(), prefetch)
+            let lanes = crate::lanes::of_task(task.priority_lanes()).len();
+            std::iter::repeat_n((task.id().to_owned(), prefetch), lanes)
         })
         .collect();
     let plan = crate::budget::plan(
@@ -447,7 +448,11 @@ async fn open_session(
     let connection = Arc::new(connection);
     match attach(shared, &connection, shutdown).await {
         Ok((consumers, settlers, stop)) => {
-            let tasks = shared.registry.tasks().map(|t| t.id().to_owned()).collect();
+            let tasks = shared
+                .registry
+                .tasks()
+                .map(|t| (t.id().to_owned(), t.priority_lanes()))
+                .collect();
             let poller = Arc::clone(&connection);
             let topology = config.topology.clone();
             let stop_polling = stop.clone();
@@ -507,25 +512,15 @@ async fn attach(
             .cloned()
             .unwrap_or_else(|| Arc::new(Semaphore::new(1)));
         let prefetch = shared.prefetch.get(task.id()).copied().unwrap_or(1);
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let queue = config.topology.task_queue(task.id());
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("{}/{}", config.worker_id, task.id())
-                    .as_str()
-                    .into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        // The settling task holds a handle of the channel, which keeps it open for the acks of
-        // runs that finish after their consumer has stopped (a drain).
-        let (settler, _settling) = Settler::start(channel.clone(), task.id());
-        settlers.push(settler.clone());
+        let (lanes, lane_settlers) = Lanes::attach(
+            connection,
+            &config.topology,
+            (task.id(), crate::lanes::of_task(task.priority_lanes())),
+            &format!("{}/{}", config.worker_id, task.id()),
+            prefetch,
+        )
+        .await?;
+        settlers.extend(lane_settlers);
         let executor = Arc::new(Executor {
             task: Arc::clone(task),
             events: task.events().into_iter().collect(),
@@ -543,7 +538,6 @@ async fn attach(
             delay_levels: Arc::clone(&shared.delay_levels),
             idempotency_window: config.idempotency_window,
             metrics: TaskMetrics::new(task.id(), &task.steps()),
-            settler,
             draining: shutdown.clone(),
             abandon: shared.abandon.clone(),
             relay: shared.relay.clone(),
@@ -551,8 +545,7 @@ async fn attach(
             cancellations: Arc::clone(&shared.cancellations),
         });
         consumers.push(tokio::spawn(consume(
-            consumer,
-            channel,
+            lanes,
             executor,
             slots,
             shared.tracker.clone(),
@@ -642,7 +635,12 @@ async fn declare_topology(
                 channel = connection.create_channel().await?;
             }
             topology
-                .declare_task_queue(&channel, task.id(), &task.events())
+                .declare_task_queue(
+                    &channel,
+                    task.id(),
+                    &task.events(),
+                    task.priority_lanes(),
+                )
                 .await?;
         }
         warren_shared::amqp::close_channel(&channel, "declared").await;
@@ -653,11 +651,11 @@ async fn declare_topology(
     Ok(declared?)
 }
 
-/// Takes deliveries while a run slot is free and Postgres is reachable, and hands each to its
-/// own task. Returns `Ok` when stopped, an error when the broker took the consumer away.
+/// Takes deliveries while a run slot is free and Postgres is reachable, each from the lane
+/// the picking rule chooses, and hands each to its own task. Returns `Ok` when stopped, an
+/// error when the broker took a consumer away.
 async fn consume(
-    mut consumer: Consumer,
-    channel: lapin::Channel,
+    mut lanes: Lanes,
     executor: Arc<Executor>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -682,27 +680,22 @@ async fn consume(
                 Err(e) => break Err(lost(e.to_string())),
             },
         };
-        let delivery = tokio::select! {
+        let taken = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            delivery = consumer.next() => delivery,
+            taken = lanes.next() => taken,
         };
-        match delivery {
-            Some(Ok(delivery)) => {
-                let pending = executor.settler.delivered(delivery.delivery_tag);
+        match taken {
+            Ok(taken) => {
                 let executor = Arc::clone(&executor);
                 tracker.spawn(async move {
-                    executor.handle(delivery, pending).await;
+                    executor.handle(taken.delivery, taken.pending).await;
                     drop(slot);
                 });
             }
-            Some(Err(e)) => break Err(lost(e.to_string())),
-            None => break Err(lost("the broker cancelled the consumer".into())),
+            Err(reason) => break Err(lost(reason)),
         }
     };
-    // Stop the broker from pushing more; what it already pushed is returned when the channel
-    // closes, after the in-flight runs have settled theirs.
-    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
-    let _ = tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, cancel).await;
+    lanes.cancel().await;
     result
 }
 

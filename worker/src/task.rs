@@ -68,6 +68,7 @@ pub struct Task<I> {
     input_check: Option<InputCheck>,
     schedules: Vec<crate::schedule::Schedule>,
     rate_limit: Option<crate::rate_limit::RateLimit>,
+    priority_lanes: bool,
 }
 
 impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
@@ -86,6 +87,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
             input_check: None,
             schedules: Vec::new(),
             rate_limit: None,
+            priority_lanes: false,
         }
     }
 
@@ -99,6 +101,16 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
     /// Limits this task's starts across the whole fleet (docs/rate-limits.md).
     pub fn rate_limit(mut self, limit: crate::rate_limit::RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Gives this task priority lanes (docs/priorities.md): a high and a low queue beside its
+    /// queue, so that a message marked `warren-priority: high` starts before the normal backlog
+    /// and one marked `low` after it. Off by default: each lane is a queue more on the broker
+    /// (a quorum queue is a replicated log, with memory on every node); a task without lanes
+    /// runs every message as normal.
+    pub fn priority_lanes(mut self) -> Self {
+        self.priority_lanes = true;
         self
     }
 
@@ -210,6 +222,10 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn rate_limit(&self) -> Option<crate::rate_limit::RateLimit> {
         None
     }
+    /// Whether it has high and low lanes beside its normal queue.
+    fn priority_lanes(&self) -> bool {
+        false
+    }
     /// Runs step `index` with the earlier outputs.
     fn run_step(
         &self,
@@ -275,6 +291,10 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
 
     fn rate_limit(&self) -> Option<crate::rate_limit::RateLimit> {
         self.rate_limit.clone()
+    }
+
+    fn priority_lanes(&self) -> bool {
+        self.priority_lanes
     }
 
     fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String> {

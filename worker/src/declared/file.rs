@@ -46,6 +46,7 @@ const TASK_KEYS: &[&str] = &[
     "on_failure",
     "schedule",
     "rate_limit",
+    "priority_lanes",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "min_delay", "max_delay", "factor", "jitter"];
 /// The keys every HTTP or command step may have; the others are its kind's.
@@ -218,6 +219,9 @@ impl Reader<'_, '_> {
         let rate_limit = table
             .get("rate_limit")
             .and_then(|item| super::rate_limit::read(item, &mut self.found));
+        let priority_lanes = table
+            .get("priority_lanes")
+            .and_then(|item| fields::boolean(item, "priority_lanes", &mut self.found));
         if self.found.count() > before {
             return None;
         }
@@ -249,6 +253,9 @@ impl Reader<'_, '_> {
         }
         if let Some(limit) = rate_limit {
             task = task.rate_limit(limit);
+        }
+        if priority_lanes == Some(true) {
+            task = task.priority_lanes();
         }
         Some(task)
     }

@@ -1116,3 +1116,25 @@ fn a_rate_limit_mistake_is_reported_at_its_place() {
     );
     assert_mistake(&task("{ limit = 5, burst = 2 }"), "3:27", "burst");
 }
+
+#[test]
+fn a_task_opts_in_to_priority_lanes_and_a_wrong_value_is_a_mistake_at_its_place() {
+    let declare = |name: &str, lanes: &str| {
+        format!(
+            "[[task]]\nname = \"{name}\"\n{lanes}\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n"
+        )
+    };
+    let file = format!(
+        "{}{}",
+        declare("urgent", "priority_lanes = true"),
+        declare("plain", "")
+    );
+    let tasks = read(&file).unwrap().into_tasks();
+    assert!(TaskRunner::priority_lanes(&tasks[task(&tasks, "urgent")]));
+    assert!(!TaskRunner::priority_lanes(&tasks[task(&tasks, "plain")]));
+    assert_mistake(
+        &declare("t", "priority_lanes = \"yes\""),
+        "3:18",
+        "`priority_lanes` must be true or false",
+    );
+}

@@ -1,0 +1,179 @@
+//! A task's consumers, one per lane (only the normal one for a task without lanes), and taking
+//! the next delivery for a free run slot from the lane [`crate::lane_pick`] chooses.
+//!
+//! Each lane consumes on a channel of its own, with its own [`Settler`]: acks are per channel,
+//! and the settler coalesces them into `multiple` acks that cover every delivery of the channel
+//! up to a tag. On one channel shared by several consumers, such an ack would also settle a
+//! delivery of another lane that was pushed but not taken yet.
+//!
+//! Every lane gets the task's whole prefetch: the lane's runs in flight count against it until
+//! they are acked, so a lane with less could not fill the task's run slots when it is the only
+//! one with work. The message memory budget counts each lane (see `budget`).
+
+use crate::lane_pick::LanePicker;
+use crate::settle::{Pending, Settler};
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use warren_shared::metrics as names;
+use warren_shared::priority::Priority;
+use warren_shared::topology::Topology;
+
+/// The lanes a task consumes, highest first.
+pub(crate) fn of_task(lanes: bool) -> &'static [Priority] {
+    if lanes {
+        &Priority::HIGHEST_FIRST
+    } else {
+        &[Priority::Normal]
+    }
+}
+
+struct Lane {
+    priority: Priority,
+    channel: Channel,
+    consumer: Consumer,
+    settler: Settler,
+    /// A delivery taken from the consumer's stream to see that the lane has work, not yet
+    /// handed to a run (not yet known to the settler: nothing acks it meanwhile).
+    ready: Option<Delivery>,
+}
+
+/// One task's lane consumers.
+pub(crate) struct Lanes {
+    task: String,
+    lanes: Vec<Lane>,
+    picker: LanePicker,
+}
+
+/// A delivery for a free run slot.
+pub(crate) struct Taken {
+    /// The lane it came from.
+    pub(crate) priority: Priority,
+    /// The delivery.
+    pub(crate) delivery: Delivery,
+    /// Its settlement, on its lane's channel.
+    pub(crate) pending: Pending,
+}
+
+impl Lanes {
+    /// Opens a channel per lane of `task`, sets its prefetch before `basic.consume` (a prefetch
+    /// set afterwards would not apply to the consumer), and consumes the lane's queue. Returns
+    /// the lanes and their settlers (flushed before the connection closes).
+    pub(crate) async fn attach(
+        connection: &Connection,
+        topology: &Topology,
+        (task, lanes): (&str, &[Priority]),
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<(Lanes, Vec<Settler>), lapin::Error> {
+        let mut attached = Vec::new();
+        let mut settlers = Vec::new();
+        for &priority in lanes {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let queue = topology.lane_queue(task, priority);
+            let tag = match priority {
+                Priority::Normal => consumer_tag.to_owned(),
+                other => format!("{consumer_tag}/{other}"),
+            };
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            // The settling task holds a handle of the channel, which keeps it open for the
+            // acks of runs that finish after their consumer has stopped (a drain).
+            let (settler, _settling) = Settler::start(channel.clone(), &queue);
+            settlers.push(settler.clone());
+            attached.push(Lane {
+                priority,
+                channel,
+                consumer,
+                settler,
+                ready: None,
+            });
+        }
+        Ok((
+            Lanes {
+                task: task.to_owned(),
+                lanes: attached,
+                picker: LanePicker::default(),
+            },
+            settlers,
+        ))
+    }
+
+    /// The next delivery for a free run slot: from the lane the picking rule chooses among
+    /// those with a delivery ready, or else the first to arrive. An error when the broker took
+    /// a consumer away.
+    pub(crate) async fn next(&mut self) -> Result<Taken, String> {
+        loop {
+            for lane in &mut self.lanes {
+                if lane.ready.is_none()
+                    && let Some(item) = lane.consumer.next().now_or_never()
+                {
+                    lane.ready = Some(arrived(item)?);
+                }
+            }
+            let lanes = &self.lanes;
+            let chosen = self.picker.pick(|priority| {
+                lanes
+                    .iter()
+                    .any(|l| l.priority == priority && l.ready.is_some())
+            });
+            if let Some(taken) = chosen.and_then(|priority| self.take(priority)) {
+                metrics::counter!(
+                    names::LANE_DELIVERIES,
+                    "task" => self.task.clone(),
+                    "lane" => taken.priority.as_str()
+                )
+                .increment(1);
+                return Ok(taken);
+            }
+            let arrivals = self.lanes.iter_mut().map(|lane| lane.consumer.next());
+            let (item, index, _) = futures::future::select_all(arrivals).await;
+            let delivery = arrived(item)?;
+            if let Some(lane) = self.lanes.get_mut(index) {
+                lane.ready = Some(delivery);
+            }
+        }
+    }
+
+    fn take(&mut self, priority: Priority) -> Option<Taken> {
+        let lane = self.lanes.iter_mut().find(|l| l.priority == priority)?;
+        let delivery = lane.ready.take()?;
+        let pending = lane.settler.delivered(delivery.delivery_tag);
+        Some(Taken {
+            priority,
+            delivery,
+            pending,
+        })
+    }
+
+    /// Stops the broker from pushing more; what it already pushed (taken or not) is returned
+    /// when the channels close, after the in-flight runs have settled theirs.
+    pub(crate) async fn cancel(self) {
+        for lane in self.lanes {
+            let cancel = lane
+                .channel
+                .basic_cancel(lane.consumer.tag(), BasicCancelOptions::default());
+            let _ = tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, cancel).await;
+        }
+    }
+}
+
+/// What a consumer's stream gave: a delivery, or why the consumer is gone.
+fn arrived(item: Option<Result<Delivery, lapin::Error>>) -> Result<Delivery, String> {
+    match item {
+        Some(Ok(delivery)) => Ok(delivery),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("the broker cancelled the consumer".into()),
+    }
+}
