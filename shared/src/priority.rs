@@ -8,11 +8,13 @@
 //! header; an absent or unknown value is `normal`, so a typo never loses a message.
 
 use lapin::types::{AMQPValue, FieldTable};
+use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
 
 /// How urgent a message is. Ordered: `High > Normal > Low`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Started after everything else that is ready (but never starved).
     Low,

@@ -6,9 +6,11 @@
 //! up to a tag. On one channel shared by several consumers, such an ack would also settle a
 //! delivery of another lane that was pushed but not taken yet.
 //!
-//! Every lane gets the task's whole prefetch: the lane's runs in flight count against it until
-//! they are acked, so a lane with less could not fill the task's run slots when it is the only
-//! one with work. The message memory budget counts each lane (see `budget`).
+//! Every lane gets the task's whole prefetch and its concurrency on top (see `runtime`'s
+//! `message_budget`): the lane's runs in flight count against the prefetch until they are
+//! acked, so a lane with less could not fill the task's run slots when it is the only one with
+//! work, nor have a delivery ready when a slot frees while all its deliveries run. The message
+//! memory budget counts each lane (see `budget`).
 
 use crate::lane_pick::LanePicker;
 use crate::settle::{Pending, Settler};

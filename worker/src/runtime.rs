@@ -114,16 +114,22 @@ fn concurrency_of(config: &WorkerConfig, task: &Arc<dyn crate::task::TaskRunner>
 
 /// Each task's prefetch (its concurrency unless set) for each of its lane consumers, lowered
 /// to fit the message memory budget; says at start what the bodies of pushed deliveries may
-/// take at most. A task with lanes asks once per lane: each lane's consumer is pushed its own
-/// prefetch.
+/// take at most.
+///
+/// A task with lanes asks once per lane, and each lane asks its concurrency more than the
+/// prefetch: a lane's runs in flight hold its prefetch until they are acked, and a lane whose
+/// every delivery is running has none ready when a slot frees (the next one is a broker round
+/// trip away), so the slot would go to a lower lane. With the headroom a lane keeps `prefetch`
+/// deliveries ready beside its runs.
 fn message_budget(config: &WorkerConfig, registry: &Registry) -> BTreeMap<String, u16> {
     let asked: Vec<(String, u16)> = registry
         .tasks()
         .flat_map(|task| {
-            let concurrency = concurrency_of(config, task);
-            let prefetch = config
-                .prefetch
-                .unwrap_or_else(|| u16::try_from(concurrency).unwrap_or(u16::MAX));
+            let concurrency = u16::try_from(concurrency_of(config, task)).unwrap_or(u16::MAX);
+            let mut prefetch = config.prefetch.unwrap_or(concurrency);
+            if task.priority_lanes() {
+                prefetch = prefetch.saturating_add(concurrency);
+            }
             let lanes = crate::lanes::of_task(task.priority_lanes()).len();
             std::iter::repeat_n((task.id().to_owned(), prefetch), lanes)
         })
