@@ -332,6 +332,11 @@ impl Worker {
                 ))
             })
             .collect();
+        let directory = Arc::new(Directory::new(
+            registry
+                .tasks()
+                .map(|t| (t.id().to_owned(), t.events(), t.priority_lanes())),
+        ));
         let (writer, writer_task) = StateWriter::start(pool.clone());
         let slots = registry
             .tasks()
@@ -356,7 +361,7 @@ impl Worker {
             slots,
             prefetch,
             relay: Relay::new(),
-            directory: Arc::new(Directory::new(events.iter().cloned())),
+            directory,
             cancellations: Arc::new(Cancellations::default()),
         });
         let shutdown = CancellationToken::new();
