@@ -37,6 +37,8 @@ struct Lane {
     channel: Channel,
     consumer: Consumer,
     settler: Settler,
+    /// Deliveries taken from this lane for a run slot.
+    taken: metrics::Counter,
     /// A delivery taken from the consumer's stream to see that the lane has work, not yet
     /// handed to a run (not yet known to the settler: nothing acks it meanwhile).
     ready: Option<Delivery>,
@@ -44,15 +46,12 @@ struct Lane {
 
 /// One task's lane consumers.
 pub(crate) struct Lanes {
-    task: String,
     lanes: Vec<Lane>,
     picker: LanePicker,
 }
 
 /// A delivery for a free run slot.
 pub(crate) struct Taken {
-    /// The lane it came from.
-    pub(crate) priority: Priority,
     /// The delivery.
     pub(crate) delivery: Delivery,
     /// Its settlement, on its lane's channel.
@@ -99,12 +98,16 @@ impl Lanes {
                 channel,
                 consumer,
                 settler,
+                taken: metrics::counter!(
+                    names::LANE_DELIVERIES,
+                    "task" => task.to_owned(),
+                    "lane" => priority.as_str()
+                ),
                 ready: None,
             });
         }
         Ok((
             Lanes {
-                task: task.to_owned(),
                 lanes: attached,
                 picker: LanePicker::default(),
             },
@@ -131,12 +134,6 @@ impl Lanes {
                     .any(|l| l.priority == priority && l.ready.is_some())
             });
             if let Some(taken) = chosen.and_then(|priority| self.take(priority)) {
-                metrics::counter!(
-                    names::LANE_DELIVERIES,
-                    "task" => self.task.clone(),
-                    "lane" => taken.priority.as_str()
-                )
-                .increment(1);
                 return Ok(taken);
             }
             let arrivals = self.lanes.iter_mut().map(|lane| lane.consumer.next());
@@ -152,11 +149,8 @@ impl Lanes {
         let lane = self.lanes.iter_mut().find(|l| l.priority == priority)?;
         let delivery = lane.ready.take()?;
         let pending = lane.settler.delivered(delivery.delivery_tag);
-        Some(Taken {
-            priority,
-            delivery,
-            pending,
-        })
+        lane.taken.increment(1);
+        Some(Taken { delivery, pending })
     }
 
     /// Stops the broker from pushing more; what it already pushed (taken or not) is returned
