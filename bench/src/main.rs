@@ -99,9 +99,10 @@ pub(crate) struct Args {
     /// not queue behind each other, so that what is measured is the join's own latency.
     #[arg(long, default_value_t = 20.0)]
     join_rate: f64,
-    /// Normal jobs waiting on the lanes task when the priority scenario's replica starts.
-    #[arg(long, default_value_t = 20_000)]
-    priority_backlog: usize,
+    /// Normal jobs waiting on the lanes task when the priority scenario's replica starts
+    /// (default 20,000; 2,000 with --quick).
+    #[arg(long)]
+    priority_backlog: Option<usize>,
     /// High jobs the priority scenario publishes while the backlog drains (default 200; 100
     /// with --quick).
     #[arg(long)]
@@ -464,12 +465,15 @@ async fn run(args: Args) -> Result<()> {
             "--priority-rate must be a positive number of jobs per second"
         );
         let high = args.priority_high.unwrap_or(if quick { 100 } else { 200 });
+        let backlog = args
+            .priority_backlog
+            .unwrap_or(if quick { 2_000 } else { 20_000 });
         let lanes = priority::Lanes {
             name: format!(
                 "priority: {} normal jobs waiting, {high} high at {:.0}/s, 1 replica",
-                args.priority_backlog, args.priority_rate
+                backlog, args.priority_rate
             ),
-            backlog: args.priority_backlog,
+            backlog,
             high: high.max(1),
             high_rate: args.priority_rate,
         };
