@@ -543,6 +543,25 @@ impl Topology {
         Ok(())
     }
 
+    /// Unbinds a lane queue of `task` from its lane exchange (for a task whose lanes were
+    /// turned off): nothing new reaches the lane, and what it holds can still be consumed.
+    /// The queue must exist (a missing one makes the broker close the channel).
+    pub async fn unbind_lane(
+        &self,
+        channel: &Channel,
+        task: &str,
+        priority: Priority,
+    ) -> lapin::Result<()> {
+        channel
+            .queue_unbind(
+                self.lane_queue(task, priority).as_str().into(),
+                self.lanes_exchange(task).as_str().into(),
+                "".into(),
+                lane_binding(priority),
+            )
+            .await
+    }
+
     /// The bindings (exchange, key) that bring a task's messages to it: each of its events from
     /// the events exchange, and from the delivery exchange the end of a delay for the task or
     /// for one of its events.

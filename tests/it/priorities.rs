@@ -403,3 +403,25 @@ async fn an_upgraded_namespace_delivers_each_message_once() {
     );
     delete(&topology, &connection, task).await;
 }
+
+/// A task whose lanes are turned off: what its lane queues hold still runs, and new messages
+/// marked high go to its normal queue (the lane queues are unbound, not deleted).
+#[tokio::test(flavor = "multi_thread")]
+async fn turning_lanes_off_runs_what_the_lanes_hold_and_routes_the_rest_to_normal() {
+    let env = TestEnv::new().await;
+    let task = "prio.off";
+    let starts = Starts::default();
+    let connection = declare(&env, task, true).await;
+    publish_jobs(&env, task, "held", 1, Priority::High).await;
+    wait_depths(&env, task, (1, 0, 0)).await;
+
+    let worker = env
+        .start_worker(one_at_a_time(task, false, 1, &starts))
+        .await;
+    wait_for_starts(&starts, 1, Duration::from_secs(10)).await;
+    worker.shutdown().await.unwrap();
+
+    publish_jobs(&env, task, "later", 1, Priority::High).await;
+    wait_depths(&env, task, (0, 1, 0)).await;
+    delete(&env.topology(), &connection, task).await;
+}

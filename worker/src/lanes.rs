@@ -21,7 +21,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use warren_shared::metrics as names;
 use warren_shared::priority::Priority;
-use warren_shared::topology::Topology;
+use warren_shared::topology::{Topology, inspect_queue};
 
 /// The lanes a task consumes, highest first.
 pub(crate) fn of_task(lanes: bool) -> &'static [Priority] {
@@ -30,6 +30,41 @@ pub(crate) fn of_task(lanes: bool) -> &'static [Priority] {
     } else {
         &[Priority::Normal]
     }
+}
+
+/// The lanes of `task` to consume, highest first: all three for a task with lanes. For a task
+/// without, the normal one, and any lane queue left from when it had lanes: unbound here, so
+/// that nothing new reaches it, and consumed, so that no message marked high or low is
+/// stranded there until someone deletes the queue. `channel` declares; each look at a lane
+/// queue takes a channel of its own (a missing queue closes the channel that asked).
+pub(crate) async fn to_consume(
+    connection: &Connection,
+    channel: &Channel,
+    topology: &Topology,
+    (task, lanes): (&str, bool),
+) -> Result<Vec<Priority>, lapin::Error> {
+    if lanes {
+        return Ok(Priority::HIGHEST_FIRST.to_vec());
+    }
+    let mut consume = Vec::new();
+    for priority in Priority::HIGHEST_FIRST {
+        if priority != Priority::Normal {
+            let queue = topology.lane_queue(task, priority);
+            let probe = connection.create_channel().await?;
+            let Some(left) = inspect_queue(&probe, &queue).await? else {
+                continue;
+            };
+            warren_shared::amqp::close_channel(&probe, "inspected").await;
+            topology.unbind_lane(channel, task, priority).await?;
+            tracing::warn!(
+                %queue,
+                messages = left.messages,
+                "task has no priority lanes, but this lane queue is left from when it had: unbound, and consumed; delete it once empty (docs/priorities.md)"
+            );
+        }
+        consume.push(priority);
+    }
+    Ok(consume)
 }
 
 struct Lane {

@@ -25,6 +25,7 @@ use warren_producer::relay::Relay;
 use warren_producer::{PublishError, Publisher};
 use warren_shared::contract::DEFAULT_MAX_MESSAGE_BYTES;
 use warren_shared::db::{self, DbError};
+use warren_shared::priority::Priority;
 use warren_shared::retry::RetryPolicy;
 use warren_shared::topology::{DelayLevels, Topology};
 
@@ -511,7 +512,8 @@ async fn attach(
     shutdown: &CancellationToken,
 ) -> Result<(Consumers, Vec<Settler>, CancellationToken), WorkerError> {
     let config = &shared.config;
-    declare_topology(&shared.pool, connection, &config.topology, &shared.registry).await?;
+    let lanes =
+        declare_topology(&shared.pool, connection, &config.topology, &shared.registry).await?;
     let publisher = Publisher::open(connection).await?;
     let stop = shutdown.child_token();
     let mut consumers = Vec::new();
@@ -523,10 +525,13 @@ async fn attach(
             .cloned()
             .unwrap_or_else(|| Arc::new(Semaphore::new(1)));
         let prefetch = shared.prefetch.get(task.id()).copied().unwrap_or(1);
+        let consumed = lanes
+            .get(task.id())
+            .map_or(&[Priority::Normal][..], Vec::as_slice);
         let (lanes, lane_settlers) = Lanes::attach(
             connection,
             &config.topology,
-            (task.id(), crate::lanes::of_task(task.priority_lanes())),
+            (task.id(), consumed),
             &format!("{}/{}", config.worker_id, task.id()),
             prefetch,
         )
@@ -611,7 +616,8 @@ impl RunningWorker {
 /// The advisory lock key that serialises topology declarations across replicas.
 const TOPOLOGY_LOCK_KEY: i64 = 0x7761_7272_656f;
 
-/// Declares every task's queues, one replica at a time: replicas of a fleet often start (and
+/// Declares every task's queues, one replica at a time, and says which lanes of each to
+/// consume (see [`crate::lanes::to_consume`]): replicas of a fleet often start (and
 /// reconnect) together, and a broker asked to create the same quorum queues from many
 /// connections at once is put under needless strain.
 ///
@@ -624,7 +630,7 @@ async fn declare_topology(
     connection: &Connection,
     topology: &Topology,
     registry: &Registry,
-) -> Result<(), WorkerError> {
+) -> Result<BTreeMap<String, Vec<Priority>>, WorkerError> {
     let mut client = pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOPOLOGY_LOCK_KEY])
@@ -632,6 +638,7 @@ async fn declare_topology(
         .map_err(DbError::from)?;
     let declared = async {
         let mut channel = connection.create_channel().await?;
+        let mut consumed = BTreeMap::new();
         for task in registry.tasks() {
             if let Err(e) = topology.declare_dead_letter_queue(&channel, task.id()).await {
                 if !warren_shared::topology::is_inequivalent(&e) {
@@ -653,9 +660,17 @@ async fn declare_topology(
                     task.priority_lanes(),
                 )
                 .await?;
+            let lanes = crate::lanes::to_consume(
+                connection,
+                &channel,
+                topology,
+                (task.id(), task.priority_lanes()),
+            )
+            .await?;
+            consumed.insert(task.id().to_owned(), lanes);
         }
         warren_shared::amqp::close_channel(&channel, "declared").await;
-        Ok::<(), lapin::Error>(())
+        Ok::<_, lapin::Error>(consumed)
     }
     .await;
     tx.commit().await.map_err(DbError::from)?;
