@@ -201,8 +201,6 @@ pub struct Envelope {
     pub parent: Option<uuid::Uuid>,
     /// On a run a schedule fired: the slot it fired for.
     pub scheduled_for: Option<DateTime<Utc>>,
-    /// The `warren-priority` header's lane (normal when absent or unknown).
-    pub priority: crate::priority::Priority,
 }
 
 /// Is `name` usable as an event name (a topic routing key without wildcards)?
@@ -269,7 +267,6 @@ pub fn decode(
             step_attempt: None,
             parent: None,
             scheduled_for: None,
-            priority: crate::priority::Priority::Normal,
         },
         Some(CONTENT_TYPE_CLOUDEVENTS) => decode_cloudevent(routing_key, headers, body)?,
         Some(other) => return Err(ContractError::UnsupportedContentType(other.to_owned())),
@@ -277,7 +274,6 @@ pub fn decode(
     validate_event_name(&envelope.event)?;
     check_payload(envelope.payload.get())?;
     envelope.wake = string_header(headers, header::WAKE)?;
-    envelope.priority = crate::priority::Priority::of_headers(headers);
     envelope.parent = string_header(headers, header::PARENT_RUN)?
         .map(|text| {
             uuid::Uuid::parse_str(&text).map_err(|_| ContractError::InvalidHeader {
@@ -400,7 +396,6 @@ fn decode_cloudevent(
         step_attempt: None,
         parent: None,
         scheduled_for: None,
-        priority: crate::priority::Priority::Normal,
     })
 }
 

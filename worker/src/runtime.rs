@@ -512,7 +512,7 @@ async fn attach(
     shutdown: &CancellationToken,
 ) -> Result<(Consumers, Vec<Settler>, CancellationToken), WorkerError> {
     let config = &shared.config;
-    let lanes =
+    let lanes_of =
         declare_topology(&shared.pool, connection, &config.topology, &shared.registry).await?;
     let publisher = Publisher::open(connection).await?;
     let stop = shutdown.child_token();
@@ -525,7 +525,7 @@ async fn attach(
             .cloned()
             .unwrap_or_else(|| Arc::new(Semaphore::new(1)));
         let prefetch = shared.prefetch.get(task.id()).copied().unwrap_or(1);
-        let consumed = lanes
+        let consumed = lanes_of
             .get(task.id())
             .map_or(&[Priority::Normal][..], Vec::as_slice);
         let (lanes, lane_settlers) = Lanes::attach(
