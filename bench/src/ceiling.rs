@@ -213,7 +213,7 @@ async fn run(
         }
         Shape::Warren => {
             topology
-                .declare_task(&channel, SHAPED_TASK, &[SHAPED_TASK.to_owned()])
+                .declare_task(&channel, SHAPED_TASK, &[SHAPED_TASK.to_owned()], false)
                 .await?;
             let connected =
                 Producer::connect_named(c.url, topology.clone(), "warren-bench ceiling producer")

@@ -19,6 +19,7 @@ mod ceiling;
 mod endpoint;
 mod fanout;
 mod measure;
+mod priority;
 mod report;
 mod scenario;
 mod tasks;
@@ -98,12 +99,23 @@ pub(crate) struct Args {
     /// not queue behind each other, so that what is measured is the join's own latency.
     #[arg(long, default_value_t = 20.0)]
     join_rate: f64,
+    /// Normal jobs waiting on the lanes task when the priority scenario's replica starts
+    /// (default 20,000; 2,000 with --quick).
+    #[arg(long)]
+    priority_backlog: Option<usize>,
+    /// High jobs the priority scenario publishes while the backlog drains (default 200; 100
+    /// with --quick).
+    #[arg(long)]
+    priority_high: Option<usize>,
+    /// High jobs published per second in the priority scenario.
+    #[arg(long, default_value_t = 50.0)]
+    priority_rate: f64,
     /// Replicas in the scaling scenario.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
     /// The Warren scenarios to run, after the ceiling (comma-separated; `half` needs `noop`,
     /// whose maximum rate it halves).
-    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http", "fan-out", "join"])]
+    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http", "fan-out", "join", "priority"])]
     scenarios: Vec<ScenarioKind>,
     /// Also write the results as a Markdown section to this file (appended).
     #[arg(long)]
@@ -146,6 +158,10 @@ enum ScenarioKind {
     /// `--join-parents` parents of `--join-children` children each, at `--join-rate` parents
     /// per second, 1 replica: the time from a parent's last child's end to its wake-up.
     Join,
+    /// `--priority-backlog` normal 1-step no-op jobs on a task with priority lanes, then
+    /// `--priority-high` high jobs at `--priority-rate` per second while they drain, 1
+    /// replica: the high jobs' publish-to-start and the normal jobs' rate meanwhile.
+    Priority,
 }
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {
@@ -441,6 +457,30 @@ async fn run(args: Args) -> Result<()> {
             .await
             .with_context(|| format!("scenario {:?} failed", fan.name))?;
         report.join_wake(&fan.name, &outcome);
+    }
+
+    if wanted(ScenarioKind::Priority) {
+        anyhow::ensure!(
+            args.priority_rate.is_finite() && args.priority_rate > 0.0,
+            "--priority-rate must be a positive number of jobs per second"
+        );
+        let high = args.priority_high.unwrap_or(if quick { 100 } else { 200 });
+        let backlog = args
+            .priority_backlog
+            .unwrap_or(if quick { 2_000 } else { 20_000 });
+        let lanes = priority::Lanes {
+            name: format!(
+                "priority: {} normal jobs waiting, {high} high at {:.0}/s, 1 replica",
+                backlog, args.priority_rate
+            ),
+            backlog,
+            high: high.max(1),
+            high_rate: args.priority_rate,
+        };
+        let outcome = priority::run(&setup, &lanes)
+            .await
+            .with_context(|| format!("scenario {:?} failed", lanes.name))?;
+        report.priority(&lanes.name, &outcome, max.as_ref());
     }
 
     report.footer();

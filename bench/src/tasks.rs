@@ -1,6 +1,7 @@
 //! The benchmark's tasks: no work at all, so that what is measured is Warren itself, 50 ms
 //! of waiting, for I/O-bound jobs, a tiny program run as a command step, against the same
-//! program spawned bare, and a parent that fans out to no-op children and joins them.
+//! program spawned bare, a parent that fans out to no-op children and joins them, and a no-op
+//! task with priority lanes.
 
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub(crate) const NO_ENDPOINT: &str = "http://127.0.0.1:9/step";
 /// JSON object of `child_bytes` bytes as its input (the job of the 1-step scenario, so that
 /// the rates compare), and waits for them; its last step counts their outcomes.
 pub(crate) const FAN_OUT: &str = "bench.fanout";
+
+/// One no-op step, on a task with priority lanes (the priority scenario).
+pub(crate) const LANES: &str = "bench.lanes";
 
 /// How long an I/O-bound step waits.
 pub(crate) const IO_WAIT: Duration = Duration::from_millis(50);
@@ -154,6 +158,11 @@ pub(crate) fn registry() -> Registry {
     };
     Registry::new()
         .register(Task::<Value>::new(NOOP).step(step("noop", noop)))
+        .register(
+            Task::<Value>::new(LANES)
+                .priority_lanes()
+                .step(step("noop", noop)),
+        )
         .register(
             Task::<Value>::new(FAN_OUT)
                 .step(step("fan", fan_out))

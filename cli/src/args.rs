@@ -272,6 +272,10 @@ pub(crate) struct PublishArgs {
     /// Extra header, NAME=VALUE (repeatable).
     #[arg(long = "header", value_parser = parse_header)]
     pub(crate) headers: Vec<(String, String)>,
+    /// high, normal or low: the lane of each task that listens (tasks without priority lanes
+    /// run every message as normal).
+    #[arg(long, default_value = "normal")]
+    pub(crate) priority: warren_shared::priority::Priority,
     /// Deliver after this long (e.g. 90s, 10m, 2h, 3days); held by the broker.
     #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
     pub(crate) delay: Option<Duration>,

@@ -236,8 +236,42 @@ function createServer(routes, options = {}) {
   });
 }
 
+// ---- Publishing (docs/protocol.md) ----
+
+/** The priorities a message may carry in its `warren-priority` header. */
+const PRIORITIES = ['high', 'normal', 'low'];
+
+/**
+ * The options of an amqplib `publish` of one Warren event on a confirm channel:
+ * `ch.publish('warren.events', event, Buffer.from(JSON.stringify(input)), publishOptions({...}))`.
+ * Persistent, mandatory (a return means no task listens), JSON, with a message id (a fresh UUID
+ * unless given) and the Warren headers asked for. `priority` ('high', 'normal' or 'low') picks
+ * the lane of each task with priority lanes (docs/priorities.md); the broker reads any other
+ * value as normal, so it is refused here, where the typo is made.
+ */
+function publishOptions({ messageId, tenant, idempotencyKey, priority, headers = {}, now = new Date() } = {}) {
+  const all = { ...headers, 'warren-published-at': now.toISOString() };
+  if (tenant !== undefined && tenant !== null) all['warren-tenant'] = String(tenant);
+  if (idempotencyKey !== undefined && idempotencyKey !== null) all['warren-idempotency-key'] = String(idempotencyKey);
+  if (priority !== undefined && priority !== null) {
+    if (!PRIORITIES.includes(priority)) {
+      throw new Error(`warren: unknown priority ${JSON.stringify(priority)} (expected high, normal or low)`);
+    }
+    if (priority !== 'normal') all['warren-priority'] = priority;
+  }
+  return {
+    contentType: 'application/json',
+    persistent: true,
+    mandatory: true,
+    messageId: messageId ?? crypto.randomUUID(),
+    headers: all,
+  };
+}
+
 module.exports = {
   DEFAULT_TOLERANCE_SECONDS,
+  PRIORITIES,
+  publishOptions,
   StepError,
   createServer,
   handle,

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "DEFAULT_TOLERANCE_SECONDS",
+    "PRIORITIES",
+    "publish_properties",
     "StepError",
     "make_handler",
     "respond",
@@ -36,6 +38,8 @@ DEFAULT_TOLERANCE_SECONDS = 300
 #: The largest request body read by the server, unless told otherwise.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _REPLY_KEYS = {"output", "stage", "halt", "wait_seconds", "emit"}
+#: The priorities a message may carry in its ``warren-priority`` header.
+PRIORITIES = ("high", "normal", "low")
 
 
 class StepError(Exception):
@@ -230,3 +234,39 @@ def serve(routes, host="127.0.0.1", port=8080, secret=None, **options):
         server.serve_forever()
     finally:
         server.server_close()
+
+
+# ---- Publishing (docs/protocol.md) ----
+
+
+def publish_properties(message_id=None, tenant=None, idempotency_key=None, priority=None, headers=None, now=None):
+    """The properties of one Warren event, as keyword arguments for ``pika.BasicProperties``
+    (publish them with ``mandatory=True`` on a channel with ``confirm_delivery()``): JSON,
+    persistent, a message id (a fresh UUID unless given) and the Warren headers asked for.
+
+    ``priority`` (``"high"``, ``"normal"`` or ``"low"``) picks the lane of each task with priority
+    lanes (docs/priorities.md). The broker reads any other value as normal, so it raises
+    ``ValueError`` here, where the typo is made.
+    """
+    import datetime
+    import uuid
+
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    published_at = now.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    all_headers = dict(headers or {})
+    all_headers["warren-published-at"] = published_at.replace("+00:00", "Z")
+    if tenant is not None:
+        all_headers["warren-tenant"] = str(tenant)
+    if idempotency_key is not None:
+        all_headers["warren-idempotency-key"] = str(idempotency_key)
+    if priority is not None:
+        if priority not in PRIORITIES:
+            raise ValueError("unknown priority %r (expected high, normal or low)" % (priority,))
+        if priority != "normal":
+            all_headers["warren-priority"] = priority
+    return {
+        "content_type": "application/json",
+        "delivery_mode": 2,
+        "message_id": message_id or str(uuid.uuid4()),
+        "headers": all_headers,
+    }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 use warren_shared::contract::{self, Outgoing, header};
+use warren_shared::priority::Priority;
 use warren_shared::topology::{DelayLevels, Destination, Topology};
 use warren_shared::trace_context;
 
@@ -27,6 +28,10 @@ pub struct PublishOptions {
     /// is confirmed when it enters the delay queues; an event no task listens to by the time
     /// it is due lands in the namespace's `unrouted` queue.
     pub delay: Option<Duration>,
+    /// Which lane of each task that listens the message goes to (the `warren-priority`
+    /// header): `high` starts before the normal backlog on tasks with priority lanes. Tasks
+    /// without lanes run it as normal.
+    pub priority: Priority,
 }
 
 /// What a successful publish returns.
@@ -148,6 +153,7 @@ impl Producer {
         for (name, value) in options.headers {
             outgoing = outgoing.with_header(name, value);
         }
+        outgoing = outgoing.with_priority(options.priority);
         let publisher = self.publisher().await?;
         let delayed = options
             .delay

@@ -73,6 +73,9 @@ pub mod header {
     /// `RunInfo::scheduled_for` (a daily report reports its slot's day, however late it runs).
     /// Set by Warren.
     pub const SCHEDULED_FOR: &str = "warren-scheduled-for";
+    /// `high`, `normal` or `low`: which lane of its task a message goes to (absent or any other
+    /// value: `normal`). See [`crate::priority`].
+    pub const PRIORITY: &str = "warren-priority";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace context vendor state.
@@ -807,6 +810,15 @@ impl Outgoing {
             AMQPValue::LongString(LongString::from(value.into().into_bytes())),
         ));
         self
+    }
+
+    /// Marks the message with a priority (the `warren-priority` header); `normal` adds
+    /// nothing, since a message without the header is normal.
+    pub fn with_priority(self, priority: crate::priority::Priority) -> Self {
+        match priority {
+            crate::priority::Priority::Normal => self,
+            other => self.with_header(header::PRIORITY, other.as_str()),
+        }
     }
 
     /// Adds an integer header.

@@ -10,6 +10,7 @@
 //! * [`contract`]: the wire format (body, properties, headers, CloudEvents), a public API
 //!   documented in `docs/protocol.md`.
 //! * [`topology`]: exchange and queue names, and how they are declared.
+//! * [`priority`]: message priorities (`high`, `normal`, `low`), carried as lanes.
 //! * [`state`]: the run state machine, the one table of legal status changes.
 //! * [`retry`]: the retry policy (attempts, backoff, jitter).
 //! * [`store`]: every SQL statement on runs, steps and transitions.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod contract;
 pub mod db;
 pub mod metrics;
+pub mod priority;
 pub mod redact;
 pub mod retry;
 pub mod schedule;

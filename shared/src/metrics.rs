@@ -80,7 +80,13 @@ catalog! {
         "Time from the publish (or the due time of a retry or wake-up) to the start of the attempt.";
     /// Task queue depth, polled.
     QUEUE_MESSAGES = "warren_queue_messages", Gauge, ["task"],
-        "Messages ready in the task's queue (polled from the broker).";
+        "Messages ready in the task's queues, all its lanes together (polled from the broker).";
+    /// Lane queue depth, polled.
+    LANE_QUEUE_MESSAGES = "warren_lane_queue_messages", Gauge, ["task", "lane"],
+        "Messages ready in one lane (high, normal, low) of a task with priority lanes (polled from the broker).";
+    /// Deliveries taken per lane.
+    LANE_DELIVERIES = "warren_lane_deliveries_total", Counter, ["task", "lane"],
+        "Deliveries a replica took for a free run slot from each lane of the task (normal only for a task without lanes).";
     /// Task queue consumers, polled.
     QUEUE_CONSUMERS = "warren_queue_consumers", Gauge, ["task"],
         "Consumers attached to the task's queue, all replicas together (polled from the broker).";

@@ -2,17 +2,27 @@
 //!
 //! ```text
 //! producer --(routing key = event)--> {ns}.events (topic)
-//!     {ns}.events --event--> {ns}.task.{task}   one durable queue per task, bound to its events
-//!     {ns}.task.{task} --(broker dead-letters a poison message)--> {ns}.dlq.{task}
+//!     {ns}.events --event--> {ns}.lanes.{task} (headers)   one lane exchange per task, bound to its events
+//!     {ns}.lanes.{task} --warren-priority=high--> {ns}.task-high.{task}   (tasks with lanes)
+//!     {ns}.lanes.{task} --warren-priority=low--> {ns}.task-low.{task}     (tasks with lanes)
+//!     {ns}.lanes.{task} --anything else--> {ns}.lanes-normal.{task} (fanout, alternate exchange)
+//!         --> {ns}.task.{task}                  the task's normal queue
+//!     {ns}.task{,-high,-low}.{task} --(broker dead-letters a poison message)--> {ns}.dlq.{task}
 //!     worker --(publishes dead letters with reason headers, confirmed)--> {ns}.dlq.{task}
 //!
 //! delays (retries, "wait for", delayed publishing), held by the broker:
 //!     publisher --(key = 28 delay bits + destination)--> {ns}.delay.{highest set bit}
 //!     {ns}.delay.{n} --bit n is 1--> queue {ns}.delay.{n} (TTL 2^n s) --expired--> {ns}.delay.{n-1}
 //!     {ns}.delay.{n} --bit n is 0--> {ns}.delay.{n-1}            (exchange-to-exchange, instant)
-//!     {ns}.delay.0 ... --> {ns}.delayed --"task.{task}" or "event.{event}"--> task queues
+//!     {ns}.delay.0 ... --> {ns}.delayed --"task.{task}" or "event.{event}"--> lane exchanges
 //!     {ns}.delayed --no queue matches--> {ns}.unrouted (alternate exchange; nothing is dropped)
 //! ```
+//!
+//! Every way into a task (an event, the end of a delay, a copy Warren sends back with
+//! [`Topology::task_route`]) passes its lane exchange, so the `warren-priority` header alone
+//! picks the lane, and a retry or wake-up, which keeps its headers, comes back to its lane.
+//! A message routed by an alternate exchange counts as routed: a publisher's mandatory flag
+//! still reports an event no task listens to. See [`crate::priority`].
 //!
 //! The delay cascade is the design RabbitMQ users settled on (NServiceBus, then Celery 5.5):
 //! every queue has one fixed TTL, so messages expire in the order they sit and a long delay
@@ -23,6 +33,7 @@
 //! start together. Queue arguments cannot change after a queue exists (RabbitMQ refuses the
 //! redeclaration), which is why they are all here: see `docs/operations.md` on upgrades.
 
+use crate::priority::Priority;
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -143,6 +154,43 @@ impl Topology {
         format!("{}.task.{task}", self.namespace)
     }
 
+    /// The queue of one of a task's lanes: the normal lane is the task queue itself (a task
+    /// without lanes has only that one). `-high`/`-low` sit before the dot so that no task's
+    /// lane queue can be named like another task's queue (tasks have dotted names).
+    pub fn lane_queue(&self, task: &str, priority: Priority) -> String {
+        match priority {
+            Priority::Normal => self.task_queue(task),
+            other => format!("{}.task-{other}.{task}", self.namespace),
+        }
+    }
+
+    /// The task's headers exchange that sorts its messages into lanes by `warren-priority`.
+    pub fn lanes_exchange(&self, task: &str) -> String {
+        format!("{}.lanes.{task}", self.namespace)
+    }
+
+    /// The fanout exchange behind [`Topology::lanes_exchange`] (its alternate exchange): what no
+    /// lane binding takes goes to the normal queue.
+    pub fn normal_lane_exchange(&self, task: &str) -> String {
+        format!("{}.lanes-normal.{task}", self.namespace)
+    }
+
+    /// The exchanges of one task (its lane exchanges).
+    pub fn task_exchanges(&self, task: &str) -> [String; 2] {
+        [self.lanes_exchange(task), self.normal_lane_exchange(task)]
+    }
+
+    /// Where to publish a copy of a message that must reach `task` now (a sub-second retry, a
+    /// wake-up, a child run, a replayed dead letter): the delivery exchange, as a delay of zero
+    /// seconds would end. It keeps the lane its `warren-priority` header names, and unlike the
+    /// task's own exchanges it exists wherever any task was declared (and keeps what no task
+    /// wants in the unrouted queue).
+    pub fn task_route(&self, task: &str) -> (String, String) {
+        let mut key = "0.".repeat(DELAY_LEVELS as usize);
+        key.push_str(&destination_words(Destination::Task(task)));
+        (self.delivery_exchange(), key)
+    }
+
     /// The task's dead-letter queue.
     pub fn dead_letter_queue(&self, task: &str) -> String {
         format!("{}.dlq.{task}", self.namespace)
@@ -172,7 +220,14 @@ impl Topology {
     pub fn all_queues<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let mut queues: Vec<String> = tasks
             .into_iter()
-            .flat_map(|t| [self.task_queue(t), self.dead_letter_queue(t)])
+            .flat_map(|t| {
+                [
+                    self.task_queue(t),
+                    self.lane_queue(t, Priority::High),
+                    self.lane_queue(t, Priority::Low),
+                    self.dead_letter_queue(t),
+                ]
+            })
             .collect();
         queues.extend((0..DELAY_LEVELS).map(|n| self.delay_queue(n)));
         queues.push(self.unrouted());
@@ -189,6 +244,7 @@ impl Topology {
         let mut names = self.all_exchanges();
         for (task, events) in tasks {
             names.extend(self.all_queues([task]));
+            names.extend(self.task_exchanges(task));
             names.push(delivered_pattern(Destination::Task(task)));
             names.extend(
                 events
@@ -341,6 +397,12 @@ impl Topology {
         channel: &Channel,
         tasks: impl IntoIterator<Item = &'a str>,
     ) {
+        let tasks: Vec<&str> = tasks.into_iter().collect();
+        for exchange in tasks.iter().flat_map(|t| self.task_exchanges(t)) {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
         for queue in self.all_queues(tasks) {
             let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -364,16 +426,18 @@ impl Topology {
         .await
     }
 
-    /// Declares a task's queue and dead-letter queue, and binds the queue to each of its events,
-    /// directly and through the delay cascade. Declares the exchanges and the cascade too.
+    /// Declares a task's queue and dead-letter queue (lane queues too when `lanes`), and routes
+    /// each of its events to them, directly and through the delay cascade. Declares the
+    /// exchanges and the cascade too.
     pub async fn declare_task(
         &self,
         channel: &Channel,
         task: &str,
         events: &[String],
+        lanes: bool,
     ) -> lapin::Result<()> {
         self.declare_dead_letter_queue(channel, task).await?;
-        self.declare_task_queue(channel, task, events).await
+        self.declare_task_queue(channel, task, events, lanes).await
     }
 
     /// Declares a task's dead-letter queue. A queue created by an older Warren (without the
@@ -395,48 +459,125 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares the exchanges, a task's queue and its bindings; its dead-letter queue must
-    /// exist (the task queue's broker-side dead-lettering points at it).
+    /// Declares the exchanges, a task's queues (the high and low lanes when `lanes`) and its
+    /// bindings; its dead-letter queue must exist (the queues' broker-side dead-lettering
+    /// points at it).
+    ///
+    /// Every route into the task ends at its lane exchange. The direct bindings of the task
+    /// queue that earlier releases made (events and delivery exchange straight to the queue)
+    /// are removed here, after the new routes exist: the broker delivers a message routed to one
+    /// queue by two paths once, so nothing is doubled or lost meanwhile.
     pub async fn declare_task_queue(
         &self,
         channel: &Channel,
         task: &str,
         events: &[String],
+        lanes: bool,
     ) -> lapin::Result<()> {
         self.declare_exchange(channel).await?;
         self.declare_delivery(channel).await?;
         let dlq = self.dead_letter_queue(task);
         let queue = self.task_queue(task);
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                self.task_queue_arguments(&dlq),
-            )
-            .await?;
-        let mut bindings = vec![(
-            self.delivery_exchange(),
-            delivered_pattern(Destination::Task(task)),
-        )];
-        for event in events {
-            bindings.push((self.events_exchange(), event.clone()));
-            bindings.push((
-                self.delivery_exchange(),
-                delivered_pattern(Destination::Event(event)),
-            ));
+        let lanes_exchange = self.lanes_exchange(task);
+        let normal = self.normal_lane_exchange(task);
+        declare_exchange(
+            channel,
+            &normal,
+            ExchangeKind::Fanout,
+            FieldTable::default(),
+        )
+        .await?;
+        let mut lane_args = FieldTable::default();
+        lane_args.insert("alternate-exchange".into(), text(&normal));
+        declare_exchange(channel, &lanes_exchange, ExchangeKind::Headers, lane_args).await?;
+        let mut queues = vec![(queue.clone(), normal.clone(), FieldTable::default())];
+        if lanes {
+            for priority in [Priority::High, Priority::Low] {
+                queues.push((
+                    self.lane_queue(task, priority),
+                    lanes_exchange.clone(),
+                    lane_binding(priority),
+                ));
+            }
         }
-        for (exchange, key) in bindings {
+        for (queue, exchange, binding) in queues {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    self.task_queue_arguments(&dlq),
+                )
+                .await?;
             channel
                 .queue_bind(
                     queue.as_str().into(),
                     exchange.as_str().into(),
-                    key.as_str().into(),
+                    "".into(),
                     QueueBindOptions::default(),
+                    binding,
+                )
+                .await?;
+        }
+        let routes = self.task_routes(task, events);
+        for (exchange, key) in &routes {
+            channel
+                .exchange_bind(
+                    lanes_exchange.as_str().into(),
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    ExchangeBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        for (exchange, key) in &routes {
+            channel
+                .queue_unbind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    key.as_str().into(),
                     FieldTable::default(),
                 )
                 .await?;
         }
         Ok(())
+    }
+
+    /// Unbinds a lane queue of `task` from its lane exchange (for a task whose lanes were
+    /// turned off): nothing new reaches the lane, and what it holds can still be consumed.
+    /// The queue must exist (a missing one makes the broker close the channel).
+    pub async fn unbind_lane(
+        &self,
+        channel: &Channel,
+        task: &str,
+        priority: Priority,
+    ) -> lapin::Result<()> {
+        channel
+            .queue_unbind(
+                self.lane_queue(task, priority).as_str().into(),
+                self.lanes_exchange(task).as_str().into(),
+                "".into(),
+                lane_binding(priority),
+            )
+            .await
+    }
+
+    /// The bindings (exchange, key) that bring a task's messages to it: each of its events from
+    /// the events exchange, and from the delivery exchange the end of a delay for the task or
+    /// for one of its events.
+    fn task_routes(&self, task: &str, events: &[String]) -> Vec<(String, String)> {
+        let mut routes = vec![(
+            self.delivery_exchange(),
+            delivered_pattern(Destination::Task(task)),
+        )];
+        for event in events {
+            routes.push((self.events_exchange(), event.clone()));
+            routes.push((
+                self.delivery_exchange(),
+                delivered_pattern(Destination::Event(event)),
+            ));
+        }
+        routes
     }
 
     fn dlq_arguments(&self) -> FieldTable {
@@ -513,6 +654,17 @@ pub fn delayed_destination(routing_key: &str) -> Option<&str> {
             .or_else(|| rest.strip_prefix("1."))?;
     }
     Some(rest)
+}
+
+/// The headers-exchange binding of a lane: exactly its `warren-priority` value.
+fn lane_binding(priority: Priority) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-match".into(), text("all"));
+    args.insert(
+        crate::contract::header::PRIORITY.into(),
+        text(priority.as_str()),
+    );
+    args
 }
 
 /// The routing-key words naming a destination.
@@ -764,6 +916,43 @@ mod tests {
             &delivered_pattern(Destination::Task("x.task.video.process")),
             &key
         ));
+    }
+
+    #[test]
+    fn a_copy_sent_back_to_a_task_ends_where_a_delay_for_it_ends() {
+        let t = Topology::new("w", QueueType::Quorum);
+        let (exchange, key) = t.task_route("video.process");
+        assert_eq!(exchange, t.delivery_exchange());
+        assert!(matches(
+            &delivered_pattern(Destination::Task("video.process")),
+            &key
+        ));
+        assert!(!matches(
+            &delivered_pattern(Destination::Task("video")),
+            &key
+        ));
+        assert_eq!(delayed_destination(&key), Some("task.video.process"));
+    }
+
+    #[test]
+    fn lane_queues_never_take_another_tasks_name() {
+        let t = Topology::new("w", QueueType::Quorum);
+        assert_eq!(t.lane_queue("a", Priority::Normal), t.task_queue("a"));
+        assert_eq!(t.lane_queue("a", Priority::High), "w.task-high.a");
+        let queues = t.all_queues(["a", "a.high", "a.low", "high.a"]);
+        let unique: std::collections::BTreeSet<_> = queues.iter().collect();
+        assert_eq!(unique.len(), queues.len(), "{queues:?}");
+        assert_ne!(t.lanes_exchange("a-normal.b"), t.normal_lane_exchange("b"));
+    }
+
+    #[test]
+    fn lane_bindings_match_the_exact_header_value() {
+        let binding = lane_binding(Priority::High);
+        assert_eq!(binding.inner().get("x-match"), Some(&text("all")));
+        assert_eq!(
+            binding.inner().get(crate::contract::header::PRIORITY),
+            Some(&text("high"))
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod pg_timeouts;
 mod pipelines;
 mod poison;
 mod polyglot;
+mod priorities;
 mod producer;
 mod rate_limits;
 mod replicas;

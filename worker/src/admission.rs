@@ -104,16 +104,18 @@ impl Executor {
 
     /// The run's part in its task's concurrency key, if the task has one: its key, the key's
     /// limit, and the copy of its message to hold while it waits for a slot (back to this
-    /// task's queue, as it came).
+    /// task, in the lane it came from).
     pub(crate) fn key_turn(&self, delivery: &Delivery, run: &Arc<RunFields>) -> Option<KeyTurn> {
         let limit = self.concurrency_key.as_ref()?;
         let key = limit.key(&self.task_id, run.tenant.as_deref(), run.input.as_deref());
         let attempt = u32::try_from(run.attempt).unwrap_or(1);
+        // Back into its lane (its `warren-priority` header is copied with the rest).
+        let (exchange, routing_key) = self.topology.task_route(&self.task_id);
         let held = outbox::Message {
             run_id: run.id,
             kind: outbox::Kind::KeyTurn,
-            exchange: String::new(),
-            routing_key: self.topology.task_queue(&self.task_id),
+            exchange,
+            routing_key,
             body: delivery.data.clone(),
             properties: copy_properties(delivery, run, attempt, &[]),
         };

@@ -26,12 +26,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
 use uuid::Uuid;
+use warren_shared::priority::Priority;
+use warren_shared::topology::Topology;
 
 /// One child run to start: a task and its input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChildRun {
     pub(crate) task: String,
     pub(crate) body: Vec<u8>,
+    /// The child's lane; `None` inherits the parent's priority.
+    pub(crate) priority: Option<Priority>,
 }
 
 impl ChildRun {
@@ -41,7 +45,15 @@ impl ChildRun {
         Ok(ChildRun {
             task: task.to_owned(),
             body: crate::step::message_body(input, "invalid_child")?,
+            priority: None,
         })
+    }
+
+    /// Runs the child in this priority's lane rather than the parent's (a child inherits the
+    /// priority of the message that started its parent's run).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
     }
 
     /// The child's task.
@@ -225,23 +237,38 @@ impl<I> StepContext<I> {
 
 /// The task a child trigger names, and the event its message carries: the first event the task
 /// handles. Every replica of a fleet registers the same tasks, so any replica knows them.
+/// Whether the task has priority lanes says which queue a child's message goes to.
 #[derive(Debug, Default)]
 pub(crate) struct Directory {
-    events: std::collections::HashMap<String, String>,
+    events: std::collections::HashMap<String, (String, bool)>,
 }
 
 impl Directory {
-    pub(crate) fn new(tasks: impl IntoIterator<Item = (String, Vec<String>)>) -> Self {
+    /// From each task's id, events and whether it has priority lanes.
+    pub(crate) fn new(tasks: impl IntoIterator<Item = (String, Vec<String>, bool)>) -> Self {
         Directory {
             events: tasks
                 .into_iter()
-                .filter_map(|(task, events)| Some((task, events.into_iter().next()?)))
+                .filter_map(|(task, events, lanes)| {
+                    Some((task, (events.into_iter().next()?, lanes)))
+                })
                 .collect(),
         }
     }
 
+    /// The queue a child of `task` with `priority` goes to: its lane's, or the task queue for
+    /// a task without lanes. Children are started from rows that name a queue of the default
+    /// exchange (`run_children` keeps no exchange), so the lane is chosen here rather than by
+    /// the lane exchange; the child's `warren-priority` header keeps its retries in the lane.
+    fn queue_of(&self, topology: &Topology, task: &str, priority: Priority) -> String {
+        match self.events.get(task) {
+            Some((_, true)) => topology.lane_queue(task, priority),
+            _ => topology.task_queue(task),
+        }
+    }
+
     fn event_of(&self, task: &str) -> Option<&str> {
-        self.events.get(task).map(String::as_str)
+        self.events.get(task).map(|(event, _)| event.as_str())
     }
 }
 
@@ -260,8 +287,10 @@ pub(crate) struct Parent<'a> {
     /// (the run's `attempt_base`).
     pub(crate) generation: i32,
     pub(crate) tenant: Option<&'a str>,
+    /// The priority of the parent's message, which children inherit unless they set one.
+    pub(crate) priority: Priority,
     pub(crate) trace: Option<&'a warren_shared::trace_context::TraceHeaders>,
-    pub(crate) topology: &'a warren_shared::topology::Topology,
+    pub(crate) topology: &'a Topology,
     pub(crate) directory: &'a Directory,
 }
 
@@ -309,12 +338,16 @@ pub(crate) fn plan(
                 outgoing.traceparent = Some(trace.traceparent.clone());
                 outgoing.tracestate = trace.tracestate.clone();
             }
+            let priority = child.priority.unwrap_or(parent.priority);
             let properties = outgoing
                 .with_header(header::EVENT, event)
                 .with_header(header::PARENT_RUN, parent.run.to_string())
+                .with_priority(priority)
                 .properties()
                 .map_err(|e| StepError::fatal("invalid_child", e.to_string()))?;
-            let routing_key = parent.topology.task_queue(&child.task);
+            let routing_key = parent
+                .directory
+                .queue_of(parent.topology, &child.task, priority);
             Ok(store::children::NewChild {
                 id: store::run_id(&child.task, &message_id),
                 task: child.task,
@@ -342,6 +375,51 @@ mod tests {
         assert!(ChildRun::new("t", &serde_json::json!({"a": 1})).is_ok());
         let err = ChildRun::new("t", &serde_json::json!([1, 2])).unwrap_err();
         assert_eq!(err.code, "invalid_child");
+    }
+
+    #[test]
+    fn children_inherit_the_parents_priority_unless_they_set_one() {
+        use warren_shared::topology::QueueType;
+        let topology = Topology::new("w", QueueType::Quorum);
+        let directory = Directory::new([
+            ("lanes".to_owned(), vec!["lanes".to_owned()], true),
+            ("plain".to_owned(), vec!["plain".to_owned()], false),
+        ]);
+        let parent = Parent {
+            max_message_bytes: 1 << 20,
+            run: Uuid::nil(),
+            step: "s",
+            generation: 1,
+            tenant: None,
+            priority: Priority::High,
+            trace: None,
+            topology: &topology,
+            directory: &directory,
+        };
+        let child = |task: &str| ChildRun::new(task, &serde_json::json!({})).unwrap();
+        let planned = plan(
+            &parent,
+            vec![
+                child("lanes"),
+                child("lanes").priority(Priority::Low),
+                child("plain"),
+            ],
+        )
+        .unwrap();
+        let queues: Vec<&str> = planned
+            .iter()
+            .map(|c| c.message.routing_key.as_str())
+            .collect();
+        assert_eq!(
+            queues,
+            ["w.task-high.lanes", "w.task-low.lanes", "w.task.plain"]
+        );
+        let marked: Vec<Priority> = planned
+            .iter()
+            .map(|c| Priority::of_headers(c.message.properties.headers().as_ref()))
+            .collect();
+        // A task without lanes runs it as normal; the mark goes on to its own children.
+        assert_eq!(marked, [Priority::High, Priority::Low, Priority::High]);
     }
 
     #[test]

@@ -64,11 +64,12 @@ fn message(topology: &Topology, run: Uuid, source: &RetrySource) -> outbox::Mess
     }
     // The run's identity was accepted once, so its short strings fit.
     let properties = outgoing.properties().unwrap_or_default();
+    let (exchange, routing_key) = topology.task_route(&source.task);
     outbox::Message {
         run_id: run,
         kind: outbox::Kind::Retry,
-        exchange: String::new(),
-        routing_key: topology.task_queue(&source.task),
+        exchange,
+        routing_key,
         body: source.input.clone().into_bytes(),
         properties,
     }

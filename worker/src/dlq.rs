@@ -280,7 +280,8 @@ impl<'a> DeadLetterQueue<'a> {
         let publisher = Publisher::open(self.connection).await?;
         let mut client = pool.get().await?;
         let mut report = ReplayReport::default();
-        let queue = self.topology.task_queue(self.task);
+        // Through the task's lanes: a letter keeps its `warren-priority` header, so its lane.
+        let (exchange, routing_key) = self.topology.task_route(self.task);
         let available = self.count().await?;
         for _ in 0..available {
             if report.replayed.len() >= limit {
@@ -320,7 +321,7 @@ impl<'a> DeadLetterQueue<'a> {
             };
             let properties = contract::forwarded_properties(props, &letter.event, attempt, &[]);
             publisher
-                .send("", &queue, &message.delivery.data, properties)
+                .send(&exchange, &routing_key, &message.delivery.data, properties)
                 .await?;
             message.delivery.ack(BasicAckOptions::default()).await?;
             report.replayed.push(letter.message_id);

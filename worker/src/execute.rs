@@ -15,7 +15,7 @@ use crate::concurrency_key::ConcurrencyKey;
 use crate::dead_letter::{self, DeadLetter};
 use crate::rate_limit::RateLimit;
 use crate::run_locks::RunLocks;
-use crate::settle::{Pending, Settler};
+use crate::settle::Pending;
 use crate::state_writer::{StateWriter, WriteError};
 use crate::step::{ErrorClass, Outbox, RunInfo, StepError, StepOutcome, code};
 use crate::task::{FailedRun, StepInfo, TaskInput, TaskRunner};
@@ -38,6 +38,7 @@ use tracing::Instrument;
 use warren_producer::relay::Relay;
 use warren_producer::{PublishError, Publisher};
 use warren_shared::contract::{self, Envelope, Outgoing, format_time, header};
+use warren_shared::priority::Priority;
 use warren_shared::retry::RetryPolicy;
 use warren_shared::store::{self, AfterFailure, Claim, StoreError, outbox};
 use warren_shared::topology::{DelayLevels, Destination, Topology};
@@ -107,9 +108,6 @@ pub(crate) struct Executor {
     pub(crate) delay_levels: Arc<DelayLevels>,
     pub(crate) idempotency_window: Duration,
     pub(crate) metrics: TaskMetrics,
-    /// Acks and requeues the deliveries of the task's consumer channel (the consume loop
-    /// registers each delivery with it).
-    pub(crate) settler: Settler,
     /// Cancelled when the replica starts draining: a delivery whose run is busy elsewhere stops
     /// waiting for it and hands the message back, so the drain is not held up by others' runs.
     pub(crate) draining: CancellationToken,
@@ -632,6 +630,7 @@ impl Executor {
             step: &info.name,
             generation: attempt.attempt_base,
             tenant: run.tenant.as_deref(),
+            priority: Priority::of_headers(delivery.properties.headers().as_ref()),
             trace: trace.as_ref(),
             topology: &self.topology,
             directory: &self.directory,
@@ -645,11 +644,12 @@ impl Executor {
         };
         let wake_token = format!("{}/children/{}", info.name, uuid::Uuid::now_v7());
         let attempt_no = u32::try_from(run.attempt).unwrap_or(1);
+        let (exchange, routing_key) = self.topology.task_route(&self.task_id);
         let wake = outbox::Message {
             run_id: run.id,
             kind: outbox::Kind::Wake,
-            exchange: String::new(),
-            routing_key: self.topology.task_queue(&self.task_id),
+            exchange,
+            routing_key,
             body: delivery.data.clone(),
             properties: copy_properties(
                 delivery,
@@ -937,7 +937,7 @@ impl Executor {
         let (exchange, routing_key) = self
             .topology
             .delayed_route(delay, Destination::Task(&self.task_id))
-            .unwrap_or_else(|| (String::new(), self.topology.task_queue(&self.task_id)));
+            .unwrap_or_else(|| self.topology.task_route(&self.task_id));
         self.delay_levels
             .ensure(&self.topology, self.publisher.channel(), &exchange)
             .await

@@ -63,6 +63,8 @@ mod execute;
 mod fleet;
 mod http;
 mod keys;
+mod lane_pick;
+mod lanes;
 mod queue_gauges;
 mod run_locks;
 mod state_writer;

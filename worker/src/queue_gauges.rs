@@ -1,5 +1,5 @@
-//! Polls the broker for each task queue's depth and consumers and its dead-letter queue's depth,
-//! and publishes them as gauges. Every replica polls (the values are the broker's, the same
+//! Polls the broker for each task queue's depth (each lane's, and their sum) and consumers and
+//! its dead-letter queue's depth, and publishes them as gauges. Every replica polls (the values are the broker's, the same
 //! from each); dashboards take `max by (task)`. Passive declarations are cheap, and polling
 //! keeps Warren independent of the broker's management plugin.
 
@@ -7,51 +7,49 @@ use lapin::Connection;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use warren_shared::metrics as names;
-use warren_shared::topology::{Topology, inspect_queue};
+use warren_shared::priority::Priority;
+use warren_shared::topology::{QueueStats, Topology, inspect_queue};
 
 /// How often the queues are polled.
 pub(crate) const POLL_EVERY: Duration = Duration::from_secs(5);
 
-/// Polls until `stop` or until the connection fails (the next session polls again).
+/// Polls until `stop` or until the connection fails (the next session polls again). `tasks`
+/// are the task ids with whether each has priority lanes.
 pub(crate) async fn poll(
     connection: &Connection,
     topology: Topology,
-    tasks: Vec<String>,
+    tasks: Vec<(String, bool)>,
     stop: CancellationToken,
 ) {
     let mut channel = None;
     loop {
-        for task in &tasks {
-            for (queue, depth, consumers) in [
-                (
-                    topology.task_queue(task),
-                    names::QUEUE_MESSAGES,
-                    Some(names::QUEUE_CONSUMERS),
-                ),
-                (
-                    topology.dead_letter_queue(task),
-                    names::DEAD_LETTER_MESSAGES,
-                    None,
-                ),
-            ] {
-                if channel.is_none() {
-                    channel = bounded(&stop, connection.create_channel())
-                        .await
-                        .and_then(Result::ok);
+        for (task, lanes) in &tasks {
+            let mut ready = 0;
+            let mut complete = true;
+            for &lane in crate::lanes::of_task(*lanes) {
+                let queue = topology.lane_queue(task, lane);
+                let Some(stats) = inspect(connection, &mut channel, &queue, &stop).await else {
+                    complete = false;
+                    continue;
+                };
+                ready += stats.messages;
+                if *lanes {
+                    metrics::gauge!(names::LANE_QUEUE_MESSAGES, "task" => task.clone(), "lane" => lane.as_str())
+                        .set(f64::from(stats.messages));
                 }
-                let Some(open) = &channel else { break };
-                match bounded(&stop, inspect_queue(open, &queue)).await {
-                    Some(Ok(Some(stats))) => {
-                        metrics::gauge!(depth, "task" => task.clone())
-                            .set(f64::from(stats.messages));
-                        if let Some(consumers) = consumers {
-                            metrics::gauge!(consumers, "task" => task.clone())
-                                .set(f64::from(stats.consumers));
-                        }
-                    }
-                    // A missing queue closed the channel; open another next time.
-                    _ => channel = None,
+                if lane == Priority::Normal {
+                    metrics::gauge!(names::QUEUE_CONSUMERS, "task" => task.clone())
+                        .set(f64::from(stats.consumers));
                 }
+            }
+            if complete {
+                metrics::gauge!(names::QUEUE_MESSAGES, "task" => task.clone())
+                    .set(f64::from(ready));
+            }
+            let dlq = topology.dead_letter_queue(task);
+            if let Some(stats) = inspect(connection, &mut channel, &dlq, &stop).await {
+                metrics::gauge!(names::DEAD_LETTER_MESSAGES, "task" => task.clone())
+                    .set(f64::from(stats.messages));
             }
         }
         tokio::select! {
@@ -62,6 +60,30 @@ pub(crate) async fn poll(
     // (The channel, if any, is closed below; the session closes the connection.)
     if let Some(channel) = channel {
         warren_shared::amqp::close_channel(&channel, "done").await;
+    }
+}
+
+/// One queue's depth and consumers, on the poller's channel (opened first if need be). `None`
+/// when the broker did not say; a missing queue closed the channel, so another is opened next
+/// time.
+async fn inspect(
+    connection: &Connection,
+    channel: &mut Option<lapin::Channel>,
+    queue: &str,
+    stop: &CancellationToken,
+) -> Option<QueueStats> {
+    if channel.is_none() {
+        *channel = bounded(stop, connection.create_channel())
+            .await
+            .and_then(Result::ok);
+    }
+    let open = channel.as_ref()?;
+    match bounded(stop, inspect_queue(open, queue)).await {
+        Some(Ok(Some(stats))) => Some(stats),
+        _ => {
+            *channel = None;
+            None
+        }
     }
 }
 

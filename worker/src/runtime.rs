@@ -6,15 +6,13 @@ use crate::children::Directory;
 use crate::execute::Executor;
 use crate::fleet;
 use crate::http::Health;
+use crate::lanes::Lanes;
 use crate::run_locks::RunLocks;
 use crate::settle::Settler;
 use crate::state_writer::StateWriter;
 use crate::task::Registry;
 use crate::task_metrics::TaskMetrics;
-use futures::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, Consumer};
+use lapin::Connection;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +25,7 @@ use warren_producer::relay::Relay;
 use warren_producer::{PublishError, Publisher};
 use warren_shared::contract::DEFAULT_MAX_MESSAGE_BYTES;
 use warren_shared::db::{self, DbError};
+use warren_shared::priority::Priority;
 use warren_shared::retry::RetryPolicy;
 use warren_shared::topology::{DelayLevels, Topology};
 
@@ -114,17 +113,26 @@ fn concurrency_of(config: &WorkerConfig, task: &Arc<dyn crate::task::TaskRunner>
         .max(1)
 }
 
-/// Each task's prefetch (its concurrency unless set), lowered to fit the message memory
-/// budget; says at start what the bodies of pushed deliveries may take at most.
+/// Each task's prefetch (its concurrency unless set) for each of its lane consumers, lowered
+/// to fit the message memory budget; says at start what the bodies of pushed deliveries may
+/// take at most.
+///
+/// A task with lanes asks once per lane, and each lane asks its concurrency more than the
+/// prefetch: a lane's runs in flight hold its prefetch until they are acked, and a lane whose
+/// every delivery is running has none ready when a slot frees (the next one is a broker round
+/// trip away), so the slot would go to a lower lane. With the headroom a lane keeps `prefetch`
+/// deliveries ready beside its runs.
 fn message_budget(config: &WorkerConfig, registry: &Registry) -> BTreeMap<String, u16> {
     let asked: Vec<(String, u16)> = registry
         .tasks()
-        .map(|task| {
-            let concurrency = concurrency_of(config, task);
-            let prefetch = config
-                .prefetch
-                .unwrap_or_else(|| u16::try_from(concurrency).unwrap_or(u16::MAX));
-            (task.id().to_owned(), prefetch)
+        .flat_map(|task| {
+            let concurrency = u16::try_from(concurrency_of(config, task)).unwrap_or(u16::MAX);
+            let mut prefetch = config.prefetch.unwrap_or(concurrency);
+            if task.priority_lanes() {
+                prefetch = prefetch.saturating_add(concurrency);
+            }
+            let lanes = crate::lanes::of_task(task.priority_lanes()).len();
+            std::iter::repeat_n((task.id().to_owned(), prefetch), lanes)
         })
         .collect();
     let plan = crate::budget::plan(
@@ -325,6 +333,11 @@ impl Worker {
                 ))
             })
             .collect();
+        let directory = Arc::new(Directory::new(
+            registry
+                .tasks()
+                .map(|t| (t.id().to_owned(), t.events(), t.priority_lanes())),
+        ));
         let (writer, writer_task) = StateWriter::start(pool.clone());
         let slots = registry
             .tasks()
@@ -349,7 +362,7 @@ impl Worker {
             slots,
             prefetch,
             relay: Relay::new(),
-            directory: Arc::new(Directory::new(events.iter().cloned())),
+            directory,
             cancellations: Arc::new(Cancellations::default()),
         });
         let shutdown = CancellationToken::new();
@@ -461,7 +474,11 @@ async fn open_session(
     let connection = Arc::new(connection);
     match attach(shared, &connection, shutdown).await {
         Ok((consumers, settlers, stop)) => {
-            let tasks = shared.registry.tasks().map(|t| t.id().to_owned()).collect();
+            let tasks = shared
+                .registry
+                .tasks()
+                .map(|t| (t.id().to_owned(), t.priority_lanes()))
+                .collect();
             let poller = Arc::clone(&connection);
             let topology = config.topology.clone();
             let stop_polling = stop.clone();
@@ -509,7 +526,8 @@ async fn attach(
     shutdown: &CancellationToken,
 ) -> Result<(Consumers, Vec<Settler>, CancellationToken), WorkerError> {
     let config = &shared.config;
-    declare_topology(&shared.pool, connection, &config.topology, &shared.registry).await?;
+    let lanes_of =
+        declare_topology(&shared.pool, connection, &config.topology, &shared.registry).await?;
     let publisher = Publisher::open(connection).await?;
     let stop = shutdown.child_token();
     let mut consumers = Vec::new();
@@ -521,25 +539,18 @@ async fn attach(
             .cloned()
             .unwrap_or_else(|| Arc::new(Semaphore::new(1)));
         let prefetch = shared.prefetch.get(task.id()).copied().unwrap_or(1);
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let queue = config.topology.task_queue(task.id());
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("{}/{}", config.worker_id, task.id())
-                    .as_str()
-                    .into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        // The settling task holds a handle of the channel, which keeps it open for the acks of
-        // runs that finish after their consumer has stopped (a drain).
-        let (settler, _settling) = Settler::start(channel.clone(), task.id());
-        settlers.push(settler.clone());
+        let consumed = lanes_of
+            .get(task.id())
+            .map_or(&[Priority::Normal][..], Vec::as_slice);
+        let (lanes, lane_settlers) = Lanes::attach(
+            connection,
+            &config.topology,
+            (task.id(), consumed),
+            &format!("{}/{}", config.worker_id, task.id()),
+            prefetch,
+        )
+        .await?;
+        settlers.extend(lane_settlers);
         let executor = Arc::new(Executor {
             task: Arc::clone(task),
             events: task.events().into_iter().collect(),
@@ -558,7 +569,6 @@ async fn attach(
             delay_levels: Arc::clone(&shared.delay_levels),
             idempotency_window: config.idempotency_window,
             metrics: TaskMetrics::new(task.id(), &task.steps()),
-            settler,
             draining: shutdown.clone(),
             abandon: shared.abandon.clone(),
             relay: shared.relay.clone(),
@@ -566,8 +576,7 @@ async fn attach(
             cancellations: Arc::clone(&shared.cancellations),
         });
         consumers.push(tokio::spawn(consume(
-            consumer,
-            channel,
+            lanes,
             executor,
             slots,
             shared.tracker.clone(),
@@ -622,7 +631,8 @@ impl RunningWorker {
 /// The advisory lock key that serialises topology declarations across replicas.
 const TOPOLOGY_LOCK_KEY: i64 = 0x7761_7272_656f;
 
-/// Declares every task's queues, one replica at a time: replicas of a fleet often start (and
+/// Declares every task's queues, one replica at a time, and says which lanes of each to
+/// consume (see [`crate::lanes::to_consume`]): replicas of a fleet often start (and
 /// reconnect) together, and a broker asked to create the same quorum queues from many
 /// connections at once is put under needless strain.
 ///
@@ -635,7 +645,7 @@ async fn declare_topology(
     connection: &Connection,
     topology: &Topology,
     registry: &Registry,
-) -> Result<(), WorkerError> {
+) -> Result<BTreeMap<String, Vec<Priority>>, WorkerError> {
     let mut client = pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOPOLOGY_LOCK_KEY])
@@ -643,6 +653,7 @@ async fn declare_topology(
         .map_err(DbError::from)?;
     let declared = async {
         let mut channel = connection.create_channel().await?;
+        let mut consumed = BTreeMap::new();
         for task in registry.tasks() {
             if let Err(e) = topology.declare_dead_letter_queue(&channel, task.id()).await {
                 if !warren_shared::topology::is_inequivalent(&e) {
@@ -657,22 +668,35 @@ async fn declare_topology(
                 channel = connection.create_channel().await?;
             }
             topology
-                .declare_task_queue(&channel, task.id(), &task.events())
+                .declare_task_queue(
+                    &channel,
+                    task.id(),
+                    &task.events(),
+                    task.priority_lanes(),
+                )
                 .await?;
+            let lanes = crate::lanes::to_consume(
+                connection,
+                &channel,
+                topology,
+                (task.id(), task.priority_lanes()),
+            )
+            .await?;
+            consumed.insert(task.id().to_owned(), lanes);
         }
         warren_shared::amqp::close_channel(&channel, "declared").await;
-        Ok::<(), lapin::Error>(())
+        Ok::<_, lapin::Error>(consumed)
     }
     .await;
     tx.commit().await.map_err(DbError::from)?;
     Ok(declared?)
 }
 
-/// Takes deliveries while a run slot is free and Postgres is reachable, and hands each to its
-/// own task. Returns `Ok` when stopped, an error when the broker took the consumer away.
+/// Takes deliveries while a run slot is free and Postgres is reachable, each from the lane
+/// the picking rule chooses, and hands each to its own task. Returns `Ok` when stopped, an
+/// error when the broker took a consumer away.
 async fn consume(
-    mut consumer: Consumer,
-    channel: lapin::Channel,
+    mut lanes: Lanes,
     executor: Arc<Executor>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -697,27 +721,22 @@ async fn consume(
                 Err(e) => break Err(lost(e.to_string())),
             },
         };
-        let delivery = tokio::select! {
+        let taken = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            delivery = consumer.next() => delivery,
+            taken = lanes.next() => taken,
         };
-        match delivery {
-            Some(Ok(delivery)) => {
-                let pending = executor.settler.delivered(delivery.delivery_tag);
+        match taken {
+            Ok(taken) => {
                 let executor = Arc::clone(&executor);
                 tracker.spawn(async move {
-                    executor.handle(delivery, pending).await;
+                    executor.handle(taken.delivery, taken.pending).await;
                     drop(slot);
                 });
             }
-            Some(Err(e)) => break Err(lost(e.to_string())),
-            None => break Err(lost("the broker cancelled the consumer".into())),
+            Err(reason) => break Err(lost(reason)),
         }
     };
-    // Stop the broker from pushing more; what it already pushed is returned when the channel
-    // closes, after the in-flight runs have settled theirs.
-    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
-    let _ = tokio::time::timeout(warren_shared::amqp::CLOSE_TIMEOUT, cancel).await;
+    lanes.cancel().await;
     result
 }
 

@@ -69,6 +69,7 @@ pub struct Task<I> {
     schedules: Vec<crate::schedule::Schedule>,
     rate_limit: Option<crate::rate_limit::RateLimit>,
     concurrency_key: Option<crate::concurrency_key::ConcurrencyKey>,
+    priority_lanes: bool,
 }
 
 impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
@@ -88,6 +89,7 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
             schedules: Vec::new(),
             rate_limit: None,
             concurrency_key: None,
+            priority_lanes: false,
         }
     }
 
@@ -108,6 +110,16 @@ impl<I: DeserializeOwned + Send + Sync + 'static> Task<I> {
     /// whole fleet, each key's runs taking their turns (docs/concurrency-keys.md).
     pub fn concurrency_key(mut self, key: crate::concurrency_key::ConcurrencyKey) -> Self {
         self.concurrency_key = Some(key);
+        self
+    }
+
+    /// Gives this task priority lanes (docs/priorities.md): a high and a low queue beside its
+    /// queue, so that a message marked `warren-priority: high` starts before the normal backlog
+    /// and one marked `low` after it. Off by default: each lane is a queue more on the broker
+    /// (a quorum queue is a replicated log, with memory on every node); a task without lanes
+    /// runs every message as normal.
+    pub fn priority_lanes(mut self) -> Self {
+        self.priority_lanes = true;
         self
     }
 
@@ -225,6 +237,10 @@ pub trait TaskRunner: Send + Sync + 'static {
     fn concurrency_key(&self) -> Option<crate::concurrency_key::ConcurrencyKey> {
         None
     }
+    /// Whether it has high and low lanes beside its normal queue.
+    fn priority_lanes(&self) -> bool {
+        false
+    }
     /// Runs step `index` with the earlier outputs.
     fn run_step(
         &self,
@@ -295,6 +311,10 @@ impl<I: DeserializeOwned + Send + Sync + 'static> TaskRunner for Task<I> {
 
     fn concurrency_key(&self) -> Option<crate::concurrency_key::ConcurrencyKey> {
         self.concurrency_key.clone()
+    }
+
+    fn priority_lanes(&self) -> bool {
+        self.priority_lanes
     }
 
     fn decode_input(&self, payload: &RawValue) -> Result<TaskInput, String> {

@@ -44,6 +44,7 @@ pub(crate) async fn run(global: &Global, args: PublishArgs) -> anyhow::Result<()
         tenant: args.tenant.clone(),
         traceparent: None,
         headers: args.headers.clone(),
+        priority: args.priority,
         delay: match (args.delay, args.at) {
             (Some(delay), _) => Some(delay),
             (None, Some(at)) => Some((at - chrono::Utc::now()).to_std().unwrap_or_default()),

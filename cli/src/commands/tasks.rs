@@ -1,4 +1,5 @@
-//! `warren tasks`: each task's queue, depth and consumers, read from the broker; and
+//! `warren tasks`: each task's queue, depth and consumers (and each priority lane's depth),
+//! read from the broker; and
 //! `warren tasks validate FILE`, which checks a task file with nothing else.
 
 use super::{redact, within_timeout};
@@ -6,6 +7,7 @@ use crate::args::{Global, TasksArgs};
 use crate::output::{print_json, table};
 use serde::Serialize;
 use std::path::Path;
+use warren_shared::priority::Priority;
 use warren_shared::topology::{QueueStats, inspect_queue};
 use warren_worker::Registry;
 use warren_worker::declared::{self, LoadError};
@@ -44,11 +46,32 @@ struct TaskRow {
     /// The task's fleet-wide limit on runs of one key at once (`5 per tenant`), if it has one.
     concurrency_key: Option<String>,
     queue: String,
-    /// `None` when no worker has declared the queue yet.
+    /// The task's priority lanes with their queues and depths; empty for a task without lanes
+    /// (every message runs as normal).
+    lanes: Vec<LaneRow>,
+    /// Ready in all its lanes together; `None` when no worker has declared the queue yet.
     ready: Option<u32>,
     consumers: Option<u32>,
     dead_letter_queue: String,
     dead_letters: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct LaneRow {
+    lane: Priority,
+    queue: String,
+    /// `None` when no worker has declared the lane yet.
+    ready: Option<u32>,
+}
+
+impl LaneRow {
+    /// `high 3`, or `high not declared`.
+    fn cell(&self) -> String {
+        match self.ready {
+            Some(n) => format!("{} {n}", self.lane),
+            None => format!("{} not declared", self.lane),
+        }
+    }
 }
 
 pub(crate) async fn run(
@@ -68,6 +91,18 @@ pub(crate) async fn run(
         let dlq = topology.dead_letter_queue(task.id());
         let stats = inspect(&connection, &queue).await?;
         let dead = inspect(&connection, &dlq).await?;
+        let mut lanes = Vec::new();
+        if task.priority_lanes() {
+            for lane in Priority::HIGHEST_FIRST {
+                let queue = topology.lane_queue(task.id(), lane);
+                let ready = inspect(&connection, &queue).await?.map(|s| s.messages);
+                lanes.push(LaneRow { lane, queue, ready });
+            }
+        }
+        let ready = match lanes.is_empty() {
+            true => stats.map(|s| s.messages),
+            false => lanes.iter().map(|l| l.ready).sum(),
+        };
         rows.push(TaskRow {
             task: task.id().to_owned(),
             events: task.events(),
@@ -77,7 +112,8 @@ pub(crate) async fn run(
             rate_limit: task.rate_limit().map(|limit| limit.to_string()),
             concurrency_key: task.concurrency_key().map(|key| key.to_string()),
             queue,
-            ready: stats.map(|s| s.messages),
+            lanes,
+            ready,
             consumers: stats.map(|s| s.consumers),
             dead_letter_queue: dlq,
             dead_letters: dead.map(|s| s.messages),
@@ -96,6 +132,7 @@ pub(crate) async fn run(
         "MAX DURATION",
         "RATE LIMIT",
         "KEY LIMIT",
+        "LANES",
         "QUEUE",
         "READY",
         "CONSUMERS",
@@ -111,6 +148,15 @@ pub(crate) async fn run(
                 .map_or("default".into(), |s| format!("{s}s")),
             row.rate_limit.clone().unwrap_or_else(|| "-".into()),
             row.concurrency_key.clone().unwrap_or_else(|| "-".into()),
+            match row.lanes.is_empty() {
+                true => "-".into(),
+                false => row
+                    .lanes
+                    .iter()
+                    .map(LaneRow::cell)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
             row.queue.clone(),
             row.ready.map_or(missing.into(), |n| n.to_string()),
             row.consumers.map_or(missing.into(), |n| n.to_string()),

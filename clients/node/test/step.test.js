@@ -162,3 +162,30 @@ test('the server refuses other methods and bodies that are not JSON', async () =
     assert.equal((await notJson.json()).error.code, 'invalid_request');
   });
 });
+
+test('publishOptions marks high and low work and leaves normal work unmarked', () => {
+  const { publishOptions } = require('..');
+  const now = new Date('2026-11-23T10:00:00.250Z');
+  const high = publishOptions({ messageId: 'm-1', tenant: 'acme', priority: 'high', now });
+  assert.deepEqual(high, {
+    contentType: 'application/json',
+    persistent: true,
+    mandatory: true,
+    messageId: 'm-1',
+    headers: {
+      'warren-published-at': '2026-11-23T10:00:00.250Z',
+      'warren-tenant': 'acme',
+      'warren-priority': 'high',
+    },
+  });
+  assert.equal(publishOptions({ priority: 'low' }).headers['warren-priority'], 'low');
+  assert.equal('warren-priority' in publishOptions({ priority: 'normal' }).headers, false);
+  assert.equal('warren-priority' in publishOptions().headers, false);
+  assert.match(publishOptions().messageId, /^[0-9a-f-]{36}$/);
+});
+
+test('publishOptions refuses a priority the broker would read as normal', () => {
+  const { publishOptions } = require('..');
+  assert.throws(() => publishOptions({ priority: 'HIGH' }), /unknown priority "HIGH" \(expected high, normal or low\)/);
+  assert.throws(() => publishOptions({ priority: 'urgent' }), /urgent/);
+});

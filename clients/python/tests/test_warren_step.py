@@ -167,3 +167,33 @@ class Server(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PublishPropertiesTest(unittest.TestCase):
+    def test_high_and_low_work_is_marked_and_normal_work_is_not(self):
+        import datetime
+
+        now = datetime.datetime(2026, 11, 23, 10, 0, 0, 250000, tzinfo=datetime.timezone.utc)
+        high = warren_step.publish_properties(message_id="m-1", tenant="acme", priority="high", now=now)
+        self.assertEqual(
+            high,
+            {
+                "content_type": "application/json",
+                "delivery_mode": 2,
+                "message_id": "m-1",
+                "headers": {
+                    "warren-published-at": "2026-11-23T10:00:00.250Z",
+                    "warren-tenant": "acme",
+                    "warren-priority": "high",
+                },
+            },
+        )
+        self.assertEqual(warren_step.publish_properties(priority="low")["headers"]["warren-priority"], "low")
+        self.assertNotIn("warren-priority", warren_step.publish_properties(priority="normal")["headers"])
+        self.assertNotIn("warren-priority", warren_step.publish_properties()["headers"])
+        self.assertEqual(len(warren_step.publish_properties()["message_id"]), 36)
+
+    def test_a_priority_the_broker_would_read_as_normal_is_refused(self):
+        for wrong in ("HIGH", "urgent", 1):
+            with self.assertRaisesRegex(ValueError, "expected high, normal or low"):
+                warren_step.publish_properties(priority=wrong)

@@ -47,6 +47,7 @@ const TASK_KEYS: &[&str] = &[
     "schedule",
     "rate_limit",
     "concurrency_key",
+    "priority_lanes",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "min_delay", "max_delay", "factor", "jitter"];
 /// The keys every HTTP or command step may have; the others are its kind's.
@@ -222,6 +223,9 @@ impl Reader<'_, '_> {
         let concurrency_key = table
             .get("concurrency_key")
             .and_then(|item| super::limits::read_concurrency_key(item, &mut self.found));
+        let priority_lanes = table
+            .get("priority_lanes")
+            .and_then(|item| fields::boolean(item, "priority_lanes", &mut self.found));
         if self.found.count() > before {
             return None;
         }
@@ -256,6 +260,9 @@ impl Reader<'_, '_> {
         }
         if let Some(key) = concurrency_key {
             task = task.concurrency_key(key);
+        }
+        if priority_lanes == Some(true) {
+            task = task.priority_lanes();
         }
         Some(task)
     }

@@ -1183,3 +1183,25 @@ rate_limit = { limit = 10, key = "tenant" }
         Some(RateLimit::per_second(10).per_tenant())
     );
 }
+
+#[test]
+fn a_task_opts_in_to_priority_lanes_and_a_wrong_value_is_a_mistake_at_its_place() {
+    let declare = |name: &str, lanes: &str| {
+        format!(
+            "[[task]]\nname = \"{name}\"\n{lanes}\n[[task.step]]\nname = \"s\"\nkind = \"wait\"\nduration = \"1s\"\n"
+        )
+    };
+    let file = format!(
+        "{}{}",
+        declare("urgent", "priority_lanes = true"),
+        declare("plain", "")
+    );
+    let tasks = read(&file).unwrap().into_tasks();
+    assert!(TaskRunner::priority_lanes(&tasks[task(&tasks, "urgent")]));
+    assert!(!TaskRunner::priority_lanes(&tasks[task(&tasks, "plain")]));
+    assert_mistake(
+        &declare("t", "priority_lanes = \"yes\""),
+        "3:18",
+        "`priority_lanes` must be true or false",
+    );
+}
