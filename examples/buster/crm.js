@@ -8,7 +8,7 @@
 //   POST /contacts   {customer, email, name?} with x-api-key: a contact (201); the same
 //                    Idempotency-Key again answers the same contact (200), as a real CRM does
 //   GET  /health     {"status": "ok"} (no key, outside the quota)
-//   GET  /calls      every call of /contacts: {at (ms since the epoch), key, client (the
+//   GET  /calls      every answered call of /contacts, by arrival: {at (ms since the epoch), key, client (the
 //                    User-Agent), status, idempotency_key}, for the tests
 //
 // Listens on HOST:PORT (default 127.0.0.1:8789). Node.js 20, no dependencies.
@@ -60,9 +60,10 @@ async function createContact(request, response) {
   const key = request.headers['x-api-key'];
   const idempotencyKey = request.headers['idempotency-key'] ?? null;
   const call = { at: now, key: key ?? null, client: request.headers['user-agent'] ?? null, idempotency_key: idempotencyKey };
-  calls.push(call);
+  // Logged once answered, so that /calls never shows a call without its status.
   const reply = (status, body, headers) => {
     call.status = status;
+    calls.push(call);
     answer(response, status, body, headers);
   };
   const body = await readJson(request);
@@ -86,7 +87,7 @@ async function createContact(request, response) {
 const server = http.createServer((request, response) => {
   const path = new URL(request.url, 'http://crm').pathname;
   if (request.method === 'GET' && path === '/health') return answer(response, 200, { status: 'ok' });
-  if (request.method === 'GET' && path === '/calls') return answer(response, 200, calls);
+  if (request.method === 'GET' && path === '/calls') return answer(response, 200, [...calls].sort((a, b) => a.at - b.at));
   if (request.method === 'POST' && path === '/contacts') return createContact(request, response);
   return answer(response, 404, { error: `no such path ${request.method} ${path}` });
 });
