@@ -244,3 +244,111 @@ async fn a_run_waiting_for_its_key_can_be_cancelled_and_the_line_moves_on() {
     assert_eq!(line, 0);
     worker.shutdown().await.unwrap();
 }
+
+mod store_level {
+    //! The claim's slot bookkeeping, one transaction at a time, as two replicas would do it.
+
+    use super::*;
+    use warren_shared::store::concurrency::{self, Admission};
+    use warren_shared::store::{self, Claim, NewRun, WorkerInfo, outbox};
+
+    async fn replica(client: &mut deadpool_postgres::Client, id: &str) -> String {
+        let tasks = ["keyed.job".to_owned()];
+        let info = WorkerInfo {
+            id,
+            host: "test",
+            pid: 1,
+            tasks: &tasks,
+            version: "test",
+        };
+        store::register_worker(client, &info).await.unwrap()
+    }
+
+    fn new_run<'a>(message_id: &'a str, worker: &'a str) -> NewRun<'a> {
+        NewRun {
+            id: store::run_id("keyed.job", message_id),
+            message_id,
+            task: "keyed.job",
+            event: "keyed.job",
+            input: None,
+            attempt: 1,
+            idempotency_key: None,
+            tenant: None,
+            published_at: None,
+            worker,
+            wake: None,
+            idempotency_window: Duration::from_secs(60),
+        }
+    }
+
+    fn held(run: &NewRun<'_>) -> outbox::Message {
+        outbox::Message {
+            run_id: run.id,
+            kind: outbox::Kind::KeyTurn,
+            exchange: String::new(),
+            routing_key: "keyed.queue".into(),
+            body: b"{}".to_vec(),
+            properties: lapin::BasicProperties::default(),
+        }
+    }
+
+    /// Claims `run` for a task whose key allows one run at once.
+    async fn claim(client: &deadpool_postgres::Client, run: NewRun<'_>) -> Claim {
+        let held = held(&run);
+        let admission = Admission {
+            key: "keyed.job",
+            max_running: 1,
+            held: &held,
+        };
+        store::claim(client, &run, Some(&admission)).await.unwrap()
+    }
+
+    async fn slots(client: &deadpool_postgres::Client) -> Vec<(String, Option<String>)> {
+        client
+            .query(
+                "SELECT s.run_id::text, s.worker FROM concurrency_slots s ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    }
+
+    /// A duplicate delivery of a run another live replica is running (a publish retried, a
+    /// message in two lanes during an upgrade) leaves that replica's slot alone: the key still
+    /// counts the run, and the next run waits.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_duplicate_of_a_running_run_leaves_its_slot_to_the_replica_running_it() {
+        let env = TestEnv::new().await;
+        let mut client = env.pool.get().await.unwrap();
+        let first = replica(&mut client, "first").await;
+        let second = replica(&mut client, "second").await;
+        let one = claim(&client, new_run("one", &first)).await;
+        assert!(matches!(one, Claim::Run { .. }), "{one:?}");
+        let duplicate = claim(&client, new_run("one", &second)).await;
+        assert!(matches!(duplicate, Claim::Busy { .. }), "{duplicate:?}");
+        let held_by = slots(&client).await;
+        assert_eq!(held_by.len(), 1, "{held_by:?}");
+        assert_eq!(held_by[0].1.as_deref(), Some(first.as_str()));
+        let two = claim(&client, new_run("two", &second)).await;
+        assert_eq!(
+            two,
+            Claim::WaitingForKey,
+            "the key's one slot is still taken"
+        );
+    }
+
+    /// Postgres decides on its own whether a replica is alive (in the key trigger): it must use
+    /// the workers' lease.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres_and_the_workers_agree_on_the_owner_lease() {
+        let env = TestEnv::new().await;
+        let client = env.pool.get().await.unwrap();
+        assert_eq!(
+            concurrency::owner_lease_in_postgres(&client).await.unwrap(),
+            store::OWNER_LEASE
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! key (taken in the claim's transaction, see [`crate::concurrency_key`]); and what a run
 //! passes before a step with a rate limit of its own.
 
-use crate::execute::{Executor, Requeue, copy_properties, later};
+use crate::execute::{Executor, Requeue, copy_properties, keep_wake, later};
 use crate::rate_limit::{self, RateLimit};
 use crate::writes::{KeyTurn, ReserveStart, RunFields, WaitForStepTurn};
 use chrono::Utc;
@@ -29,14 +29,14 @@ impl Executor {
             return Ok(true);
         };
         tracing::debug!(run = %run.id, ?back, "rate limited: back later");
-        let properties =
-            copy_properties(delivery, run, u32::try_from(run.attempt).unwrap_or(1), &[]);
+        let attempt = u32::try_from(run.attempt).unwrap_or(1);
+        let properties = copy_properties(delivery, run, attempt, &keep_wake(run));
         self.send_later(back, &delivery.data, properties).await?;
         Ok(false)
     }
 
     /// Before a step with a rate limit of its own: the same reservation, keyed by task and
-    /// step. A turn within the hold is slept for (`true`: run the step now); a later one parks
+    /// step (`task#step=name`, which no task's own key can be). A turn within the hold is slept for (`true`: run the step now); a later one parks
     /// the run in `waiting` until it is near, its earlier steps' checkpoints kept, as a `wait`
     /// step does: the copy that will wake it goes out first, then the wait commits (`false`:
     /// acknowledge the delivery).
@@ -47,7 +47,7 @@ impl Executor {
         step: &str,
         limit: &RateLimit,
     ) -> Result<bool, Requeue> {
-        let counted = format!("{}/{step}", self.task_id);
+        let counted = format!("{}#step={step}", self.task_id);
         let key = limit.key(&counted, run.tenant.as_deref(), run.input.as_deref());
         let Some(back) = self.reserve_or_leave(key, limit).await? else {
             return Ok(true);

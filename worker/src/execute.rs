@@ -311,8 +311,12 @@ impl Executor {
                 // replica whose lease has not lapsed yet). Look again later through the delay
                 // cascade: a requeue would spend the poison budget, and waiting here a slot.
                 tracing::debug!(run = %run.id, %owner, "run busy elsewhere; looking again later");
-                let properties =
-                    copy_properties(delivery, &run, u32::try_from(run.attempt).unwrap_or(1), &[]);
+                let properties = copy_properties(
+                    delivery,
+                    &run,
+                    u32::try_from(run.attempt).unwrap_or(1),
+                    &keep_wake(&run),
+                );
                 self.send_later(BUSY_RECHECK, &delivery.data, properties)
                     .await
             }
@@ -1010,6 +1014,16 @@ pub(crate) fn copy_properties(
 ) -> BasicProperties {
     contract::forwarded_properties(&delivery.properties, &run.event, attempt, extra)
         .with_message_id(run.message_id.as_str().into())
+}
+
+/// The wake token a delivery carries, for a copy of it sent back to look again later: without
+/// it, a copy of a wake-up would no longer end the wait it was sent to end, and the run would
+/// stay parked.
+pub(crate) fn keep_wake(run: &RunFields) -> Vec<(&'static str, String)> {
+    run.wake
+        .iter()
+        .map(|token| (header::WAKE, token.clone()))
+        .collect()
 }
 
 /// Now plus `delay`, saturating at the latest time chrono represents rather than panicking on a

@@ -271,7 +271,9 @@ pub async fn claim(
             });
         }
         // The run exists: the slot taken for a new run is decided again below.
-        (false, Some(_)) if slot == Some(true) => concurrency::give_back(client, run.id).await?,
+        (false, Some(_)) if slot == Some(true) => {
+            concurrency::give_back(client, run.id, run.worker).await?
+        }
         (false, _) => {}
     }
 

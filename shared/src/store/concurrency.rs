@@ -7,12 +7,13 @@
 //! is acknowledged and a copy held in the outbox, its place kept in `key_waiters`. A slot frees
 //! when its run leaves `running` for any reason (a trigger on `runs`, so that no write path can
 //! forget it): the oldest waiter of the key gets it, reserved, and its copy is released to the
-//! relay. A slot held on a replica that died counts no more once its heartbeat lapses. Each
+//! relay (if the key has room: a slot of a replica that died frees none). A slot held on a
+//! replica that died counts no more once its heartbeat lapses. Each
 //! replica also sweeps the keys with waiters every second ([`release_free_slots`]), for slots
 //! freed where the trigger could not see a waiter (see `V11__concurrency_keys.sql`).
 
 use super::claim::NewRun;
-use super::{Change, Claim, OWNER_LEASE, StoreError, log_transition, outbox};
+use super::{Change, Claim, StoreError, log_transition, outbox};
 use crate::state::RunStatus;
 use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::GenericClient;
@@ -51,29 +52,28 @@ pub(super) async fn take_slot(
     admission: &Admission<'_>,
 ) -> Result<bool, StoreError> {
     let stmt = client
-        .prepare_cached("SELECT warren_take_slot($1, $2, $3, $4, make_interval(secs => $5))")
+        .prepare_cached("SELECT warren_take_slot($1, $2, $3, $4)")
         .await?;
     let row = client
         .query_one(
             &stmt,
-            &[
-                &run.id,
-                &admission.key,
-                &admission.max_running,
-                &run.worker,
-                &OWNER_LEASE.as_secs_f64(),
-            ],
+            &[&run.id, &admission.key, &admission.max_running, &run.worker],
         )
         .await?;
     Ok(row.get(0))
 }
 
-/// Gives back a slot taken for a run that turned out to exist already.
-pub(super) async fn give_back(client: &impl GenericClient, run: Uuid) -> Result<(), StoreError> {
+/// Gives back a slot `worker` took for a run that turned out to exist already (another replica's
+/// slot for the run stays its own).
+pub(super) async fn give_back(
+    client: &impl GenericClient,
+    run: Uuid,
+    worker: &str,
+) -> Result<(), StoreError> {
     let stmt = client
-        .prepare_cached("DELETE FROM concurrency_slots WHERE run_id = $1")
+        .prepare_cached("DELETE FROM concurrency_slots WHERE run_id = $1 AND worker = $2")
         .await?;
-    client.execute(&stmt, &[&run]).await?;
+    client.execute(&stmt, &[&run, &worker]).await?;
     Ok(())
 }
 
@@ -160,12 +160,9 @@ pub async fn keys_with_waiters(client: &impl GenericClient) -> Result<Vec<String
 /// key per transaction: the key's row lock is the only one it takes.
 pub async fn release_free_slots(client: &impl GenericClient, key: &str) -> Result<i32, StoreError> {
     let stmt = client
-        .prepare_cached("SELECT warren_release_free_slots($1, make_interval(secs => $2))")
+        .prepare_cached("SELECT warren_release_free_slots($1)")
         .await?;
-    Ok(client
-        .query_one(&stmt, &[&key, &OWNER_LEASE.as_secs_f64()])
-        .await?
-        .get(0))
+    Ok(client.query_one(&stmt, &[&key]).await?.get(0))
 }
 
 /// How many runs of each task wait for a slot of their key.
@@ -183,4 +180,16 @@ pub async fn waiting_by_task(
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect())
+}
+
+/// Postgres's copy of [`super::OWNER_LEASE`] (`warren_owner_lease()`, used where SQL decides on its
+/// own whether a replica is alive, as the key trigger does): the two must agree.
+pub async fn owner_lease_in_postgres(
+    client: &impl GenericClient,
+) -> Result<std::time::Duration, StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT extract(epoch FROM warren_owner_lease())::float8")
+        .await?;
+    let seconds: f64 = client.query_one(&stmt, &[]).await?.get(0);
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
