@@ -76,6 +76,13 @@ pub(crate) trait Write: Send + 'static {
     fn lock_key(&self) -> Option<uuid::Uuid> {
         None
     }
+
+    /// The concurrency key whose row the write locks (a keyed claim), with the key's limit: a
+    /// batch locks all its keys' rows first, in one order (the writes' statements are
+    /// pipelined, so each would otherwise take its lock whenever its turn in the pipeline came).
+    fn key_row(&self) -> Option<(&str, i32)> {
+        None
+    }
 }
 
 /// A queued write with its reply channel, type-erased so one queue carries every kind.
@@ -83,6 +90,7 @@ trait Queued: Send {
     fn apply<'a>(&'a mut self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<(), ()>>;
     fn batchable(&self) -> Option<Batchable<'_>>;
     fn lock_key(&self) -> Option<uuid::Uuid>;
+    fn key_row(&self) -> Option<(&str, i32)>;
     /// The set-based form recorded it.
     fn batched(&mut self);
     /// Recorded in this transaction already.
@@ -115,6 +123,10 @@ impl<W: Write> Queued for Entry<W> {
 
     fn lock_key(&self) -> Option<uuid::Uuid> {
         self.write.lock_key()
+    }
+
+    fn key_row(&self) -> Option<(&str, i32)> {
+        self.write.key_row()
     }
 
     fn batched(&mut self) {
@@ -351,6 +363,13 @@ impl CommitError {
             CommitError::Refused(error.to_string())
         }
     }
+
+    fn from_store(error: warren_shared::store::StoreError) -> Self {
+        match error {
+            warren_shared::store::StoreError::Db(e) => CommitError::from_db(e),
+            other => CommitError::Refused(other.to_string()),
+        }
+    }
 }
 
 /// The receiver, held by the committer whose turn it is to take a batch.
@@ -434,6 +453,12 @@ async fn apply_and_commit(
         }
         let runs: Vec<_> = claims.iter().map(|(_, run)| *run).collect();
         let done: Vec<_> = steps.iter().map(|(_, step)| *step).collect();
+        let keys: Vec<(&str, i32)> = plain.iter().filter_map(|(_, e)| e.key_row()).collect();
+        if keys.len() > 1 {
+            warren_shared::store::concurrency::lock_keys(&tx, &keys)
+                .await
+                .map_err(CommitError::from_store)?;
+        }
         let (recorded, plain_results) = futures::join!(
             crate::writes::apply_batched(&tx, &runs, &done),
             join_all(plain.iter_mut().map(|(_, entry)| entry.apply(&tx))),

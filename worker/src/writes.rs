@@ -82,9 +82,6 @@ pub(crate) struct KeyTurn {
     pub(crate) held: outbox::Message,
 }
 
-/// Orders the key rows claims of a batch lock (see [`Write::lock_key`]).
-const KEY_LOCK_NAMESPACE: Uuid = Uuid::from_u128(0x5741_5252_454e_4b45_5900_0000_0000_0001);
-
 impl Write for ClaimRun {
     type Output = Claim;
     fn apply<'a>(&'a self, tx: &'a Transaction<'a>) -> BoxFuture<'a, Result<Claim, StoreError>> {
@@ -113,11 +110,8 @@ impl Write for ClaimRun {
         })
     }
 
-    /// Claims of one batch lock their keys' rows in one order.
-    fn lock_key(&self) -> Option<Uuid> {
-        self.key
-            .as_ref()
-            .map(|k| Uuid::new_v5(&KEY_LOCK_NAMESPACE, k.key.as_bytes()))
+    fn key_row(&self) -> Option<(&str, i32)> {
+        self.key.as_ref().map(|k| (k.key.as_str(), k.max_running))
     }
 }
 

@@ -37,6 +37,34 @@ fn held_until() -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// Locks the rows of `keys` (creating the missing ones with their limits) in the order of their
+/// names: what a transaction claiming runs of several keys does first, so that two such
+/// transactions never take the same two locks in opposite orders.
+pub async fn lock_keys(
+    client: &impl GenericClient,
+    keys: &[(&str, i32)],
+) -> Result<(), StoreError> {
+    let mut sorted: Vec<(&str, i32)> = keys.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup_by(|a, b| a.0 == b.0);
+    let (names, limits): (Vec<&str>, Vec<i32>) = sorted.into_iter().unzip();
+    let create = client
+        .prepare_cached(
+            "INSERT INTO concurrency_keys (key, max_running)
+             SELECT k, m FROM unnest($1::text[], $2::int4[]) AS u(k, m) ORDER BY k
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .await?;
+    client.execute(&create, &[&names, &limits]).await?;
+    let lock = client
+        .prepare_cached(
+            "SELECT 1 FROM concurrency_keys WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+        )
+        .await?;
+    client.query(&lock, &[&names]).await?;
+    Ok(())
+}
+
 /// Whether the run has a row already.
 pub(super) async fn run_exists(client: &impl GenericClient, run: Uuid) -> Result<bool, StoreError> {
     let stmt = client
