@@ -1,5 +1,10 @@
 //! Connecting to RabbitMQ, and letting go of it.
 //!
+//! The URL may list several nodes of a cluster, separated by commas
+//! (`amqp://u:p@node-1:5672/%2f,amqp://u:p@node-2:5672/%2f`): a connection goes to the first
+//! that answers, starting from a node chosen by the connection's name, so that replicas spread
+//! over the nodes; a reconnection tries them again in the same order.
+//!
 //! `amqps://` URLs are TLS: the broker's certificate must chain to the system's trust store or to
 //! the CA file named by `WARREN_AMQP_CA_FILE` (a private CA, a self-signed broker), and must name
 //! the URL's host. An `amqps://` URL never falls back to plain text: a broker that does not speak
@@ -34,6 +39,44 @@ pub async fn connect_trusting(
     name: &str,
     ca_file: Option<&Path>,
 ) -> lapin::Result<Connection> {
+    let nodes = crate::redact::split_list(url);
+    if nodes.len() <= 1 {
+        return connect_node(url, name, ca_file).await;
+    }
+    let first = first_node(name, nodes.len());
+    let mut last = None;
+    for i in 0..nodes.len() {
+        let (_, node) = nodes[(first + i) % nodes.len()];
+        match connect_node(node, name, ca_file).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => {
+                tracing::warn!(node = %crate::redact::url(node), error = %e, "broker node did not answer; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    let reason = last.map_or_else(String::new, |e| e.to_string());
+    Err(io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!(
+            "none of the {} broker nodes answered; the last said: {reason}",
+            nodes.len()
+        ),
+    )
+    .into())
+}
+
+/// Which of `nodes` a connection named `name` tries first: the same for the same name, spread
+/// evenly over names (each replica's name holds its own id).
+fn first_node(name: &str, nodes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    name.hash(&mut hasher);
+    usize::try_from(hasher.finish() % nodes as u64).unwrap_or(0)
+}
+
+/// One node's connection.
+async fn connect_node(url: &str, name: &str, ca_file: Option<&Path>) -> lapin::Result<Connection> {
     // The URL is not echoed in errors: it may carry a password.
     let uri: AMQPUri = url.parse().map_err(|e: String| {
         lapin::Error::from(io::Error::new(
@@ -118,5 +161,25 @@ pub async fn close_channel(channel: &Channel, reason: &str) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "channel close failed"),
         Err(_) => tracing::debug!("channel close timed out; dropping it"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_node;
+
+    #[test]
+    fn replicas_spread_over_the_nodes_and_each_keeps_its_first() {
+        let firsts: Vec<usize> = (0..300)
+            .map(|i| first_node(&format!("warren-worker pod-{i}"), 3))
+            .collect();
+        for node in 0..3 {
+            let n = firsts.iter().filter(|f| **f == node).count();
+            assert!((60..=140).contains(&n), "node {node} first for {n} of 300");
+        }
+        assert_eq!(
+            first_node("warren-worker pod-7", 3),
+            first_node("warren-worker pod-7", 3)
+        );
     }
 }

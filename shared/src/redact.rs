@@ -72,10 +72,45 @@ impl Secrets {
 
 /// Byte ranges of `s` that hold a password.
 fn secret_spans(s: &str) -> Vec<std::ops::Range<usize>> {
-    match s.find("://") {
-        Some(scheme) => url_spans(s, scheme + 3),
-        None => key_value_spans(s),
+    if !s.contains("://") {
+        return key_value_spans(s);
     }
+    split_list(s)
+        .into_iter()
+        .flat_map(|(offset, one)| {
+            let start = one.find("://").map_or(0, |scheme| scheme + 3);
+            url_spans(one, start)
+                .into_iter()
+                .map(move |span| offset + span.start..offset + span.end)
+        })
+        .collect()
+}
+
+/// The URLs of a list of them (`amqp://a:5672,amqp://b:5672`), each with its offset in `s`. A
+/// comma starts the next URL only where a scheme and `://` follow it, so that a comma in a
+/// password or a query stays in its URL. A string that is no list is one URL.
+pub fn split_list(s: &str) -> Vec<(usize, &str)> {
+    let mut starts = vec![0];
+    let mut from = 0;
+    while let Some(found) = s[from..].find("://") {
+        let at = from + found;
+        let scheme = s[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        if scheme > 0 && s[..scheme].ends_with(',') && scheme < at {
+            starts.push(scheme);
+        }
+        from = at + 3;
+    }
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            let end = starts.get(i + 1).map_or(s.len(), |next| next - 1);
+            (start, s[start..end].trim())
+        })
+        .filter(|(_, one)| !one.is_empty())
+        .collect()
 }
 
 /// The userinfo password and the secret query parameters of a URL whose authority starts at
@@ -277,5 +312,23 @@ mod tests {
     fn strings_without_passwords_have_no_secrets() {
         let secrets = Secrets::of(["postgres://postgres@127.0.0.1:5432/warren", "amqp://h/"]);
         assert!(secrets.0.is_empty(), "{secrets:?}");
+    }
+
+    #[test]
+    fn a_list_of_urls_is_split_where_a_scheme_follows_a_comma_and_each_password_masked() {
+        let list = "amqp://app:s3cr,et@node-1:5672/%2f,amqp://app:other@node-2:5672/%2f";
+        let urls: Vec<&str> = split_list(list).into_iter().map(|(_, u)| u).collect();
+        assert_eq!(
+            urls,
+            vec![
+                "amqp://app:s3cr,et@node-1:5672/%2f",
+                "amqp://app:other@node-2:5672/%2f"
+            ]
+        );
+        assert_eq!(
+            url(list),
+            "amqp://app:***@node-1:5672/%2f,amqp://app:***@node-2:5672/%2f"
+        );
+        assert_eq!(split_list("amqp://h:5672").len(), 1);
     }
 }

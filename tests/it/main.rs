@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
+mod broker_nodes;
 mod children;
 mod cli;
 mod cli_operator;
