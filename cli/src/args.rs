@@ -340,6 +340,10 @@ pub(crate) enum RunsCommand {
 pub(crate) struct TasksArgs {
     #[command(subcommand)]
     pub(crate) command: Option<TasksCommand>,
+    /// Also list the tasks declared in this task file (docs/tasks.md), as `warren worker
+    /// --tasks` runs them: their limits and lanes, their queues.
+    #[arg(long = "tasks", env = "WARREN_TASKS", value_name = "FILE")]
+    pub(crate) tasks_file: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,

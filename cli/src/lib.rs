@@ -88,7 +88,7 @@ async fn run(cli: Cli, registry: Registry) -> anyhow::Result<()> {
             Some(args::TasksCommand::Validate { file }) => {
                 commands::tasks::validate(&file, &registry)
             }
-            None => commands::tasks::run(&global, args, &registry).await,
+            None => commands::tasks::run(&global, args, registry).await,
         },
         Command::Dlq(args) => commands::dlq::run(&global, args, &registry).await,
         Command::Workers(args) => commands::workers::run(&global, args).await,

@@ -207,3 +207,59 @@ fn a_closed_pipe_on_standard_output_ends_the_command_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `warren tasks --tasks FILE` lists the tasks a file declares beside the built-in ones, with
+/// the limits and lanes the file gives them, as `warren worker --tasks FILE` runs them.
+#[tokio::test(flavor = "multi_thread")]
+async fn warren_tasks_shows_a_task_files_limits_and_lanes() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tasks.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[task]]
+name = "limits.shown"
+rate_limit = { limit = 20, key = "tenant" }
+concurrency_key = { limit = 5, key = "/userId" }
+priority_lanes = true
+[[task.step]]
+name = "s"
+kind = "wait"
+duration = "1s"
+"#,
+    )
+    .unwrap();
+    let output = env
+        .warren()
+        .args(["tasks", "--json", "--tasks"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let row = rows
+        .iter()
+        .find(|row| row["task"] == "limits.shown")
+        .unwrap_or_else(|| panic!("the declared task is listed: {stdout}"));
+    assert_eq!(row["rate_limit"], "20/s per tenant");
+    assert_eq!(row["concurrency_key"], "5 per /userId");
+    let lanes: Vec<&str> = row["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|lane| lane["lane"].as_str().unwrap())
+        .collect();
+    assert_eq!(lanes, vec!["high", "normal", "low"], "{row}");
+    assert!(rows.iter().any(|row| row["task"] == "video.process"));
+
+    let missing = env
+        .warren()
+        .args(["tasks", "--tasks", "/nonexistent/tasks.toml"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&missing);
+    assert!(!missing.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}

@@ -77,8 +77,12 @@ impl LaneRow {
 pub(crate) async fn run(
     global: &Global,
     args: TasksArgs,
-    registry: &Registry,
+    registry: Registry,
 ) -> anyhow::Result<()> {
+    let registry = match &args.tasks_file {
+        Some(file) => super::worker::with_declared(file, registry)?,
+        None => registry,
+    };
     let topology = super::topology(global, &[])?;
     let connection = within_timeout(
         &format!("the broker at {}", redact(&global.amqp_url)),

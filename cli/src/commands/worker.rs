@@ -92,7 +92,7 @@ pub(crate) async fn run(
 
 /// `registry` and the tasks declared in `file`. A file with any mistake stops the replica before
 /// it connects to anything: a fleet never runs half of what a file meant.
-fn with_declared(file: &Path, registry: Registry) -> anyhow::Result<Registry> {
+pub(crate) fn with_declared(file: &Path, registry: Registry) -> anyhow::Result<Registry> {
     let declared = match declared::load(file, &registry) {
         Ok(declared) => declared,
         Err(LoadError::Read { source, .. })
