@@ -441,6 +441,28 @@ fn messages_in_flight(env: &TestEnv) -> u64 {
         .sum()
 }
 
+/// Injects `schedule`'s faults (at their milliseconds from now: `kill`, `drain`, `broker`,
+/// `postgres`), stopping early once `jobs` runs have ended.
+async fn inject(env: &TestEnv, fleet: &mut Fleet<'_>, jobs: i64, schedule: &[(u64, &str)]) {
+    let t0 = Instant::now();
+    for &(at, fault) in schedule {
+        if terminal_runs(env).await >= jobs {
+            break;
+        }
+        let wait = Duration::from_millis(at).saturating_sub(t0.elapsed());
+        tokio::time::sleep(wait).await;
+        match fault {
+            "kill" => fleet.kill_one(),
+            "drain" => fleet.drain_one(),
+            "broker" => fleet.cut_broker_connections(),
+            _ => {
+                env.terminate_postgres_sessions().await;
+                fleet.fault("Postgres terminated the sessions");
+            }
+        }
+    }
+}
+
 /// 3 replicas, 2,000 jobs of 2 to 4 steps; meanwhile replicas are killed and restarted, one is
 /// drained with SIGTERM, the broker closes their connections and Postgres terminates their
 /// sessions. Every job must succeed exactly once.
@@ -463,23 +485,7 @@ async fn two_thousand_jobs_survive_kills_drains_and_dropped_connections() {
         (2700, "broker"),
         (3100, "postgres"),
     ];
-    let t0 = Instant::now();
-    for (at, fault) in schedule {
-        if terminal_runs(&env).await >= 2000 {
-            break;
-        }
-        let wait = Duration::from_millis(at).saturating_sub(t0.elapsed());
-        tokio::time::sleep(wait).await;
-        match fault {
-            "kill" => fleet.kill_one(),
-            "drain" => fleet.drain_one(),
-            "broker" => fleet.cut_broker_connections(),
-            _ => {
-                env.terminate_postgres_sessions().await;
-                fleet.fault("Postgres terminated the sessions");
-            }
-        }
-    }
+    inject(&env, &mut fleet, 2000, &schedule).await;
     wait_all_terminal(&env, 2000, Duration::from_secs(240)).await;
     let faults = fleet.stop();
     assert_exactly_once(&env, 2000, &faults, started.elapsed()).await;
@@ -527,18 +533,7 @@ async fn parents_and_children_survive_kills_and_dropped_connections() {
         (3000, "kill"),
         (4000, "kill"),
     ];
-    let t0 = Instant::now();
-    for (at, fault) in schedule {
-        if terminal_runs(&env).await >= jobs {
-            break;
-        }
-        let wait = Duration::from_millis(at).saturating_sub(t0.elapsed());
-        tokio::time::sleep(wait).await;
-        match fault {
-            "kill" => fleet.kill_one(),
-            _ => fleet.cut_broker_connections(),
-        }
-    }
+    inject(&env, &mut fleet, jobs, &schedule).await;
     wait_all_terminal(&env, jobs, Duration::from_secs(240)).await;
     let faults = fleet.stop();
     assert_exactly_once(&env, jobs, &faults, started.elapsed()).await;
@@ -615,18 +610,7 @@ async fn runs_waiting_for_their_key_survive_kills_and_dropped_connections() {
         (1800, "kill"),
         (2800, "kill"),
     ];
-    let t0 = Instant::now();
-    for (at, fault) in schedule {
-        if terminal_runs(&env).await >= JOBS as i64 {
-            break;
-        }
-        let wait = Duration::from_millis(at).saturating_sub(t0.elapsed());
-        tokio::time::sleep(wait).await;
-        match fault {
-            "kill" => fleet.kill_one(),
-            _ => fleet.cut_broker_connections(),
-        }
-    }
+    inject(&env, &mut fleet, JOBS as i64, &schedule).await;
     wait_all_terminal(&env, JOBS as i64, Duration::from_secs(240)).await;
     let faults = fleet.stop();
     assert_exactly_once(&env, JOBS as i64, &faults, started.elapsed()).await;

@@ -250,19 +250,7 @@ mod store_level {
 
     use super::*;
     use warren_shared::store::concurrency::{self, Admission};
-    use warren_shared::store::{self, Claim, NewRun, WorkerInfo, outbox};
-
-    async fn replica(client: &mut deadpool_postgres::Client, id: &str) -> String {
-        let tasks = ["keyed.job".to_owned()];
-        let info = WorkerInfo {
-            id,
-            host: "test",
-            pid: 1,
-            tasks: &tasks,
-            version: "test",
-        };
-        store::register_worker(client, &info).await.unwrap()
-    }
+    use warren_shared::store::{self, Claim, NewRun, outbox};
 
     fn new_run<'a>(message_id: &'a str, worker: &'a str) -> NewRun<'a> {
         NewRun {
@@ -323,8 +311,8 @@ mod store_level {
     async fn a_duplicate_of_a_running_run_leaves_its_slot_to_the_replica_running_it() {
         let env = TestEnv::new().await;
         let mut client = env.pool.get().await.unwrap();
-        let first = replica(&mut client, "first").await;
-        let second = replica(&mut client, "second").await;
+        let first = warren_tests::register_replica(&mut client, "first", "keyed.job").await;
+        let second = warren_tests::register_replica(&mut client, "second", "keyed.job").await;
         let one = claim(&client, new_run("one", &first)).await;
         assert!(matches!(one, Claim::Run { .. }), "{one:?}");
         let duplicate = claim(&client, new_run("one", &second)).await;

@@ -8,7 +8,7 @@ use deadpool_postgres::Client;
 use serde_json::json;
 use uuid::Uuid;
 use warren_shared::store::{
-    self, AfterFailure, Change, Claim, Failure, NewRun, StepDone, StepEnd, StoreError, WorkerInfo,
+    self, AfterFailure, Change, Claim, Failure, NewRun, StepDone, StepEnd, StoreError,
 };
 use warren_tests::TestEnv;
 
@@ -45,15 +45,7 @@ fn is_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
 
 /// Starts a process of replica `id`: registers a new incarnation, returns its owner name.
 async fn start_process(client: &mut Client, id: &str) -> String {
-    let tasks = ["owned.job".to_owned()];
-    let info = WorkerInfo {
-        id,
-        host: "test",
-        pid: 1,
-        tasks: &tasks,
-        version: "test",
-    };
-    store::register_worker(client, &info).await.unwrap()
+    warren_tests::register_replica(client, id, "owned.job").await
 }
 
 fn step_one(run: Uuid, output: &serde_json::Value) -> StepDone<'_> {

@@ -483,6 +483,26 @@ impl TestEnv {
     }
 }
 
+/// Registers a replica process `id` running `task`, as a starting replica does: the name its
+/// runs are owned under, for tests that call the store as several replicas would.
+pub async fn register_replica(
+    client: &mut deadpool_postgres::Client,
+    id: &str,
+    task: &str,
+) -> String {
+    let tasks = [task.to_owned()];
+    let info = warren_shared::store::WorkerInfo {
+        id,
+        host: "test",
+        pid: 1,
+        tasks: &tasks,
+        version: "test",
+    };
+    warren_shared::store::register_worker(client, &info)
+        .await
+        .expect("the replica registers")
+}
+
 /// Tests that load the whole machine (a million rows, thousands of runs on three replicas) and
 /// tests that measure rates take turns with each other: a rate measured while another test
 /// stalls Postgres measures that test. Hold the guard for the test's length.

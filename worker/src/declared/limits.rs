@@ -11,7 +11,7 @@ use crate::rate_limit::RateLimit;
 
 const RATE_LIMIT_KEYS: &[&str] = &["limit", "per", "key"];
 
-/// The most starts a limit may allow per second or minute.
+/// The most a limit may allow: starts per second or minute, or runs of one key at once.
 const MAX_LIMIT: i64 = 100_000;
 
 /// The `rate_limit` table of a `[[task]]`.
@@ -19,10 +19,7 @@ pub(super) fn read(item: &Item<'_>, found: &mut Found<'_>) -> Option<RateLimit> 
     let before = found.count();
     let table = Table::of(item, "rate_limit", found)?;
     table.only(RATE_LIMIT_KEYS, found);
-    let limit = table
-        .require("limit", found)
-        .and_then(|n| fields::integer(n, "limit", 1..=MAX_LIMIT, found))
-        .and_then(|n| u32::try_from(n).ok());
+    let limit = read_limit(&table, found);
     let per = match table.get("per") {
         None => Some("second"),
         Some(per) => match fields::word(per, "per", found) {
@@ -57,9 +54,6 @@ pub(super) fn read(item: &Item<'_>, found: &mut Found<'_>) -> Option<RateLimit> 
 
 const CONCURRENCY_KEY_KEYS: &[&str] = &["limit", "key"];
 
-/// The most runs of one key a concurrency key may let run at once.
-const MAX_RUNNING: i64 = 100_000;
-
 /// The `concurrency_key` table of a `[[task]]`: `key` is required (a limit on the whole task
 /// is `key = "task"`).
 pub(super) fn read_concurrency_key(
@@ -69,10 +63,7 @@ pub(super) fn read_concurrency_key(
     let before = found.count();
     let table = Table::of(item, "concurrency_key", found)?;
     table.only(CONCURRENCY_KEY_KEYS, found);
-    let limit = table
-        .require("limit", found)
-        .and_then(|n| fields::integer(n, "limit", 1..=MAX_RUNNING, found))
-        .and_then(|n| u32::try_from(n).ok());
+    let limit = read_limit(&table, found);
     let key = table
         .require("key", found)
         .and_then(|key| read_key(key, found));
@@ -84,6 +75,14 @@ pub(super) fn read_concurrency_key(
         KeyFrom::Tenant => ConcurrencyKey::per_tenant(limit?),
         KeyFrom::Input(pointer) => ConcurrencyKey::per_input(pointer, limit?),
     })
+}
+
+/// `limit`, required: a whole number from 1 to [`MAX_LIMIT`].
+fn read_limit(table: &Table<'_, '_>, found: &mut Found<'_>) -> Option<u32> {
+    table
+        .require("limit", found)
+        .and_then(|n| fields::integer(n, "limit", 1..=MAX_LIMIT, found))
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 /// `key = "task" | "tenant" | "/json/pointer"`.
