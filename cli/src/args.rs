@@ -78,6 +78,10 @@ pub(crate) enum Command {
     /// Cron and interval schedules that start runs: create, list, show, pause, resume, delete,
     /// trigger (docs/schedules.md).
     Schedules(crate::commands::schedules::SchedulesArgs),
+    /// Serve the web console and the HTTP API (docs/api.md) until SIGTERM or SIGINT.
+    Console(crate::commands::console::ConsoleArgs),
+    /// API tokens of the console and the HTTP API: create, list, revoke.
+    Tokens(crate::commands::tokens::TokensArgs),
 }
 
 #[derive(Args, Debug)]

@@ -2,7 +2,8 @@
 //!
 //! One binary, `warren`, with subcommands: `worker` runs a replica, `publish` sends events,
 //! `migrate` prepares the database, `runs` and `tasks` inspect (and `tasks validate` checks a
-//! task file), `prune` deletes old runs. Errors
+//! task file), `prune` deletes old runs, `console` serves the web console and the HTTP API,
+//! `tokens` manages its API tokens. Errors
 //! are one line on standard error and a non-zero exit.
 //!
 //! # Layout
@@ -94,5 +95,7 @@ async fn run(cli: Cli, registry: Registry) -> anyhow::Result<()> {
         Command::Workers(args) => commands::workers::run(&global, args).await,
         Command::Prune(args) => commands::prune::run(&global, args).await,
         Command::Schedules(args) => commands::schedules::run(&global, args).await,
+        Command::Console(args) => commands::console::run(&global, args).await,
+        Command::Tokens(args) => commands::tokens::run(&global, args).await,
     }
 }

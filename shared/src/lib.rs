@@ -29,6 +29,7 @@ pub mod priority;
 pub mod redact;
 pub mod retry;
 pub mod schedule;
+pub mod signature;
 pub mod state;
 pub mod store;
 pub mod topology;

@@ -1,5 +1,6 @@
 //! One module per subcommand, and the connection helpers they share.
 
+pub(crate) mod console;
 pub(crate) mod dlq;
 pub(crate) mod migrate;
 pub(crate) mod prune;
@@ -7,6 +8,7 @@ pub(crate) mod publish;
 pub(crate) mod runs;
 pub(crate) mod schedules;
 pub(crate) mod tasks;
+pub(crate) mod tokens;
 pub(crate) mod worker;
 pub(crate) mod workers;
 

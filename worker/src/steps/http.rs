@@ -15,11 +15,11 @@
 
 mod answer;
 mod client;
-mod signature;
 
 pub use answer::MAX_RETRY_AFTER;
 pub use client::MAX_REDIRECTS;
-pub use signature::Secret;
+use warren_shared::signature;
+pub use warren_shared::signature::Secret;
 
 use super::{ExternalStep, StepConfigError, StepReply, StepRequest};
 use crate::step::{StepError, code};
@@ -188,7 +188,7 @@ impl Endpoint {
         })?;
         let now = SystemTime::now();
         let timestamp = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let signature = signature::header(&self.secret, timestamp, &body);
+        let signature = signature::sign(&self.secret, timestamp, &body);
         let mut headers = header::HeaderMap::with_capacity(7);
         headers.insert(
             header::CONTENT_TYPE,

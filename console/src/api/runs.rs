@@ -1,0 +1,242 @@
+//! Runs: the filtered, paginated list; one run with its steps, transitions, family and logs;
+//! search by run id or message id; live updates; cancel and retry.
+
+use crate::audit;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::live::Update;
+use crate::state::AppState;
+use crate::tokens::Scope;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::convert::Infallible;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+use warren_shared::state::RunStatus;
+use warren_shared::store::cancel::{Cancelled, Retried};
+use warren_shared::store::{self, RunDetail, RunFilter, RunSummary, children};
+use warren_worker::control;
+
+/// The most a page holds.
+pub(crate) const MAX_PAGE: i64 = 500;
+const DEFAULT_PAGE: i64 = 50;
+
+#[derive(Deserialize, Default)]
+pub(super) struct ListParams {
+    task: Option<String>,
+    status: Option<String>,
+    parent: Option<Uuid>,
+    limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Page {
+    runs: Vec<RunSummary>,
+}
+
+fn status(text: Option<&str>) -> ApiResult<Option<RunStatus>> {
+    text.filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<RunStatus>().map_err(|_| {
+                let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::BadRequest(format!("unknown status {s:?}: one of {}", known.join(", ")))
+            })
+        })
+        .transpose()
+}
+
+fn page_size(limit: Option<i64>) -> ApiResult<i64> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "limit {n}: between 1 and {MAX_PAGE}"
+        ))),
+    }
+}
+
+/// `GET /api/v1/runs`.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<Page>> {
+    principal.require(Scope::Read)?;
+    let filter = RunFilter {
+        task: params.task.filter(|t| !t.is_empty()),
+        status: status(params.status.as_deref())?,
+        parent: params.parent,
+        limit: page_size(params.limit)?,
+    };
+    let client = state.pool.get().await?;
+    let runs = store::list_runs(&client, &filter).await?;
+    Ok(Json(Page { runs }))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SearchParams {
+    q: String,
+}
+
+/// `GET /api/v1/runs/search?q=`: the runs with this run id or message id.
+pub(super) async fn search(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<SearchParams>,
+) -> ApiResult<Json<Page>> {
+    principal.require(Scope::Read)?;
+    let q = params.q.trim();
+    if q.is_empty() {
+        return Err(ApiError::BadRequest("q: a run id or a message id".into()));
+    }
+    let client = state.pool.get().await?;
+    let runs = store::find_runs(&client, q).await?;
+    Ok(Json(Page {
+        runs: runs.into_iter().map(|r| r.summary).collect(),
+    }))
+}
+
+/// A run as its page shows it.
+#[derive(Serialize)]
+pub(super) struct Shown {
+    #[serde(flatten)]
+    run: RunDetail,
+    family: children::Family,
+}
+
+async fn find(client: &deadpool_postgres::Client, id: Uuid) -> ApiResult<RunDetail> {
+    store::find_runs(client, &id.to_string())
+        .await?
+        .into_iter()
+        .find(|run| run.summary.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("no run with id {id}")))
+}
+
+/// `GET /api/v1/runs/{id}`.
+pub(super) async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Shown>> {
+    principal.require(Scope::Read)?;
+    let client = state.pool.get().await?;
+    let run = find(&client, id).await?;
+    let family = children::family(&client, id).await?;
+    Ok(Json(Shown { run, family }))
+}
+
+/// `POST /api/v1/runs/{id}/cancel`.
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<serde_json::Value>> {
+    principal.require(Scope::Admin)?;
+    let actor = principal.actor();
+    let result = control::cancel(&state.pool, id, &actor)
+        .await
+        .map_err(ApiError::database)?;
+    let answer = match result {
+        Cancelled::NotFound => return Err(ApiError::NotFound(format!("no run with id {id}"))),
+        Cancelled::AlreadyFinished(status) => {
+            return Err(ApiError::Conflict(format!(
+                "run {id} already finished ({status}); nothing changed"
+            )));
+        }
+        Cancelled::Cancelled(runs) => json!({ "cancelled": runs }),
+    };
+    let client = state.pool.get().await?;
+    audit::record(
+        &client,
+        &actor,
+        "run.cancel",
+        Some(&id.to_string()),
+        answer.clone(),
+    )
+    .await?;
+    Ok(Json(answer))
+}
+
+/// `POST /api/v1/runs/{id}/retry`: a dead or cancelled run again from its first step. Its
+/// message is in the outbox; the fleet's relays send it within a second.
+pub(super) async fn retry(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<serde_json::Value>> {
+    principal.require(Scope::Admin)?;
+    let actor = principal.actor();
+    let result = control::retry(&state.pool, &state.topology, id, &actor)
+        .await
+        .map_err(ApiError::database)?;
+    let answer = match result {
+        Retried::NotFound => return Err(ApiError::NotFound(format!("no run with id {id}"))),
+        Retried::NotRetryable(status) => {
+            return Err(ApiError::Conflict(format!(
+                "run {id} is {status}: only a dead or cancelled run can be retried"
+            )));
+        }
+        Retried::Queued { attempt, .. } => json!({ "queued": id, "attempt": attempt }),
+    };
+    let client = state.pool.get().await?;
+    audit::record(
+        &client,
+        &actor,
+        "run.retry",
+        Some(&id.to_string()),
+        answer.clone(),
+    )
+    .await?;
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+pub(super) struct LiveParams {
+    task: Option<String>,
+    run: Option<Uuid>,
+}
+
+/// `GET /api/v1/runs/live`: server-sent events, `run` for each new or changed run (of `task`,
+/// or the one `run`), `resync` when this subscriber fell behind and should reload.
+pub(super) async fn live(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<LiveParams>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    principal.require(Scope::Read)?;
+    let receiver = state.live.subscribe();
+    let watch = params.run.map(|run| state.live.watch(run));
+    let task = params.task.filter(|t| !t.is_empty());
+    let run = params.run;
+    let stream = futures::stream::unfold((receiver, watch), move |(mut receiver, watch)| {
+        let task = task.clone();
+        async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(Update::Run(change)) => {
+                        let wanted = task.as_ref().is_none_or(|t| *t == change.task)
+                            && run.is_none_or(|r| r == change.id);
+                        if !wanted {
+                            continue;
+                        }
+                        let event = Event::default()
+                            .event("run")
+                            .json_data(&*change)
+                            .unwrap_or_else(|_| Event::default().event("resync"));
+                        return Some((Ok(event), (receiver, watch)));
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        let event = Event::default().event("resync").data("{}");
+                        return Some((Ok(event), (receiver, watch)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
