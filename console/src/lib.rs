@@ -29,7 +29,6 @@ pub use error::ApiError;
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -58,8 +57,8 @@ pub struct ConsoleConfig {
     pub namespace: String,
     /// Ingress bodies larger than this are refused with 413.
     pub max_body_bytes: usize,
-    /// The configuration file declaring webhook sources, if any.
-    pub config_file: Option<PathBuf>,
+    /// Webhook sources (from the configuration file: [`webhooks::load`]).
+    pub webhooks: Vec<webhooks::WebhookSource>,
     /// Mark the session cookie `Secure` (when the console is reached over HTTPS).
     pub secure_cookies: bool,
     /// How often live updates look for changes while someone watches.
@@ -79,7 +78,7 @@ impl ConsoleConfig {
             amqp_url: amqp_url.to_owned(),
             namespace: namespace.to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            config_file: None,
+            webhooks: Vec::new(),
             secure_cookies: false,
             live_interval: Duration::from_secs(1),
             pool_size: DEFAULT_POOL_SIZE,
@@ -90,9 +89,6 @@ impl ConsoleConfig {
 /// Why a console could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The configuration file is unusable.
-    #[error(transparent)]
-    Config(#[from] webhooks::ConfigError),
     /// Postgres could not be reached or migrated.
     #[error("Postgres: {0}")]
     Database(#[from] warren_shared::db::DbError),
@@ -116,10 +112,6 @@ pub struct Console {
 impl Console {
     /// Prepares Postgres, binds and starts serving.
     pub async fn start(config: ConsoleConfig) -> Result<Console, StartError> {
-        let webhooks = match &config.config_file {
-            Some(path) => webhooks::load(path)?,
-            None => Vec::new(),
-        };
         let pool = warren_shared::db::prepare(&config.database_url, config.pool_size).await?;
         let listener = TcpListener::bind(config.bind)
             .await
@@ -134,6 +126,7 @@ impl Console {
         let stop = CancellationToken::new();
         let live = live::spawn(pool.clone(), config.live_interval, stop.clone());
         let topology = Topology::new(config.namespace.clone(), QueueType::default());
+        let webhooks = config.webhooks.clone();
         let state = state::AppState::new(pool, topology, config, live, webhooks);
         let app = router(state);
         let shutdown = stop.clone();

@@ -66,6 +66,9 @@ pub enum Update {
 pub struct Hub {
     sender: broadcast::Sender<Update>,
     watched: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// Cancelled when the console stops: open streams end, so that a graceful shutdown does
+    /// not wait for browsers to leave.
+    stopped: CancellationToken,
 }
 
 /// Holds a watch on one run for as long as it lives.
@@ -87,11 +90,17 @@ impl Drop for Watch {
 }
 
 impl Hub {
-    fn new() -> Hub {
+    fn new(stopped: CancellationToken) -> Hub {
         Hub {
             sender: broadcast::channel(4_096).0,
             watched: Arc::default(),
+            stopped,
         }
+    }
+
+    /// Cancelled when the console stops.
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.stopped
     }
 
     /// Receives every update from now on.
@@ -125,7 +134,7 @@ impl Hub {
 
 /// Starts the poller; it ends with `stop`.
 pub fn spawn(pool: deadpool_postgres::Pool, interval: Duration, stop: CancellationToken) -> Hub {
-    let hub = Hub::new();
+    let hub = Hub::new(stop.clone());
     let poller = Poller {
         hub: hub.clone(),
         pool,

@@ -11,6 +11,7 @@ mod cli;
 mod cli_operator;
 mod command_steps;
 mod concurrency_keys;
+mod console_api;
 mod dead_letters;
 mod declared;
 mod declared_children;

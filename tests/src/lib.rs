@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod console;
+
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -31,7 +31,9 @@ pub(crate) struct ConsoleArgs {
 pub(crate) async fn run(global: &Global, args: ConsoleArgs) -> anyhow::Result<()> {
     let mut config = ConsoleConfig::new(&global.database_url, &global.amqp_url, &global.namespace);
     config.bind = args.addr;
-    config.config_file = args.config;
+    if let Some(file) = &args.config {
+        config.webhooks = warren_console::webhooks::load(file)?;
+    }
     config.max_body_bytes = args.max_body_bytes;
     config.secure_cookies = args.secure_cookies;
     let console = within_timeout(

@@ -212,11 +212,17 @@ pub(super) async fn live(
     let watch = params.run.map(|run| state.live.watch(run));
     let task = params.task.filter(|t| !t.is_empty());
     let run = params.run;
+    let stopped = state.live.stopped().clone();
     let stream = futures::stream::unfold((receiver, watch), move |(mut receiver, watch)| {
         let task = task.clone();
+        let stopped = stopped.clone();
         async move {
             loop {
-                match receiver.recv().await {
+                let received = tokio::select! {
+                    () = stopped.cancelled() => return None,
+                    received = receiver.recv() => received,
+                };
+                match received {
                     Ok(Update::Run(change)) => {
                         let wanted = task.as_ref().is_none_or(|t| *t == change.task)
                             && run.is_none_or(|r| r == change.id);
