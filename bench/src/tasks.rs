@@ -74,7 +74,9 @@ pub(crate) fn registry() -> Registry {
         async move {
             let started = Instant::now();
             // What `warren_worker::steps::external` does, timed.
-            let reply = command.call(StepRequest::from_context(&ctx)).await?;
+            let reply = command
+                .call(StepRequest::from_context(&ctx), ctx.logger())
+                .await?;
             reply.apply(&ctx)?;
             Ok(StepOutcome::next(
                 json!({"us": started.elapsed().as_micros() as u64}),
@@ -103,7 +105,9 @@ pub(crate) fn registry() -> Registry {
         let http = Arc::clone(&http);
         async move {
             let started = Instant::now();
-            let reply = http.call(StepRequest::from_context(&ctx)).await?;
+            let reply = http
+                .call(StepRequest::from_context(&ctx), ctx.logger())
+                .await?;
             reply.apply(&ctx)?;
             Ok(StepOutcome::next(
                 json!({"us": started.elapsed().as_micros() as u64}),
