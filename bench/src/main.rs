@@ -110,12 +110,16 @@ pub(crate) struct Args {
     /// High jobs published per second in the priority scenario.
     #[arg(long, default_value_t = 50.0)]
     priority_rate: f64,
+    /// Rounds of the logging scenario: each measures 1-step no-op jobs without, then with, a
+    /// log line per step (default 2; 1 with --quick). The best of each side counts.
+    #[arg(long)]
+    log_rounds: Option<usize>,
     /// Replicas in the scaling scenario.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
     /// The Warren scenarios to run, after the ceiling (comma-separated; `half` needs `noop`,
     /// whose maximum rate it halves).
-    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http", "fan-out", "join", "priority"])]
+    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http", "fan-out", "join", "priority", "logs"])]
     scenarios: Vec<ScenarioKind>,
     /// Also write the results as a Markdown section to this file (appended).
     #[arg(long)]
@@ -143,6 +147,9 @@ enum ScenarioKind {
     Replicas,
     /// 1-step no-op jobs published at half the `noop` rate (open loop).
     Half,
+    /// 1-step no-op jobs without, then with, one `ctx.log` line per step, `--log-rounds`
+    /// times, 1 replica: what storing a log line with each checkpoint costs in throughput.
+    Logs,
     /// I/O-bound jobs at a high concurrency.
     Io,
     /// 1-step command jobs (a tiny program that prints `{}`), after the same program spawned
@@ -409,6 +416,29 @@ async fn run(args: Args) -> Result<()> {
         );
         let throughput = measure(&setup, &full, &mut report).await?;
         report.http_cost(&called, &stepped, &throughput, max.as_ref());
+    }
+
+    if wanted(ScenarioKind::Logs) {
+        let rounds = args.log_rounds.unwrap_or(if quick { 1 } else { 2 }).max(1);
+        let mut pairs = Vec::with_capacity(rounds);
+        for round in 1..=rounds {
+            let plain = single(
+                &format!("1-step no-op, 1 replica (logging baseline, round {round})"),
+                tasks::NOOP,
+                jobs,
+                1,
+            );
+            let plain = measure(&setup, &plain, &mut report).await?;
+            let logged = single(
+                &format!("1-step no-op logging one line, 1 replica (round {round})"),
+                tasks::LOGGED,
+                jobs,
+                1,
+            );
+            let logged = measure(&setup, &logged, &mut report).await?;
+            pairs.push((plain, logged));
+        }
+        report.log_cost(&pairs);
     }
 
     if wanted(ScenarioKind::FanOut) {

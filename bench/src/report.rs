@@ -54,6 +54,9 @@ pub(crate) const JOIN_WAKE_TARGET_MS: f64 = 50.0;
 /// start.
 pub(crate) const PRIORITY_TARGET_MS: f64 = 100.0;
 
+/// Logging one line per step costs less than this share of the throughput (issue 15).
+pub(crate) const LOG_COST_TARGET_PERCENT: f64 = 10.0;
+
 fn met(ok: bool) -> String {
     if ok { "yes" } else { "**no**" }.to_owned()
 }
@@ -311,6 +314,61 @@ impl Report {
         );
         println!("  {line}");
         self.notes.push(line);
+    }
+
+    /// What a log line per step costs: the best throughput with one against the best without,
+    /// over rounds of the two measured one after the other (the machine's noise moves either by
+    /// more than the cost, so each round's ratio is shown too).
+    pub(crate) fn log_cost(&mut self, pairs: &[(Outcome, Outcome)]) {
+        let best = |pick: fn(&(Outcome, Outcome)) -> &Outcome| {
+            pairs
+                .iter()
+                .map(|pair| pick(pair).jobs_per_sec)
+                .fold(0.0, f64::max)
+        };
+        let (plain, logged) = (best(|p| &p.0), best(|p| &p.1));
+        let share = ratio(logged, plain);
+        let cost = 100.0 - share;
+        let rounds: Vec<String> = pairs
+            .iter()
+            .map(|(p, l)| {
+                format!(
+                    "{:.0} against {:.0} ({:.0} %)",
+                    l.jobs_per_sec,
+                    p.jobs_per_sec,
+                    ratio(l.jobs_per_sec, p.jobs_per_sec)
+                )
+            })
+            .collect();
+        let rows = |pick: fn(&(Outcome, Outcome)) -> &Outcome| {
+            pairs.iter().map(|p| pick(p).rows_per_job).sum::<f64>() / pairs.len().max(1) as f64
+        };
+        let commits = |pick: fn(&(Outcome, Outcome)) -> &Outcome| {
+            pairs
+                .iter()
+                .map(|p| pick(p).transactions_per_job)
+                .sum::<f64>()
+                / pairs.len().max(1) as f64
+        };
+        let line = format!(
+            "Logging one line per step (`ctx.log`): best {logged:.0} jobs/s against {plain:.0} \
+             without, {share:.1} % of it, a cost of {cost:.1} % (target: under \
+             {LOG_COST_TARGET_PERCENT:.0} %); by round, logged against plain: {}; Postgres rows \
+             per job {:.2} against {:.2}, transactions per job {:.3} against {:.3}.",
+            rounds.join(", "),
+            rows(|p| &p.1),
+            rows(|p| &p.0),
+            commits(|p| &p.1),
+            commits(|p| &p.0),
+        );
+        println!("  {line}");
+        self.notes.push(line);
+        self.targets.push([
+            "1-step no-op jobs logging one line per step, against none: throughput".to_owned(),
+            format!("{logged:.0} against {plain:.0} jobs/s: {share:.1} %"),
+            format!("cost < {LOG_COST_TARGET_PERCENT:.0} %"),
+            met(cost < LOG_COST_TARGET_PERCENT),
+        ]);
     }
 
     /// The fan-out of one parent: its children's rate against the same number of 1-step jobs

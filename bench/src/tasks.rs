@@ -1,7 +1,7 @@
-//! The benchmark's tasks: no work at all, so that what is measured is Warren itself, 50 ms
-//! of waiting, for I/O-bound jobs, a tiny program run as a command step, against the same
-//! program spawned bare, a parent that fans out to no-op children and joins them, and a no-op
-//! task with priority lanes.
+//! The benchmark's tasks: no work at all (with or without a log line), so that what is
+//! measured is Warren itself, 50 ms of waiting, for I/O-bound jobs, a tiny program run as a
+//! command step, against the same program spawned bare, a parent that fans out to no-op
+//! children and joins them, and a no-op task with priority lanes.
 
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -14,6 +14,9 @@ use warren_worker::{Registry, StepContext, StepError, StepOutcome, Task, code, s
 
 /// One no-op step.
 pub(crate) const NOOP: &str = "bench.noop";
+/// One no-op step that writes one line to its run's log (`ctx.log`): [`NOOP`] plus the cost
+/// of a log line, stored with the checkpoint.
+pub(crate) const LOGGED: &str = "bench.logged";
 /// Three no-op steps, each passing data on.
 pub(crate) const THREE_STEPS: &str = "bench.three";
 /// One step that awaits 50 ms (a call to a slow service).
@@ -53,6 +56,13 @@ pub(crate) fn registry() -> Registry {
         let _ = ctx.input();
         Ok(StepOutcome::next(Value::Null))
     };
+    let logged = |ctx: StepContext<Value>| async move {
+        ctx.log(format!(
+            "attempt {} of run {}: nothing to do",
+            ctx.attempt, ctx.run_id
+        ));
+        Ok(StepOutcome::next(Value::Null))
+    };
     let pass_on = |ctx: StepContext<Value>| async move {
         let seen = ctx.output("one").is_some() as u8 + ctx.output("two").is_some() as u8;
         Ok(StepOutcome::next(json!(seen)))
@@ -74,7 +84,9 @@ pub(crate) fn registry() -> Registry {
         async move {
             let started = Instant::now();
             // What `warren_worker::steps::external` does, timed.
-            let reply = command.call(StepRequest::from_context(&ctx)).await?;
+            let reply = command
+                .call(StepRequest::from_context(&ctx), ctx.logger())
+                .await?;
             reply.apply(&ctx)?;
             Ok(StepOutcome::next(
                 json!({"us": started.elapsed().as_micros() as u64}),
@@ -103,7 +115,9 @@ pub(crate) fn registry() -> Registry {
         let http = Arc::clone(&http);
         async move {
             let started = Instant::now();
-            let reply = http.call(StepRequest::from_context(&ctx)).await?;
+            let reply = http
+                .call(StepRequest::from_context(&ctx), ctx.logger())
+                .await?;
             reply.apply(&ctx)?;
             Ok(StepOutcome::next(
                 json!({"us": started.elapsed().as_micros() as u64}),
@@ -158,6 +172,7 @@ pub(crate) fn registry() -> Registry {
     };
     Registry::new()
         .register(Task::<Value>::new(NOOP).step(step("noop", noop)))
+        .register(Task::<Value>::new(LOGGED).step(step("noop", logged)))
         .register(
             Task::<Value>::new(LANES)
                 .priority_lanes()

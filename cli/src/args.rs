@@ -197,6 +197,11 @@ pub(crate) struct WorkerArgs {
     /// replica at a time, every 10 minutes); "off" keeps everything.
     #[arg(long, env = "WARREN_RETENTION", default_value = "30d", value_parser = crate::commands::prune::parse_retention)]
     pub(crate) retention: crate::commands::prune::Retention,
+    /// Log lines each run keeps (what steps write with ctx.log, an HTTP step's `logs`, a
+    /// command step's standard error); beyond it the oldest are dropped and counted. 0 keeps
+    /// none.
+    #[arg(long, env = "WARREN_MAX_LOG_LINES", default_value_t = warren_shared::store::logs::DEFAULT_MAX_LINES as u32, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub(crate) max_log_lines: u32,
     /// Attempts per run, for tasks without their own retry policy (1 = never retry): with the
     /// four options after it, the fleet-wide default retry policy.
     #[arg(long, env = "WARREN_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]

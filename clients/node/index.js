@@ -15,21 +15,23 @@ const DEFAULT_TOLERANCE_SECONDS = 300;
 /** The largest request body read by `handle`, unless told otherwise. */
 const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
 /** The keys of a reply object (anything else returned is the step's output). */
-const REPLY_KEYS = new Set(['output', 'stage', 'halt', 'waitSeconds', 'emit']);
+const REPLY_KEYS = new Set(['output', 'stage', 'halt', 'waitSeconds', 'emit', 'logs']);
 
 /**
  * A step failure with a code and whether a retry can help. Throw it from a handler:
- * `throw new StepError('invalid_input', 'no url', { retryable: false })`.
+ * `throw new StepError('invalid_input', 'no url', { retryable: false })`; `logs` (an array of
+ * strings) go to the run's log with the failure.
  * Other thrown errors are retryable, with their `code` and `retryable` properties if they
  * have them.
  */
 class StepError extends Error {
-  constructor(code, message, { retryable = true, retryAfterSeconds } = {}) {
+  constructor(code, message, { retryable = true, retryAfterSeconds, logs } = {}) {
     super(message);
     this.name = 'StepError';
     this.code = code;
     this.retryable = retryable;
     this.retryAfterSeconds = retryAfterSeconds;
+    this.logs = logs;
   }
 }
 
@@ -93,7 +95,7 @@ function isReply(value) {
 /**
  * The answer for what a handler returned: `{ status, headers, body }` with a JSON body.
  * A plain value is the step's output; an object with an `output` key and only the keys
- * `output`, `stage`, `halt`, `waitSeconds`, `emit` is a reply (to return such an object as
+ * `output`, `stage`, `halt`, `waitSeconds`, `emit`, `logs` is a reply (to return such an object as
  * an output, return `{ output: it }`).
  */
 function replyResponse(value) {
@@ -107,6 +109,7 @@ function replyResponse(value) {
   if (reply.emit !== undefined && reply.emit !== null) {
     body.emit = reply.emit.map(({ event, payload }) => ({ event, payload: payload === undefined ? {} : payload }));
   }
+  if (reply.logs !== undefined && reply.logs !== null) body.logs = reply.logs.map(String);
   return json(200, body);
 }
 
@@ -115,7 +118,9 @@ function errorResponse(error) {
   const code = typeof error?.code === 'string' && error.code.length > 0 ? error.code : 'handler_error';
   const message = typeof error?.message === 'string' ? error.message : String(error);
   const retryable = typeof error?.retryable === 'boolean' ? error.retryable : true;
-  const response = json(retryable ? 500 : 422, { error: { code, message, retryable } });
+  const body = { error: { code, message, retryable } };
+  if (Array.isArray(error?.logs)) body.logs = error.logs.map(String);
+  const response = json(retryable ? 500 : 422, body);
   const after = error?.retryAfterSeconds;
   if (retryable && Number.isFinite(after) && after >= 0) response.headers['retry-after'] = String(Math.ceil(after));
   return response;

@@ -37,22 +37,24 @@ __all__ = [
 DEFAULT_TOLERANCE_SECONDS = 300
 #: The largest request body read by the server, unless told otherwise.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-_REPLY_KEYS = {"output", "stage", "halt", "wait_seconds", "emit"}
+_REPLY_KEYS = {"output", "stage", "halt", "wait_seconds", "emit", "logs"}
 #: The priorities a message may carry in its ``warren-priority`` header.
 PRIORITIES = ("high", "normal", "low")
 
 
 class StepError(Exception):
     """A step failure with a code and whether a retry can help. Raise it from a handler:
-    ``raise StepError("invalid_input", "no url", retryable=False)``. Other exceptions are
-    retryable, with their ``code`` and ``retryable`` attributes if they have them."""
+    ``raise StepError("invalid_input", "no url", retryable=False)``; ``logs`` (a list of
+    strings) go to the run's log with the failure. Other exceptions are retryable, with their
+    ``code`` and ``retryable`` attributes if they have them."""
 
-    def __init__(self, code, message, retryable=True, retry_after_seconds=None):
+    def __init__(self, code, message, retryable=True, retry_after_seconds=None, logs=None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
         self.retry_after_seconds = retry_after_seconds
+        self.logs = logs
 
 
 def _bytes(value):
@@ -130,6 +132,8 @@ def _reply(value):
         body["wait_seconds"] = max(0, math.ceil(float(reply["wait_seconds"])))
     if reply.get("emit") is not None:
         body["emit"] = [{"event": e["event"], "payload": e.get("payload", {})} for e in reply["emit"]]
+    if reply.get("logs") is not None:
+        body["logs"] = [str(line) for line in reply["logs"]]
     return _json(200, body)
 
 
@@ -145,6 +149,9 @@ def _error(error):
     if retryable and isinstance(after, (int, float)) and after >= 0:
         headers["Retry-After"] = str(math.ceil(after))
     body = {"error": {"code": code, "message": message, "retryable": retryable}}
+    logs = getattr(error, "logs", None)
+    if isinstance(logs, (list, tuple)):
+        body["logs"] = [str(line) for line in logs]
     return _json(500 if retryable else 422, body, headers)
 
 
@@ -152,7 +159,7 @@ def respond(handler, request):
     """Runs ``handler(request)`` (``request`` is the parsed step request: ``run``, ``step``,
     ``input``, ``outputs``) and gives the answer ``(status, headers, body bytes)``. A plain
     return value is the step's output; a dict with an ``output`` key and only the keys
-    ``output``, ``stage``, ``halt``, ``wait_seconds``, ``emit`` is a reply (to return such a dict
+    ``output``, ``stage``, ``halt``, ``wait_seconds``, ``emit``, ``logs`` is a reply (to return such a dict
     as an output, return ``{"output": it}``). An exception becomes an error answer; this never
     raises."""
     try:

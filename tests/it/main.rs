@@ -36,6 +36,7 @@ mod producer;
 mod rate_limits;
 mod replicas;
 mod retention;
+mod run_logs;
 mod schedules;
 mod schema;
 mod settle;

@@ -15,6 +15,7 @@ use crate::concurrency_key::ConcurrencyKey;
 use crate::dead_letter::{self, DeadLetter};
 use crate::rate_limit::RateLimit;
 use crate::run_locks::RunLocks;
+use crate::run_log::StepLines;
 use crate::settle::Pending;
 use crate::state_writer::{StateWriter, WriteError};
 use crate::step::{ErrorClass, Outbox, RunInfo, StepError, StepOutcome, code};
@@ -121,6 +122,8 @@ pub(crate) struct Executor {
     pub(crate) directory: Arc<Directory>,
     /// The runs executing here, to stop the steps of those someone cancels.
     pub(crate) cancellations: Arc<Cancellations>,
+    /// The most log lines a run keeps (0: none).
+    pub(crate) max_log_lines: usize,
 }
 
 impl Executor {
@@ -400,7 +403,7 @@ impl Executor {
             let step_started = Instant::now();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let limit = info.timeout.map_or(left, |t| t.min(left));
-            let outbox = Outbox::cancelled_by(cancel.clone());
+            let outbox = Outbox::cancelled_by(cancel.clone(), self.max_log_lines);
             let step_span = tracing::info_span!("step", step = %info.name, index);
             let future = self.task.run_step(
                 index,
@@ -427,7 +430,10 @@ impl Executor {
                 }
                 let error = StepError::retryable("interrupted", "the step was interrupted");
                 let step = (info.name.clone(), i32::try_from(index).unwrap_or(i32::MAX));
-                return self.fail(delivery, attempt, step, started_at, error).await;
+                let logs = outbox.take_logs();
+                return self
+                    .fail(delivery, attempt, step, started_at, error, logs)
+                    .await;
             };
             let mut result = match finished {
                 Ok(Ok(result)) => result,
@@ -450,6 +456,7 @@ impl Executor {
                 },
                 Err(_) => Vec::new(),
             };
+            let logs = outbox.take_logs();
             self.metrics
                 .step(index, result.is_ok(), step_started.elapsed());
             let position = i32::try_from(index).unwrap_or(i32::MAX);
@@ -486,7 +493,7 @@ impl Executor {
                             attempt,
                             (info, position),
                             children,
-                            emitted,
+                            (emitted, logs.clone()),
                             &step_span,
                         )
                         .await?;
@@ -494,13 +501,17 @@ impl Executor {
                         Ok(()) => return Ok(()),
                         Err(error) => {
                             let step = (info.name.clone(), position);
-                            return self.fail(delivery, attempt, step, started_at, error).await;
+                            return self
+                                .fail(delivery, attempt, step, started_at, error, logs)
+                                .await;
                         }
                     }
                 }
                 Err(error) => {
                     let step = (info.name.clone(), position);
-                    return self.fail(delivery, attempt, step, started_at, error).await;
+                    return self
+                        .fail(delivery, attempt, step, started_at, error, logs)
+                        .await;
                 }
             };
             let goes_on = matches!(end, End::Continue);
@@ -520,6 +531,7 @@ impl Executor {
                 end,
                 emitted,
                 joined: false,
+                logs: logs.clone(),
             };
             let sends = !write.emitted.is_empty() || (!goes_on && run.parent.is_some());
             match self.writer.write(write).await {
@@ -539,7 +551,9 @@ impl Executor {
                         ),
                     );
                     let step = (info.name.clone(), position);
-                    return self.fail(delivery, attempt, step, started_at, error).await;
+                    return self
+                        .fail(delivery, attempt, step, started_at, error, logs)
+                        .await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -612,7 +626,7 @@ impl Executor {
         attempt: &Attempt<'_>,
         (info, position): (&StepInfo, i32),
         requested: children::Children,
-        emitted: Vec<outbox::Message>,
+        (emitted, logs): (Vec<outbox::Message>, Option<Arc<StepLines>>),
         span: &tracing::Span,
     ) -> Result<Result<(), StepError>, Requeue> {
         let run = attempt.run;
@@ -675,6 +689,7 @@ impl Executor {
             wake,
             wake_token,
             emitted,
+            logs,
         };
         match self.writer.write(write).await {
             Ok(_) => {}
@@ -723,7 +738,7 @@ impl Executor {
                 ),
             );
             let step = (joined.step.clone(), joined.position);
-            self.fail(delivery, attempt, step, joined.started_at, error)
+            self.fail(delivery, attempt, step, joined.started_at, error, None)
                 .await?;
             return Ok(None);
         };
@@ -739,6 +754,7 @@ impl Executor {
             end: if last { End::Succeed } else { End::Continue },
             emitted: Vec::new(),
             joined: true,
+            logs: None,
         };
         match self.writer.write(write).await {
             Ok(()) => {}
@@ -757,7 +773,7 @@ impl Executor {
     }
 
     /// A step failed: retry later while the budget lasts and the error is worth it, otherwise
-    /// dead-letter the message and mark the run dead.
+    /// dead-letter the message and mark the run dead. What the step logged is kept either way.
     async fn fail(
         &self,
         delivery: &Delivery,
@@ -765,6 +781,7 @@ impl Executor {
         step: (String, i32),
         started_at: DateTime<Utc>,
         error: StepError,
+        logs: Option<Arc<StepLines>>,
     ) -> Result<(), Requeue> {
         let run = attempt.run;
         let attempt_base = attempt.attempt_base;
@@ -817,6 +834,7 @@ impl Executor {
             message: error.message.clone(),
             step: Some(step),
             step_started_at: Some(started_at),
+            logs,
         };
         match self.writer.write(write).await {
             Ok(()) => {}

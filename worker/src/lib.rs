@@ -33,6 +33,7 @@
 //! * `execute`: one delivery from bytes to ack.
 //! * `budget`: the memory message bodies may take (prefetch × size limit), capped and stated.
 //! * `state_writer` and `writes`: group commit of run state to Postgres.
+//! * [`run_log`]: the lines steps write to their run's log, stored with their checkpoints.
 //! * `dead_letter`: the dead-letter format.
 //! * `run_locks`: one delivery per run at a time inside a replica.
 //! * `fleet`: the replica's registration (one incarnation per start) and heartbeat in Postgres.
@@ -48,6 +49,7 @@ pub mod demo;
 pub mod dlq;
 pub mod rate_limit;
 pub mod retention;
+pub mod run_log;
 pub mod runtime;
 pub mod schedule;
 pub mod settle;
@@ -72,6 +74,7 @@ mod task_metrics;
 mod writes;
 
 pub use budget::DEFAULT_MESSAGE_BUDGET_BYTES;
+pub use run_log::StepLog;
 pub use runtime::{RunningWorker, Worker, WorkerConfig, WorkerError};
 pub use state_writer::WRITE_TIMEOUT;
 pub use step::{

@@ -66,6 +66,7 @@ pub(crate) async fn run(pool: Pool, policy: Policy, every: Duration, stop: Cance
                 runs = report.runs,
                 steps = report.steps,
                 transitions = report.transitions,
+                log_lines = report.log_lines,
                 idempotency_keys = report.idempotency_keys,
                 replicas = report.replicas,
                 schedule_fires = report.schedule_fires,

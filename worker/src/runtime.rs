@@ -72,6 +72,9 @@ pub struct WorkerConfig {
     pub retention: Option<Duration>,
     /// How often the replica offers to prune.
     pub prune_every: Duration,
+    /// The most log lines a run keeps (`StepContext::log`, an HTTP step's `logs`, a command
+    /// step's standard error); the oldest are dropped, and counted, beyond it. 0 keeps none.
+    pub max_log_lines: usize,
 }
 
 impl WorkerConfig {
@@ -99,6 +102,7 @@ impl WorkerConfig {
             http_addr: None,
             retention: Some(crate::retention::DEFAULT_RETENTION),
             prune_every: crate::retention::DEFAULT_PRUNE_EVERY,
+            max_log_lines: warren_shared::store::logs::DEFAULT_MAX_LINES,
         }
     }
 }
@@ -574,6 +578,7 @@ async fn attach(
             relay: shared.relay.clone(),
             directory: Arc::clone(&shared.directory),
             cancellations: Arc::clone(&shared.cancellations),
+            max_log_lines: config.max_log_lines,
         });
         consumers.push(tokio::spawn(consume(
             lanes,

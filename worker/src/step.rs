@@ -79,7 +79,8 @@ pub(crate) struct Emitted {
 /// It also carries the stage a step names at run time ([`StepContext::set_stage`]), which
 /// replaces the stage its definition names.
 ///
-/// And it carries the run's cancellation: [`StepContext::cancelled`].
+/// And it carries the run's cancellation: [`StepContext::cancelled`], and the lines the step
+/// writes to its run's log ([`StepContext::log`]), stored with its checkpoint or failure.
 #[derive(Debug, Clone, Default)]
 pub struct Outbox {
     effects: Arc<std::sync::Mutex<Effects>>,
@@ -91,13 +92,21 @@ pub struct Outbox {
 struct Effects {
     emitted: Vec<Emitted>,
     stage: Option<String>,
+    logs: crate::run_log::Lines,
 }
 
 impl Outbox {
-    /// The effects of a step of a run that `cancel` cancels.
-    pub(crate) fn cancelled_by(cancel: tokio_util::sync::CancellationToken) -> Self {
+    /// The effects of a step of a run that `cancel` cancels, keeping at most `log_lines` of
+    /// the lines it logs.
+    pub(crate) fn cancelled_by(
+        cancel: tokio_util::sync::CancellationToken,
+        log_lines: usize,
+    ) -> Self {
         Outbox {
-            effects: Arc::default(),
+            effects: Arc::new(std::sync::Mutex::new(Effects {
+                logs: crate::run_log::Lines::bounded(log_lines),
+                ..Effects::default()
+            })),
             cancel,
         }
     }
@@ -117,6 +126,15 @@ impl Outbox {
 
     fn push(&self, emitted: Emitted) {
         self.effects().emitted.push(emitted);
+    }
+
+    pub(crate) fn log(&self, line: String) {
+        self.effects().logs.push(line);
+    }
+
+    /// The lines the step logged so far, to store; `None` when it logged none.
+    pub(crate) fn take_logs(&self) -> Option<Arc<crate::run_log::StepLines>> {
+        self.effects().logs.take()
     }
 }
 
@@ -154,6 +172,20 @@ impl<I> StepContext<I> {
     /// of its own, or holds something to clean up, watches this token to stop it.
     pub fn cancelled(&self) -> tokio_util::sync::CancellationToken {
         self.outbox.cancel.clone()
+    }
+
+    /// Writes `line` to the run's log, attributed to this step and attempt: stored with the
+    /// step's checkpoint (or its failure, so the lines of a failing step are there to read), in
+    /// the same commit, and shown by `warren runs show`. A run keeps its newest lines (1,000 by
+    /// default, `--max-log-lines`); a line longer than 4 KiB is cut, with a marker.
+    pub fn log(&self, line: impl Into<String>) {
+        self.outbox.log(line.into());
+    }
+
+    /// A handle on this step's log, for code that runs for the step without its context (a
+    /// task it spawned, an external step): see [`crate::run_log::StepLog`].
+    pub fn logger(&self) -> crate::run_log::StepLog {
+        crate::run_log::StepLog::of(&self.outbox)
     }
 
     /// Every earlier step's output, by step name.

@@ -1,6 +1,7 @@
 //! The state writes a run makes, as values the group-commit writer can batch. Each one owns its
 //! data and calls one function of `warren_shared::store`, where the SQL lives.
 
+use crate::run_log::StepLines;
 use crate::state_writer::Write;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -125,8 +126,8 @@ pub(crate) enum Batchable<'a> {
 
 /// Records a group commit's claims and completed steps in the set-based forms, the statements
 /// pipelined: new runs' claims, child runs' claims (their parent created them `queued`), the
-/// completed steps, and the ends of the child runs those steps finished, counted in their
-/// parents' joins. Returns, for each claim, whether it started its run (the others need the
+/// completed steps, the lines those steps logged (no statement when none did), and the ends of
+/// the child runs those steps finished, counted in their parents' joins. Returns, for each claim, whether it started its run (the others need the
 /// full claim).
 pub(crate) async fn apply_batched(
     tx: &Transaction<'_>,
@@ -148,6 +149,8 @@ pub(crate) async fn apply_batched(
         .filter(|step| step.ends_run() && step.run.parent.is_some())
         .map(|step| step.run.id)
         .collect();
+    let logged: Vec<store::logs::NewLines<'_>> =
+        steps.iter().filter_map(|step| step.new_lines()).collect();
     let start = async {
         if runs.is_empty() {
             Ok(Vec::new())
@@ -169,13 +172,20 @@ pub(crate) async fn apply_batched(
             store::complete_steps(tx, &parts).await
         }
     };
+    let log = async {
+        if logged.is_empty() {
+            Ok(())
+        } else {
+            store::logs::append(tx, &logged).await
+        }
+    };
     // Last, so that the joins' rows are locked as briefly as the batch allows.
     let count_ends = async {
         children::children_ended(tx, &ended).await?;
         Ok(())
     };
-    let (inserted, started, (), ()) =
-        futures::try_join!(start, start_children, complete, count_ends)?;
+    let (inserted, started, (), (), ()) =
+        futures::try_join!(start, start_children, complete, log, count_ends)?;
     let (mut inserted, mut started) = (inserted.into_iter(), started.into_iter());
     Ok(claims
         .iter()
@@ -213,9 +223,17 @@ pub(crate) struct CompleteStep {
     pub(crate) emitted: Vec<outbox::Message>,
     /// The step is a join whose outcome this checkpoint records: the join closes with it.
     pub(crate) joined: bool,
+    /// The lines the step logged, if any.
+    pub(crate) logs: Option<Arc<StepLines>>,
 }
 
 impl CompleteStep {
+    /// The store's view of the lines the step logged, if it logged any.
+    fn new_lines(&self) -> Option<store::logs::NewLines<'_>> {
+        let logs = self.logs.as_deref()?;
+        Some(logs.new_lines(self.run.id, &self.step, self.run.attempt))
+    }
+
     /// Whether the run ends with this step.
     fn ends_run(&self) -> bool {
         matches!(self.end, End::Succeed | End::Halt(_))
@@ -262,6 +280,9 @@ impl Write for CompleteStep {
             let reason = self.reason();
             let (done, change) = self.parts(&reason);
             store::complete_step(tx, &done, &change).await?;
+            if let Some(lines) = self.new_lines() {
+                store::logs::append(tx, &[lines]).await?;
+            }
             if self.joined {
                 children::close_join(tx, self.run.id).await?;
             }
@@ -298,6 +319,8 @@ pub(crate) struct FailRun {
     pub(crate) message: String,
     pub(crate) step: Option<(String, i32)>,
     pub(crate) step_started_at: Option<DateTime<Utc>>,
+    /// The lines the failing step logged, if any: kept, for whoever reads why it failed.
+    pub(crate) logs: Option<Arc<StepLines>>,
 }
 
 impl Write for FailRun {
@@ -319,6 +342,10 @@ impl Write for FailRun {
                 step_started_at: self.step_started_at,
             };
             store::fail_run(tx, self.run.id, self.after, &failure, &change).await?;
+            if let (Some(logs), Some((step, _))) = (&self.logs, &self.step) {
+                let lines = logs.new_lines(self.run.id, step, self.run.attempt);
+                store::logs::append(tx, &[lines]).await?;
+            }
             if matches!(self.after, AfterFailure::Dead) {
                 // A run that dies while waiting for children (its wake-up found its pipeline
                 // changed) starts no more of them.
@@ -349,6 +376,8 @@ pub(crate) struct StartJoin {
     pub(crate) wake_token: String,
     /// Events the step emitted besides.
     pub(crate) emitted: Vec<outbox::Message>,
+    /// The lines the step logged, if any.
+    pub(crate) logs: Option<Arc<StepLines>>,
 }
 
 impl Write for StartJoin {
@@ -383,6 +412,10 @@ impl Write for StartJoin {
             };
             let started = children::start_join(tx, &join, &change).await?;
             outbox::insert(tx, &self.emitted, None).await?;
+            if let Some(logs) = &self.logs {
+                let lines = logs.new_lines(self.run.id, &self.step, self.run.attempt);
+                store::logs::append(tx, &[lines]).await?;
+            }
             Ok(started)
         })
     }

@@ -1,4 +1,4 @@
-//! `warren prune`: deletes finished runs (with their steps and transitions), expired
+//! `warren prune`: deletes finished runs (with their steps, transitions and logs), expired
 //! idempotency keys and gone replicas older than a cutoff, in short batches that leave the
 //! fleet running. Also the `--retention` value of `warren worker`, which schedules the same.
 
@@ -41,11 +41,12 @@ pub(crate) async fn run(global: &Global, args: PruneArgs) -> anyhow::Result<()> 
         return print_json(&report);
     }
     println!(
-        "pruned {} run(s) ({} step(s), {} transition(s)), {} idempotency key(s), {} \
-         replica(s) and {} schedule fire record(s) older than {} in {:.1} s",
+        "pruned {} run(s) ({} step(s), {} transition(s), {} log line(s)), {} idempotency \
+         key(s), {} replica(s) and {} schedule fire record(s) older than {} in {:.1} s",
         report.runs,
         report.steps,
         report.transitions,
+        report.log_lines,
         report.idempotency_keys,
         report.replicas,
         report.schedule_fires,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use uuid::Uuid;
 use warren_shared::store::cancel::{Cancelled, Retried};
+use warren_shared::store::logs::{self, RunLogs};
 use warren_shared::store::{self, RunDetail, RunFilter, RunSummary, children, outbox};
 use warren_worker::{Registry, control};
 
@@ -78,10 +79,12 @@ pub(crate) async fn run(
             for run in runs {
                 let family = children::family(&client, run.summary.id).await?;
                 let unsent = outbox::unsent_for_run(&client, run.summary.id).await?;
+                let logs = logs::run_logs(&client, run.summary.id).await?;
                 shown.push(Shown {
                     run,
                     family,
                     unsent,
+                    logs,
                 });
             }
             if json {
@@ -96,6 +99,7 @@ pub(crate) async fn run(
                     println!();
                 }
                 print_run(&run.run);
+                print_logs(&run.logs);
                 print_family(&run.family, &run.unsent);
             }
         }
@@ -160,6 +164,39 @@ struct Shown {
     run: RunDetail,
     family: children::Family,
     unsent: Vec<outbox::Unsent>,
+    logs: RunLogs,
+}
+
+/// The lines the run's steps logged, one per line as written (not in a table: a line is
+/// copied, searched, and may be long), after how many older ones were dropped.
+fn print_logs(logs: &RunLogs) {
+    if logs.lines.is_empty() && logs.dropped == 0 {
+        return;
+    }
+    println!("\nlogs");
+    if logs.dropped > 0 {
+        println!(
+            "({} older line(s) dropped: a run keeps its newest)",
+            logs.dropped
+        );
+    }
+    let width = logs
+        .lines
+        .iter()
+        .map(|l| l.step.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("STEP".len());
+    println!("{:23}  {:width$}  ATTEMPT  LINE", "AT (UTC)", "STEP");
+    for line in &logs.lines {
+        println!(
+            "{}  {:width$}  {:<7}  {}",
+            time(line.at),
+            line.step,
+            line.attempt,
+            line.line
+        );
+    }
 }
 
 fn print_family(family: &children::Family, unsent: &[outbox::Unsent]) {

@@ -61,6 +61,7 @@ pub(crate) async fn run(
         Http::Default => Some(DEFAULT_HTTP_ADDR),
     };
     config.retention = args.retention.0;
+    config.max_log_lines = args.max_log_lines as usize;
 
     // Listen before starting: a replica told to stop while it starts up exits cleanly too.
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;

@@ -72,6 +72,18 @@ test('a returned reply sets the stage, a halt, a wait and events', async () => {
   });
 });
 
+test('a reply or a StepError may carry lines for the run\'s log', async () => {
+  const answer = await wrap(async () => ({ output: 1, logs: ['fetched', 42] }))({});
+  assert.deepEqual(JSON.parse(answer.body), { output: 1, logs: ['fetched', '42'] });
+  const failed = await wrap(async () => {
+    throw new StepError('bad_clip', 'no audio', { retryable: false, logs: ['probed'] });
+  })({});
+  assert.deepEqual(JSON.parse(failed.body), {
+    error: { code: 'bad_clip', message: 'no audio', retryable: false },
+    logs: ['probed'],
+  });
+});
+
 test('an output that looks like a reply is returned wrapped in { output }', async () => {
   const answer = await wrap(async () => ({ output: { output: 1, stage: 'x' } }))({});
   assert.deepEqual(JSON.parse(answer.body), { output: { output: 1, stage: 'x' } });

@@ -80,6 +80,18 @@ class Answers(unittest.TestCase):
             dict(reply, wait_seconds=3),
         )
 
+    def test_a_reply_or_a_step_error_may_carry_lines_for_the_runs_log(self):
+        answer = respond(lambda request: {"output": 1, "logs": ["fetched", 42]}, {})
+        self.assertEqual(body_of(answer), {"output": 1, "logs": ["fetched", "42"]})
+
+        def failing(request):
+            raise StepError("bad_clip", "no audio", retryable=False, logs=["probed"])
+
+        self.assertEqual(
+            body_of(respond(failing, {})),
+            {"error": {"code": "bad_clip", "message": "no audio", "retryable": False}, "logs": ["probed"]},
+        )
+
     def test_an_output_that_looks_like_a_reply_is_returned_wrapped_in_output(self):
         answer = respond(lambda request: {"output": {"output": 1, "stage": "x"}}, {})
         self.assertEqual(body_of(answer), {"output": {"output": 1, "stage": "x"}})

@@ -29,6 +29,7 @@ pub mod cancel;
 pub mod children;
 mod claim;
 pub mod concurrency;
+pub mod logs;
 pub mod outbox;
 pub mod rate_limits;
 mod replicas;

@@ -3,8 +3,8 @@
 //!
 //! What goes, once older than the cutoff:
 //! * finished runs (`succeeded`, `halted`, `dead`: [`RunStatus::is_terminal`]) that were
-//!   created and finished before it, with their steps and transitions (deleted by `run_id`:
-//!   there are no foreign keys to cascade since V6). Runs still `queued`, `running`,
+//!   created and finished before it, with their steps, transitions and log lines (deleted by
+//!   `run_id`: there are no foreign keys to cascade since V6). Runs still `queued`, `running`,
 //!   `retrying` or `waiting` are never touched, however old;
 //! * idempotency keys reserved before it;
 //! * replica incarnations that stopped, or last heartbeated, before it.
@@ -13,8 +13,8 @@
 //! finished runs it deletes (`FOR UPDATE SKIP LOCKED`, so a run an operator is replaying right
 //! now is skipped rather than waited for), never a live run. No index is added to the tables the
 //! hot path writes: candidates are found through `runs_created_idx` (a run finishes after it is
-//! created, so `created_at` before the cutoff is a precondition), and steps and transitions
-//! through their primary keys, which lead with `run_id`.
+//! created, so `created_at` before the cutoff is a precondition), and steps, transitions and
+//! log lines through their primary keys, which lead with `run_id`.
 
 use super::StoreError;
 use crate::state::RunStatus;
@@ -49,6 +49,9 @@ pub const DELETE_STEPS_SQL: &str = "DELETE FROM run_steps WHERE run_id = ANY($1)
 
 /// Deletes the transitions of the runs `$1`.
 pub const DELETE_TRANSITIONS_SQL: &str = "DELETE FROM run_transitions WHERE run_id = ANY($1)";
+
+/// Deletes the log lines of the runs `$1`.
+pub const DELETE_LOGS_SQL: &str = "DELETE FROM run_logs WHERE run_id = ANY($1)";
 
 /// Deletes the runs `$1`.
 pub const DELETE_RUNS_SQL: &str = "DELETE FROM runs WHERE id = ANY($1)";
@@ -102,6 +105,8 @@ pub struct PruneReport {
     pub steps: u64,
     /// Their transitions.
     pub transitions: u64,
+    /// Their log lines.
+    pub log_lines: u64,
     /// Idempotency keys.
     pub idempotency_keys: u64,
     /// Replica incarnations.
@@ -118,6 +123,7 @@ impl PruneReport {
         self.runs
             + self.steps
             + self.transitions
+            + self.log_lines
             + self.idempotency_keys
             + self.replicas
             + self.schedule_fires
@@ -133,6 +139,8 @@ pub struct RunBatch {
     pub steps: u64,
     /// Their transitions.
     pub transitions: u64,
+    /// Their log lines.
+    pub log_lines: u64,
     /// The newest `created_at` among them: the next batch starts there.
     pub last_created: Option<DateTime<Utc>>,
 }
@@ -167,6 +175,7 @@ pub async fn prune(
         report.runs += batch.runs;
         report.steps += batch.steps;
         report.transitions += batch.transitions;
+        report.log_lines += batch.log_lines;
         if batch.runs < u64::try_from(policy.batch).unwrap_or(0) {
             break;
         }
@@ -202,8 +211,8 @@ pub async fn prune(
 }
 
 /// Deletes up to `limit` finished runs created and finished before `before` (and created at or
-/// after `from`, where the previous batch ended), oldest first, with their steps and
-/// transitions, in one transaction. Runs another transaction holds locked are skipped.
+/// after `from`, where the previous batch ended), oldest first, with their steps, transitions
+/// and log lines, in one transaction. Runs another transaction holds locked are skipped.
 pub async fn prune_runs_batch(
     client: &mut impl GenericClient,
     before: DateTime<Utc>,
@@ -237,11 +246,13 @@ pub async fn delete_runs(
     }
     let steps = tx.execute(DELETE_STEPS_SQL, &[&ids]).await?;
     let transitions = tx.execute(DELETE_TRANSITIONS_SQL, &[&ids]).await?;
+    let log_lines = tx.execute(DELETE_LOGS_SQL, &[&ids]).await?;
     let runs = tx.execute(DELETE_RUNS_SQL, &[&ids]).await?;
     Ok(RunBatch {
         runs,
         steps,
         transitions,
+        log_lines,
         last_created,
     })
 }

@@ -24,7 +24,8 @@ pub(super) fn handler(
     timeout: Duration,
 ) -> impl Fn(FailedRun) -> BoxFuture<'static, ()> + Send + Sync + 'static {
     move |run: FailedRun| {
-        let call = step.call(request(&run));
+        // The run is dead and its log closed: what the handler says goes nowhere.
+        let call = step.call(request(&run), crate::run_log::StepLog::discard());
         Box::pin(async move {
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(_)) => {
@@ -82,7 +83,11 @@ mod tests {
     }
 
     impl ExternalStep for Recorder {
-        fn call(&self, request: StepRequest) -> BoxFuture<'static, Result<StepReply, StepError>> {
+        fn call(
+            &self,
+            request: StepRequest,
+            _log: crate::run_log::StepLog,
+        ) -> BoxFuture<'static, Result<StepReply, StepError>> {
             self.seen.lock().unwrap().push(request);
             let (answer, delay) = (self.answer.clone(), self.delay);
             Box::pin(async move {

@@ -713,6 +713,7 @@ impl ExternalStep for Unbuilt {
     fn call(
         &self,
         _request: crate::steps::StepRequest,
+        _log: crate::run_log::StepLog,
     ) -> futures::future::BoxFuture<'static, Result<crate::steps::StepReply, crate::StepError>>
     {
         Box::pin(async {

@@ -8,7 +8,8 @@
 //! - the exit code `retry_exit_code` (75, `EX_TEMPFAIL`, unless configured) fails the step so
 //!   that it is retried; any other exit code, or death by a signal, fails it for good;
 //! - a failure's code and message are those of a JSON object `{"code", "message"}` on the last
-//!   line of standard error, else `exit_N` and the last lines of standard error.
+//!   line of standard error, else `exit_N` and the last lines of standard error;
+//! - each line of standard error, whatever the outcome, is a line of the run's log.
 //!
 //! What a program can never do to the worker: grow its memory (standard output past
 //! `max_output_bytes` stops the program and fails the step as `output_too_large`; of standard
@@ -23,6 +24,7 @@ mod pipes;
 mod process_group;
 
 use super::{ExternalStep, StepConfigError, StepReply, StepRequest};
+use crate::run_log::StepLog;
 use crate::step::StepError;
 use futures::future::BoxFuture;
 use nix::errno::Errno;
@@ -162,9 +164,13 @@ impl CommandStep {
 }
 
 impl ExternalStep for CommandStep {
-    fn call(&self, request: StepRequest) -> BoxFuture<'static, Result<StepReply, StepError>> {
+    fn call(
+        &self,
+        request: StepRequest,
+        log: StepLog,
+    ) -> BoxFuture<'static, Result<StepReply, StepError>> {
         let spec = Arc::clone(&self.spec);
-        Box::pin(async move { spec.execute(&request).await })
+        Box::pin(async move { spec.execute(&request, &log).await })
     }
 }
 
@@ -180,9 +186,10 @@ fn resolve(program: &str, base: &Path) -> PathBuf {
 }
 
 impl Spec {
-    /// Runs the program once for `request`. Dropping the future kills the program's whole
-    /// process group and removes its working directory (see [`RunningGroup`]).
-    async fn execute(&self, request: &StepRequest) -> Result<StepReply, StepError> {
+    /// Runs the program once for `request`, each line of its standard error to `log`.
+    /// Dropping the future kills the program's whole process group and removes its working
+    /// directory (see [`RunningGroup`]).
+    async fn execute(&self, request: &StepRequest, log: &StepLog) -> Result<StepReply, StepError> {
         let body = serde_json::to_vec(request).map_err(|e| {
             StepError::fatal(
                 "invalid_request",
@@ -241,7 +248,7 @@ impl Spec {
             feed,
             exited,
             read_stdout,
-            pipes::read_tail(stderr, STDERR_TAIL),
+            pipes::read_tail(stderr, STDERR_TAIL, |line| log.line(line)),
         );
         drop(group);
         let stdout = match stdout {
@@ -408,9 +415,12 @@ mod tests {
 
     async fn run(config: CommandStepConfig) -> Result<StepReply, StepError> {
         let step = CommandStep::new(config).unwrap();
-        tokio::time::timeout(Duration::from_secs(20), step.call(request()))
-            .await
-            .expect("the step ends by itself")
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            step.call(request(), StepLog::discard()),
+        )
+        .await
+        .expect("the step ends by itself")
     }
 
     /// Whether `pid` is a live process (a zombie is not: it only waits to be reaped).
@@ -454,7 +464,7 @@ mod tests {
         let sent = serde_json::to_value(&request).unwrap();
         let reply = CommandStep::new(shell("cat"))
             .unwrap()
-            .call(request)
+            .call(request, StepLog::discard())
             .await
             .unwrap();
         assert_eq!(reply.output, sent);
@@ -563,7 +573,7 @@ mod tests {
         config.args.clear();
         let step = CommandStep::new(config).unwrap().with_base_dir(dir.path());
         assert_eq!(step.program(), dir.path().join("./step.sh"));
-        let error = step.call(request()).await.unwrap_err();
+        let error = step.call(request(), StepLog::discard()).await.unwrap_err();
         assert_eq!(
             (error.class, error.code.as_str()),
             (ErrorClass::Fatal, "permission_denied")
@@ -583,7 +593,10 @@ mod tests {
         config.args.clear();
         let step = CommandStep::new(config).unwrap().with_base_dir(dir.path());
         assert_eq!(
-            step.call(request()).await.unwrap().output,
+            step.call(request(), StepLog::discard())
+                .await
+                .unwrap()
+                .output,
             json!({"ran": true})
         );
     }
@@ -639,7 +652,7 @@ mod tests {
         );
         config.env = BTreeMap::from([("PID_FILE".to_owned(), pid_file.display().to_string())]);
         let step = CommandStep::new(config).unwrap();
-        let call = step.call(request());
+        let call = step.call(request(), StepLog::discard());
         let pids = tokio::select! {
             _ = call => panic!("the program ended by itself"),
             pids = async {

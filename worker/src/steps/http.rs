@@ -22,6 +22,7 @@ use warren_shared::signature;
 pub use warren_shared::signature::Secret;
 
 use super::{ExternalStep, StepConfigError, StepReply, StepRequest};
+use crate::run_log::StepLog;
 use crate::step::{StepError, code};
 use answer::{Answer, Body};
 use futures::future::BoxFuture;
@@ -166,11 +167,15 @@ impl HttpStep {
 }
 
 impl ExternalStep for HttpStep {
-    fn call(&self, request: StepRequest) -> BoxFuture<'static, Result<StepReply, StepError>> {
+    fn call(
+        &self,
+        request: StepRequest,
+        log: StepLog,
+    ) -> BoxFuture<'static, Result<StepReply, StepError>> {
         let endpoint = Arc::clone(&self.endpoint);
         // Read now, under the step's span: the future may be polled elsewhere.
         let trace = trace_headers(&request);
-        Box::pin(async move { endpoint.call(&request, &trace).await })
+        Box::pin(async move { endpoint.call(&request, &trace, &log).await })
     }
 }
 
@@ -179,6 +184,7 @@ impl Endpoint {
         &self,
         request: &StepRequest,
         trace: &TraceHeaders,
+        log: &StepLog,
     ) -> Result<StepReply, StepError> {
         let body = serde_json::to_vec(request).map_err(|e| {
             StepError::fatal(
@@ -237,7 +243,14 @@ impl Endpoint {
             location,
             body,
         };
-        answer::reply(&self.shown, answer, self.max_response_bytes)
+        let replied = answer::reply(&self.shown, &answer, self.max_response_bytes);
+        if replied.is_err() {
+            // A failing endpoint's lines are the ones its run's reader needs most.
+            answer::error_logs(&answer)
+                .into_iter()
+                .for_each(|line| log.line(line));
+        }
+        replied
     }
 
     /// A request that got no complete answer: a refused or broken connection, a connect

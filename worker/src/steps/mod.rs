@@ -6,6 +6,9 @@
 //! held by the broker, dead letters, group commit, traces, metrics.
 //!
 //! Both kinds implement [`ExternalStep`]; [`external`] turns one into a step of a pipeline.
+//! What a step says while it runs or fails (a command's standard error, an HTTP error body's
+//! `logs`) goes to the [`StepLog`] it is called with; a reply's `logs` are the run's log lines
+//! once the reply is applied.
 //! How long a step may take is the pipeline step's own `timeout` (one setting for every kind):
 //! when it runs out the call's future is dropped, so dropping it must stop the work (an HTTP
 //! request is abandoned, a command's whole process group is killed).
@@ -14,6 +17,7 @@
 pub mod command;
 pub mod http;
 
+use crate::run_log::StepLog;
 use crate::step::{RunInfo, StepContext, StepDef, StepError, StepOutcome, step};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -72,6 +76,9 @@ pub struct StepReply {
     /// Events to publish once the step's checkpoint is about to commit.
     #[serde(default)]
     pub emit: Vec<EmitRequest>,
+    /// Lines for the run's log, stored with the step's checkpoint.
+    #[serde(default)]
+    pub logs: Vec<String>,
 }
 
 /// An event an external step asks Warren to publish.
@@ -85,9 +92,12 @@ pub struct EmitRequest {
 }
 
 impl StepReply {
-    /// What the reply makes of the step: events emitted and the stage named through `ctx`, and
-    /// the outcome.
+    /// What the reply makes of the step: log lines written, events emitted and the stage named
+    /// through `ctx`, and the outcome.
     pub fn apply(self, ctx: &StepContext<Value>) -> Result<StepOutcome, StepError> {
+        for line in self.logs {
+            ctx.log(line);
+        }
         for emit in &self.emit {
             ctx.emit(&emit.event, &emit.payload)?;
         }
@@ -106,8 +116,13 @@ impl StepReply {
 
 /// A step that runs outside the worker.
 pub trait ExternalStep: Send + Sync + 'static {
-    /// Executes the step once for `request`.
-    fn call(&self, request: StepRequest) -> BoxFuture<'static, Result<StepReply, StepError>>;
+    /// Executes the step once for `request`, writing what it says on the way (not its reply's
+    /// `logs`, which [`StepReply::apply`] writes) to `log`.
+    fn call(
+        &self,
+        request: StepRequest,
+        log: StepLog,
+    ) -> BoxFuture<'static, Result<StepReply, StepError>>;
 }
 
 /// A pipeline step named `name` that runs `external` (for tasks whose input is JSON, as
@@ -116,7 +131,9 @@ pub fn external(name: impl Into<String>, external: Arc<dyn ExternalStep>) -> Ste
     step(name, move |ctx: StepContext<Value>| {
         let external = Arc::clone(&external);
         async move {
-            let reply = external.call(StepRequest::from_context(&ctx)).await?;
+            let reply = external
+                .call(StepRequest::from_context(&ctx), ctx.logger())
+                .await?;
             reply.apply(&ctx)
         }
     })

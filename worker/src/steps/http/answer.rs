@@ -46,10 +46,13 @@ pub(super) enum Body {
     OverLimit,
 }
 
-/// `{"error": {"code", "message", "retryable"}}`: an endpoint's own account of its failure.
+/// `{"error": {"code", "message", "retryable"}, "logs": [...]}`: an endpoint's own account of
+/// its failure, and the lines it logged on the way.
 #[derive(Debug, Deserialize)]
 struct ErrorBody {
     error: ErrorDetail,
+    #[serde(default)]
+    logs: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,25 +66,23 @@ struct ErrorDetail {
 
 /// What `answer` from `endpoint` (a URL fit to show: no query, no credentials) makes of the
 /// step; `limit` is the body size limit, for the message when it was passed.
-pub(super) fn reply(endpoint: &str, answer: Answer, limit: usize) -> Result<StepReply, StepError> {
+pub(super) fn reply(endpoint: &str, answer: &Answer, limit: usize) -> Result<StepReply, StepError> {
     let status = answer.status;
     let said = format!("{endpoint} answered {}", status_text(status));
     let retry_after = answer.retry_after;
     let error = match (&answer.body, status) {
-        (Body::Complete(bytes), 200..=299) => return success(&said, &answer, bytes),
+        (Body::Complete(bytes), 200..=299) => return success(&said, answer, bytes),
         (Body::OverLimit, 200..=299) => StepError::fatal(
             "response_too_large",
             format!("{said} with a body over the {limit}-byte limit (max_response_bytes)"),
         ),
         (Body::Complete(bytes), _) => match endpoint_error(bytes) {
             Some(error) => own_error(&said, status, error),
-            None => status_error(&said, &answer, quote(answer.content_type.as_deref(), bytes)),
+            None => status_error(&said, answer, quote(answer.content_type.as_deref(), bytes)),
         },
-        (Body::OverLimit, _) => status_error(
-            &said,
-            &answer,
-            format!("a body over the {limit}-byte limit"),
-        ),
+        (Body::OverLimit, _) => {
+            status_error(&said, answer, format!("a body over the {limit}-byte limit"))
+        }
     };
     Err(match retry_after {
         Some(delay) if error.class == ErrorClass::Retryable => error.retry_after(delay),
@@ -114,6 +115,20 @@ fn success(said: &str, answer: &Answer, bytes: &[u8]) -> Result<StepReply, StepE
             format!("{said} with JSON that is not a step reply: {e}"),
         )
     })
+}
+
+/// The `logs` of an answer's error body (none when it has no error body, or no `logs`): read
+/// only once the answer failed the step, so a reply pays nothing for it.
+pub(super) fn error_logs(answer: &Answer) -> Vec<String> {
+    let Body::Complete(bytes) = &answer.body else {
+        return Vec::new();
+    };
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .filter(|value| value.get("error").is_some())
+        .and_then(|value| ErrorBody::deserialize(value).ok())
+        .map(|body| body.logs)
+        .unwrap_or_default()
 }
 
 fn endpoint_error(bytes: &[u8]) -> Option<ErrorDetail> {
@@ -301,14 +316,14 @@ mod tests {
     }
 
     fn error(answer: Answer) -> StepError {
-        reply(ENDPOINT, answer, 1024).expect_err("a failure")
+        reply(ENDPOINT, &answer, 1024).expect_err("a failure")
     }
 
     #[test]
     fn a_2xx_json_reply_is_the_steps_reply() {
         let got = reply(
             ENDPOINT,
-            json_answer(
+            &json_answer(
                 200,
                 json!({"output": {"n": 1}, "stage": "DONE", "emit": [{"event": "a.b", "payload": {}}]}),
             ),
@@ -321,8 +336,31 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_and_an_error_body_carry_log_lines() {
+        let got = reply(
+            ENDPOINT,
+            &json_answer(200, json!({"output": 1, "logs": ["fetched", "parsed"]})),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(got.logs, ["fetched", "parsed"]);
+        let failed = json_answer(
+            503,
+            json!({"error": {"code": "busy"}, "logs": ["queue full"]}),
+        );
+        assert_eq!(error(failed).code, "busy");
+        let failed = json_answer(
+            503,
+            json!({"error": {"code": "busy"}, "logs": ["queue full"]}),
+        );
+        assert_eq!(error_logs(&failed), ["queue full"]);
+        assert!(error_logs(&answer(502, None, b"<html></html>")).is_empty());
+        assert!(error_logs(&json_answer(500, json!({"error": "down"}))).is_empty());
+    }
+
+    #[test]
     fn an_empty_2xx_body_is_a_reply_without_output() {
-        let got = reply(ENDPOINT, answer(204, None, b""), 1024).unwrap();
+        let got = reply(ENDPOINT, &answer(204, None, b""), 1024).unwrap();
         assert_eq!(got, StepReply::default());
         assert_eq!(got.output, Value::Null);
     }
@@ -480,7 +518,7 @@ mod tests {
     fn a_body_over_the_limit_fails_a_2xx_for_good_and_leaves_a_5xx_to_its_status() {
         let mut over = answer(200, None, b"");
         over.body = Body::OverLimit;
-        let e = reply(ENDPOINT, over, 1024).unwrap_err();
+        let e = reply(ENDPOINT, &over, 1024).unwrap_err();
         assert_eq!(
             (e.class, e.code.as_str()),
             (ErrorClass::Fatal, "response_too_large")
@@ -492,7 +530,7 @@ mod tests {
         );
         let mut over = answer(502, None, b"");
         over.body = Body::OverLimit;
-        let e = reply(ENDPOINT, over, 1024).unwrap_err();
+        let e = reply(ENDPOINT, &over, 1024).unwrap_err();
         assert_eq!(
             (e.class, e.code.as_str()),
             (ErrorClass::Retryable, "upstream_error")
