@@ -52,6 +52,13 @@ if ! command -v psql >/dev/null; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
 fi
+# The console's browser tests drive Debian's headless Chromium through its chromedriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "test: installing Chromium and chromedriver (Debian packages) for the console's browser tests" >&2
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
 node --test clients/node/test/
 PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s clients/python/tests
 

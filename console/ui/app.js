@@ -76,6 +76,31 @@ function flash(message, kind) {
   return note;
 }
 
+function canPublish() {
+  return !!session.me && (session.me.scopes.includes('publish') || session.me.scopes.includes('admin'));
+}
+
+// Publishes an event as a producer would (POST /api/v1/events/{event}): a quick way to start a
+// run by hand. The new run shows up in the table below through the live updates.
+function publishForm() {
+  const event = h('input', { name: 'event', id: 'publish-event', placeholder: 'event, e.g. video.process', required: true });
+  const payload = h('textarea', { name: 'payload', id: 'publish-payload', rows: 3, text: '{}' });
+  const form = h('form', { class: 'publish', id: 'publish-form' },
+    h('details', {}, h('summary', { id: 'publish-toggle', text: 'Publish an event' }),
+      h('div', { class: 'publish-fields' }, event, payload,
+        h('button', { type: 'submit', id: 'publish-button', text: 'Publish' }))));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    let body;
+    try { body = JSON.parse(payload.value); } catch (err) { flash(`The payload is not JSON: ${err.message}`, 'error'); return; }
+    try {
+      const published = await api('POST', `/events/${encodeURIComponent(event.value.trim())}`, body);
+      flash(`Published message ${published.message_id}`, 'ok');
+    } catch (err) { flash(err.message, 'error'); }
+  });
+  return form;
+}
+
 function canAdmin() {
   return !!session.me && session.me.scopes.includes('admin');
 }
@@ -212,12 +237,14 @@ async function runsPage(params) {
     } catch (err) { flash(err.message, 'error'); }
   });
   const body = h('tbody', { id: 'runs-body' });
+  const publisher = canPublish() ? publishForm() : null;
   const more = h('button', { type: 'button', id: 'more', hidden: true, text: 'Older runs' });
   const counter = h('span', { class: 'count', id: 'runs-count' });
   const liveNote = h('span', { class: 'live', id: 'live-state', text: '● live' });
   main(h('section', {},
     h('div', { class: 'bar' }, h('h1', { text: 'Runs' }), liveNote, counter),
     h('div', { class: 'bar' }, filters, search),
+    publisher,
     h('table', { id: 'runs' },
       h('thead', {}, h('tr', {}, ['Created', 'Run', 'Task', 'Status', 'Stage', 'Attempt', 'Tenant', 'Error'].map((t) => h('th', { text: t })))),
       body),
@@ -269,7 +296,7 @@ function timeline(run) {
   });
   const rows = [...run.steps.map((s) => ({ kind: 'step', s })), ...(waits.length ? [{ kind: 'waits' }] : [])];
   const width = 900; const label = 170; const rowH = 26; const top = 24;
-  const x = (t) => label + ((t - start) / span) * (width - label - 90);
+  const x = (t) => label + ((t - start) / span) * (width - label - 170);
   const height = top + rows.length * rowH + 10;
   const chart = svg('svg', { viewBox: `0 0 ${width} ${height}`, class: 'timeline', id: 'timeline', role: 'img', 'aria-label': 'step timeline' });
   for (let i = 0; i <= 4; i += 1) {
@@ -318,6 +345,19 @@ function runActions(run) {
       ? h('button', { type: 'button', id: 'retry-run', text: 'Retry from the first step', onclick: () => act('retry', `Run ${run.id} again from its first step?`) }) : null);
 }
 
+// A failed run's error in red; a run that got past an earlier failure (a retry, a replay) says
+// so quietly.
+function failureNote(run, failed) {
+  const code = run.error_code || (failed && failed.error_code) || '';
+  const message = run.error_message || (failed && failed.error_message) || '';
+  if (!code && !message) return null;
+  if (run.status === 'dead' || failed) {
+    return h('div', { class: 'failure', id: 'run-error' },
+      h('h2', { text: `Failed${failed ? ` at step ${failed.step}` : ''}: ${code}` }), h('pre', { text: message }));
+  }
+  return h('p', { class: 'earlier-failure', id: 'run-error', text: `An earlier attempt failed: ${code}: ${message}` });
+}
+
 async function runPage(id) {
   const run = await api('GET', `/runs/${encodeURIComponent(id)}`);
   const failed = run.steps.find((s) => s.status === 'failed');
@@ -334,9 +374,7 @@ async function runPage(id) {
       fact('Duration', run.finished_at ? duration(new Date(run.finished_at) - new Date(run.created_at)) : '–'),
       run.parent_id ? fact('Parent', h('a', { href: `#/runs/${run.parent_id}`, class: 'mono', text: run.parent_id })) : null,
       run.cancelled_by ? fact('Cancelled by', run.cancelled_by) : null),
-    run.error_message || failed ? h('div', { class: 'failure', id: 'run-error' },
-      h('h2', { text: `Failed${failed ? ` at step ${failed.step}` : ''}: ${run.error_code || (failed && failed.error_code) || ''}` }),
-      h('pre', { text: run.error_message || (failed && failed.error_message) || '' })) : null,
+    failureNote(run, failed),
     h('h2', { text: 'Timeline' }), timeline(run),
     h('div', { class: 'columns' },
       h('div', {}, h('h2', { text: 'Input' }), json(run.input)),

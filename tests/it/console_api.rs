@@ -18,6 +18,7 @@ use warren_worker::{Registry, RetryPolicy, StepContext, StepError, StepOutcome, 
 fn echo() -> Task<Value> {
     Task::<Value>::new("echo")
         .step(step("first", |ctx: StepContext<Value>| async move {
+            ctx.log(format!("echoing {}", ctx.input()));
             Ok(StepOutcome::next(json!({ "seen": ctx.input().clone() })))
         }))
         .step(step("second", |_ctx: StepContext<Value>| async move {
@@ -388,6 +389,9 @@ async fn runs_are_listed_filtered_found_and_shown_with_steps_and_transitions() {
     assert_eq!(steps, ["first", "second"]);
     assert_eq!(run["steps"][0]["output"], json!({ "seen": { "n": 1 } }));
     assert!(run["transitions"].as_array().unwrap().len() >= 3, "{run}");
+    assert_eq!(run["logs"]["dropped"], 0);
+    assert_eq!(run["logs"]["lines"][0]["line"], r#"echoing {"n":1}"#);
+    assert_eq!(run["logs"]["lines"][0]["step"], "first");
 
     for (path, expected) in [
         ("/api/v1/runs?status=sleeping", StatusCode::BAD_REQUEST),

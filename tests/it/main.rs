@@ -12,6 +12,7 @@ mod cli_operator;
 mod command_steps;
 mod concurrency_keys;
 mod console_api;
+mod console_browser;
 mod dead_letters;
 mod declared;
 mod declared_children;

@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 use warren_shared::state::RunStatus;
 use warren_shared::store::cancel::{Cancelled, Retried};
-use warren_shared::store::{self, RunDetail, RunFilter, RunSummary, children};
+use warren_shared::store::{self, RunDetail, RunFilter, RunSummary, children, logs};
 use warren_worker::control;
 
 /// The most a page holds.
@@ -106,6 +106,9 @@ pub(super) struct Shown {
     #[serde(flatten)]
     run: RunDetail,
     family: children::Family,
+    /// The lines its steps logged (the newest, up to the workers' bound) and how many older
+    /// ones were dropped.
+    logs: logs::RunLogs,
 }
 
 async fn find(client: &deadpool_postgres::Client, id: Uuid) -> ApiResult<RunDetail> {
@@ -126,7 +129,8 @@ pub(super) async fn show(
     let client = state.pool.get().await?;
     let run = find(&client, id).await?;
     let family = children::family(&client, id).await?;
-    Ok(Json(Shown { run, family }))
+    let logs = logs::run_logs(&client, id).await?;
+    Ok(Json(Shown { run, family, logs }))
 }
 
 /// `POST /api/v1/runs/{id}/cancel`.
