@@ -961,8 +961,9 @@ async fn ten_thousand_events_over_keep_alive_connections_lose_none() {
 #[test]
 fn the_openapi_document_lists_every_route_and_only_those() {
     use std::collections::BTreeSet;
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml"))
+            .unwrap();
     let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
     let paths = docs[0]["paths"].as_hash().unwrap();
     let mut documented = BTreeSet::new();
@@ -1000,4 +1001,107 @@ fn the_openapi_document_lists_every_route_and_only_those() {
         served.insert(extra.to_owned());
     }
     assert_eq!(documented, served);
+}
+
+/// `warren tokens` and `warren console` as an operator runs them: a token printed once and
+/// usable against the console the binary serves; each mistake one line and a non-zero exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn warren_tokens_and_warren_console_from_the_command_line() {
+    let env = TestEnv::new().await;
+    let run = |args: &[&str]| env.warren().args(args).output().unwrap();
+    let created = run(&["tokens", "create", "ci", "--scopes", "read,publish"]);
+    assert!(created.status.success(), "{created:?}");
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("wrn_") && token.len() == 68, "{token}");
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(stderr.contains("shown only now"), "{stderr}");
+    let listed = String::from_utf8(run(&["tokens", "list"]).stdout).unwrap();
+    assert!(
+        listed.contains("ci") && listed.contains("read,publish"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&token), "a listing never shows a secret");
+
+    let port = warren_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut console = warren_tests::TestWorker::from(
+        env.warren()
+            .args(["console", "--addr", &addr])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        match http
+            .get(format!("http://{addr}/api/v1/runs"))
+            .bearer_auth(&token)
+            .send()
+            .await
+        {
+            Ok(response) => break response,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the console never answered: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(answer.status(), StatusCode::OK);
+    let revoked = run(&["tokens", "revoke", "ci"]);
+    assert!(revoked.status.success());
+    let after = http
+        .get(format!("http://{addr}/api/v1/runs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED, "revoked at once");
+    console.kill().unwrap();
+
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (
+            &["tokens", "create", "x", "--scopes", "root"],
+            &[],
+            "unknown scope \"root\"",
+        ),
+        (&["tokens", "create", "x"], &[], "--scopes"),
+        (
+            &["tokens", "create", "ci", "--scopes", "read"],
+            &[],
+            "already exists",
+        ),
+        (
+            &["tokens", "revoke", "nobody"],
+            &[],
+            "no live token named \"nobody\"",
+        ),
+        (
+            &["console", "--addr", "nowhere"],
+            &[],
+            "invalid value 'nowhere'",
+        ),
+        (
+            &["console"],
+            &[(
+                "WARREN_DATABASE_URL",
+                "postgres://postgres:secret@127.0.0.1:1/warren",
+            )],
+            "cannot reach Postgres",
+        ),
+    ];
+    for (args, vars, expected) in cases {
+        let mut command = env.warren();
+        command.args(args);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("secret"), "password leaked: {stderr}");
+    }
 }
