@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo fleet, end to end: services up, database migrated, two worker replicas, a handful of
-# demo events, the runs table, one run's timeline, then a clean stop.
+# demo events (one through the HTTP API of `warren console`), the runs table, one run's timeline,
+# then a clean stop.
 #
 # It uses its own database (warren_demo, reset on every run) and namespace (demo), so it never
 # touches a real deployment's data.
@@ -38,6 +39,11 @@ for replica in a b; do
   pids+=($!)
   port=$((port + 1))
 done
+# The console and HTTP API (docs/api.md), with a token for this demo.
+console_addr="${WARREN_DEMO_CONSOLE_ADDR:-127.0.0.1:8080}"
+token=$("$warren" tokens create demo --scopes read,publish,admin 2>/dev/null)
+"$warren" console --addr "$console_addr" >"$logs/console.log" 2>&1 &
+pids+=($!)
 # Wait until both replicas consume.
 for _ in $(seq 1 60); do
   consuming=$("$warren" tasks --json 2>/dev/null | grep -c '"consumers": 2' || true)
@@ -57,8 +63,17 @@ echo "== publishing demo events"
 "$warren" publish player.dump --message-id demo-player-1 --data '{"playerId":"p-1001"}'
 "$warren" publish player.dump --message-id demo-player-missing --data '{"playerId":"missing-player"}'
 for i in $(seq 1 10); do printf '{"playerId":"bulk-%s"}\n' "$i"; done | "$warren" publish player.dump
-
 expected=15
+if command -v curl >/dev/null; then
+  echo "== publishing one over HTTP: POST http://$console_addr/api/v1/events/player.dump"
+  for _ in $(seq 1 40); do curl -fsS "http://$console_addr/healthz" >/dev/null 2>&1 && break; sleep 0.25; done
+  curl -fsS -X POST "http://$console_addr/api/v1/events/player.dump" \
+    -H "Authorization: Bearer $token" -H 'Warren-Message-Id: demo-player-http' \
+    -d '{"playerId":"p-2002"}'
+  echo
+  expected=16
+fi
+
 for _ in $(seq 1 120); do
   finished=$("$warren" runs list --limit 1000 --json | grep -cE '"status": "(succeeded|halted|dead)"' || true)
   [ "$finished" -ge "$expected" ] && break
@@ -78,7 +93,13 @@ if command -v curl >/dev/null; then
   curl -fsS http://127.0.0.1:9464/metrics | grep -E '^warren_runs_(received|succeeded|halted|dead_lettered)_total' || true
 fi
 
-echo; echo "== stopping the replicas"
+if command -v curl >/dev/null; then
+  echo; echo "== the same run through the HTTP API (the console at http://$console_addr shows it too)"
+  run=$(curl -fsS -H "Authorization: Bearer $token" "http://$console_addr/api/v1/runs/search?q=demo-player-http")
+  echo "$run"
+fi
+
+echo; echo "== stopping the replicas and the console"
 stop_workers
 trap - EXIT
 grep -h "worker stopped" "$logs"/worker-*.log || true
