@@ -35,6 +35,7 @@ mod producer;
 mod rate_limits;
 mod replicas;
 mod retention;
+mod runs_query;
 mod schedules;
 mod schema;
 mod settle;

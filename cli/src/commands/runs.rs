@@ -33,6 +33,7 @@ pub(crate) async fn run(
                     status,
                     parent,
                     limit,
+                    ..RunFilter::default()
                 },
             )
             .await?;
@@ -221,9 +222,8 @@ async fn check_known(
         client,
         &RunFilter {
             task: Some(task.to_owned()),
-            status: None,
-            parent: None,
             limit: 1,
+            ..RunFilter::default()
         },
     )
     .await?;

@@ -1,6 +1,6 @@
 //! Every SQL statement on runs, steps and transitions. The worker writes through these functions
-//! (batched into group-commit transactions by its state writer); the CLI reads through them
-//! (runs and one run's record in `runs`).
+//! (batched into group-commit transactions by its state writer); the CLI and the console read
+//! through them (pages of runs and one run's record in `runs`).
 //!
 //! Each write checks the state machine ([`crate::state::check`]) and fences on the row's current
 //! status, so a write based on a stale view of a run changes nothing and says so.
@@ -44,8 +44,8 @@ pub use replicas::{
     register_worker, stop_worker,
 };
 pub use runs::{
-    RunDetail, RunFilter, RunSummary, StepRecord, TransitionRecord, find_runs, list_runs, steps,
-    transitions,
+    BadCursor, RunCursor, RunDetail, RunFilter, RunPage, RunSummary, StepRecord, TransitionRecord,
+    find_runs, list_runs, page_runs, steps, transitions,
 };
 
 mod db_error;
