@@ -1,7 +1,7 @@
-//! Listing runs (`store::page_runs`): every filter pages through exactly the runs it selects,
-//! in order, none missed or repeated across pages, even where many runs share one creation
-//! time; and every filter goes through its own index on a table large enough for Postgres to
-//! care.
+//! Listing runs (`store::page_runs`, `warren runs list`): every filter pages through exactly the
+//! runs it selects, in order, none missed or repeated across pages, even where many runs share
+//! one creation time; and every filter goes through its own index on a table large enough for
+//! Postgres to care.
 
 use chrono::{DateTime, Duration as Age, Utc};
 use std::collections::HashSet;
@@ -417,5 +417,106 @@ async fn every_filter_reads_an_index_in_order() {
                 assert!(!plan.contains("Sort"), "{filter:?}:\n{plan}");
             }
         }
+    }
+}
+
+/// `warren runs list` with `--tenant`, `--since`, `--until` and `--limit` prints a cursor under
+/// each full page, and `--after` with it prints the next page: together, each of the tenant's
+/// runs once. Bad times and cursors are one-line usage errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_list_pages_on_with_the_cursor_it_prints() {
+    let env = TestEnv::new().await;
+    let client = env.pool.get().await.unwrap();
+    seed(&client, 30, 10, 0).await;
+    let all = every_run(&client).await;
+    let want: HashSet<Uuid> = all
+        .iter()
+        .filter(|r| r.tenant.as_deref() == Some("tenant-1"))
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(want.len(), 5);
+    let until = (Utc::now() + Age::hours(1)).to_rfc3339();
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut command = env.warren();
+        command.args([
+            "runs", "list", "--tenant", "tenant-1", "--since", "2h", "--until", &until, "--limit",
+            "2",
+        ]);
+        if let Some(cursor) = &after {
+            command.args(["--after", cursor]);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        pages += 1;
+        seen.extend(stdout.lines().filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|word| word.parse::<Uuid>().ok())
+        }));
+        after = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("next page: --after "))
+            .map(str::to_owned);
+        if after.is_none() {
+            break;
+        }
+        assert!(pages < 10, "{stdout}");
+    }
+    assert_eq!(pages, 3, "pages of 2, 2 and 1");
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), want);
+
+    // As JSON, the page is the array it always was; the cursor goes to standard error.
+    let output = env
+        .warren()
+        .args([
+            "runs", "list", "--tenant", "tenant-1", "--limit", "3", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let cursor = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("next page: --after "))
+        .unwrap_or_else(|| panic!("no cursor in {stderr:?}"));
+    let output = env
+        .warren()
+        .args([
+            "runs", "list", "--tenant", "tenant-1", "--json", "--after", cursor,
+        ])
+        .output()
+        .unwrap();
+    let rest: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rest.as_array().map(Vec::len), Some(2));
+    assert!(output.stderr.is_empty(), "the last page has no cursor");
+
+    for (flag, value, says) in [
+        ("--after", "page-2", "is not a runs cursor"),
+        ("--since", "yesterday", "nor a duration back from now"),
+        (
+            "--until",
+            "2026-13-01T00:00:00Z",
+            "nor a duration back from now",
+        ),
+    ] {
+        let output = env
+            .warren()
+            .args(["runs", "list", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag} {value}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
     }
 }
