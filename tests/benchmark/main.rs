@@ -44,6 +44,8 @@ fn the_benchmark_runs_in_quick_mode() {
         "fan-out: 1 parent, 500 children, 1 replica:",
         "join wake: 20 parents of 5 children at 20 parents/s, 1 replica: last child's end to the parent's wake",
         "priority: 2000 normal jobs waiting, 100 high at 50/s, 1 replica: high jobs' publish to start",
+        "runs query: 20000 runs seeded",
+        "10th page, through the 9th's cursor",
         "done",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
