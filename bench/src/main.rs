@@ -21,6 +21,7 @@ mod fanout;
 mod measure;
 mod priority;
 mod report;
+mod runs_query;
 mod scenario;
 mod tasks;
 
@@ -114,12 +115,18 @@ pub(crate) struct Args {
     /// log line per step (default 2; 1 with --quick). The best of each side counts.
     #[arg(long)]
     log_rounds: Option<usize>,
+    /// Runs seeded for the runs-query scenario (default 1,000,000; 20,000 with --quick).
+    #[arg(long)]
+    runs_query_runs: Option<i64>,
+    /// Timed calls of each query in the runs-query scenario (default 200; 20 with --quick).
+    #[arg(long)]
+    runs_query_samples: Option<usize>,
     /// Replicas in the scaling scenario.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
     /// The Warren scenarios to run, after the ceiling (comma-separated; `half` needs `noop`,
     /// whose maximum rate it halves).
-    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http", "fan-out", "join", "priority", "logs"])]
+    #[arg(long, value_delimiter = ',', default_values = ["noop", "three", "replicas", "half", "io", "command", "http", "fan-out", "join", "priority", "logs", "runs-query"])]
     scenarios: Vec<ScenarioKind>,
     /// Also write the results as a Markdown section to this file (appended).
     #[arg(long)]
@@ -169,6 +176,17 @@ enum ScenarioKind {
     /// `--priority-high` high jobs at `--priority-rate` per second while they drain, 1
     /// replica: the high jobs' publish-to-start and the normal jobs' rate meanwhile.
     Priority,
+    /// No broker, no worker: `--runs-query-runs` runs seeded in a database of their own, then
+    /// each query of the runs list (first page, each filter, a page deep through its cursor,
+    /// one run by id and by message id) timed `--runs-query-samples` times.
+    RunsQuery,
+}
+
+impl ScenarioKind {
+    /// Whether the scenario moves messages (and so wants the broker's ceiling measured first).
+    fn uses_broker(self) -> bool {
+        self != ScenarioKind::RunsQuery
+    }
 }
 
 fn parse_queue_type(s: &str) -> Result<QueueType, String> {
@@ -273,6 +291,13 @@ async fn run(args: Args) -> Result<()> {
             "the ceiling with Warren's messages",
         ),
     ];
+    // The ceiling is what the scenarios that move messages are measured against; nothing else
+    // needs it.
+    let ceiling_runs = if args.scenarios.iter().any(|kind| kind.uses_broker()) {
+        ceiling_runs
+    } else {
+        0
+    };
     for _ in 0..ceiling_runs {
         for (acks, shape, what) in kinds {
             let run = ceiling::measure(broker(None, ceiling_messages, acks, shape))
@@ -288,7 +313,9 @@ async fn run(args: Args) -> Result<()> {
             }
         }
     }
-    report.ceiling(best, ceiling_runs);
+    if ceiling_runs > 0 {
+        report.ceiling(best, ceiling_runs);
+    }
 
     let single = |name: &str, task, jobs, replicas| Scenario {
         name: name.to_owned(),
@@ -511,6 +538,21 @@ async fn run(args: Args) -> Result<()> {
             .await
             .with_context(|| format!("scenario {:?} failed", lanes.name))?;
         report.priority(&lanes.name, &outcome, max.as_ref());
+    }
+
+    if wanted(ScenarioKind::RunsQuery) {
+        let query = runs_query::RunsQuery {
+            runs: args
+                .runs_query_runs
+                .unwrap_or(if quick { 20_000 } else { 1_000_000 }),
+            samples: args
+                .runs_query_samples
+                .unwrap_or(if quick { 20 } else { 200 }),
+        };
+        let outcome = runs_query::run(&setup, &query)
+            .await
+            .context("scenario \"runs query\" failed")?;
+        report.runs_query(&outcome);
     }
 
     report.footer();

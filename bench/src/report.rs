@@ -6,6 +6,7 @@ use crate::ceiling::BrokerRun;
 use crate::fanout::FanOutcome;
 use crate::measure::CpuSplit;
 use crate::priority::LanesOutcome;
+use crate::runs_query::{RunsQueryOutcome, TARGET_P95_MS};
 use crate::scenario::Outcome;
 use std::fmt::Write as _;
 
@@ -41,6 +42,8 @@ pub(crate) struct Report {
     /// The fan-out scenarios' figures against their targets: (figure, measured, target, met).
     targets: Vec<[String; 4]>,
     notes: Vec<String>,
+    /// Sections of their own after the tables (the runs-query scenario's), as Markdown.
+    sections: Vec<String>,
 }
 
 /// The fan-out's children run at least at this share of the rate of the same jobs published
@@ -110,27 +113,30 @@ impl Report {
         prefetch: u16,
     ) -> Self {
         let command: Vec<String> = std::env::args().collect();
-        let context = vec![
+        let mut context = vec![
             format!(
                 "Run {} on {}.",
                 chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
                 machine()
             ),
             format!("Command: `{}`", command.join(" ")),
-            format!(
+        ];
+        if args.scenarios.iter().any(|kind| kind.uses_broker()) {
+            context.push(format!(
                 "{} queues, {}-byte JSON bodies, persistent, publisher confirms pipelined (1,000 outstanding); \
                  {jobs} jobs per Warren scenario ({io_jobs} I/O-bound), {ceiling_messages} messages for the ceiling; \
                  concurrency {} and prefetch {prefetch} per replica (I/O-bound: {}). Warren records every run, \
                  step checkpoint and transition in Postgres and acks after the commit.",
                 args.queue_type, args.payload_bytes, args.concurrency, args.io_concurrency
-            ),
-        ];
+            ));
+        }
         Report {
             ceilings: (0.0, 0.0, 0.0),
             context,
             rows: Vec::new(),
             targets: Vec::new(),
             notes: Vec::new(),
+            sections: Vec::new(),
         }
     }
 
@@ -487,6 +493,52 @@ impl Report {
         ]);
     }
 
+    /// The runs list's queries over a large history: a table of latencies per case, each
+    /// against the target.
+    pub(crate) fn runs_query(&mut self, o: &RunsQueryOutcome) {
+        let intro = format!(
+            "runs query: {} runs seeded in {:.1} s (table {:.0} MiB, its indexes {:.0} MiB), {} timed calls per query, one connection, planned with the values each time",
+            o.runs, o.seed_secs, o.table_mib, o.indexes_mib, o.samples
+        );
+        println!("{intro}");
+        let header =
+            "| query | via | rows | ms p50 / p95 / p99 / max | read through | p95 < 50 ms |";
+        let mut md = vec![
+            intro.clone() + ":",
+            String::new(),
+            header.to_owned(),
+            "|---|---|---|---|---|---|".to_owned(),
+        ];
+        for m in &o.measured {
+            let plan = o
+                .plans
+                .iter()
+                .find(|(case, _)| case == &m.case)
+                .map_or("", |(_, plan)| plan.as_str());
+            let ok = met(m.ms.p95 < TARGET_P95_MS);
+            println!(
+                "  {:<48} {:<6} {:>4} rows  ms p50/p95/p99/max {:<28} {ok:<6} {plan}",
+                m.case,
+                m.via,
+                m.rows,
+                ms2(&m.ms)
+            );
+            md.push(format!(
+                "| {} | {} | {} | {} | {} | {ok} |",
+                m.case,
+                m.via,
+                m.rows,
+                ms2(&m.ms),
+                if plan.is_empty() {
+                    String::new()
+                } else {
+                    format!("`{plan}`")
+                }
+            ));
+        }
+        self.sections.push(md.join("\n"));
+    }
+
     pub(crate) fn footer(&self) {
         println!();
         println!("done");
@@ -497,6 +549,12 @@ impl Report {
         let _ = writeln!(md);
         for line in &self.context {
             let _ = writeln!(md, "{line}\n");
+        }
+        if self.rows.is_empty() && self.targets.is_empty() {
+            for section in &self.sections {
+                let _ = writeln!(md, "{section}\n");
+            }
+            return append(path, &md);
         }
         let _ = writeln!(
             md,
@@ -518,10 +576,22 @@ impl Report {
         for note in &self.notes {
             let _ = writeln!(md, "{note}\n");
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        std::io::Write::write_all(&mut file, md.as_bytes())
+        for section in &self.sections {
+            let _ = writeln!(md, "{section}\n");
+        }
+        append(path, &md)
     }
+}
+
+fn append(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+}
+
+/// Milliseconds to two decimals: the runs list's queries take well under one.
+fn ms2(p: &crate::measure::Percentiles) -> String {
+    format!("{:.2} / {:.2} / {:.2} / {:.2}", p.p50, p.p95, p.p99, p.max)
 }

@@ -316,6 +316,19 @@ pub(crate) enum RunsCommand {
         /// Only the children of this run (oldest first).
         #[arg(long)]
         parent: Option<uuid::Uuid>,
+        /// Only this tenant's runs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only runs created at or after this time: RFC 3339 (2026-11-24T09:00:00Z), or a
+        /// duration back from now (30m, 1h, 7d).
+        #[arg(long, value_parser = parse_time_or_ago)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only runs created before this time: RFC 3339, or a duration back from now.
+        #[arg(long, value_parser = parse_time_or_ago)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// The next page: the runs after this cursor (printed under a full page).
+        #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+        after: Option<warren_shared::store::RunCursor>,
         /// At most this many.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
@@ -393,6 +406,27 @@ fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-24T09:00:00Z)"))
+}
+
+/// A time, or a duration back from now.
+fn parse_time_or_ago(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    let back = humantime::parse_duration(s)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .ok_or_else(|| {
+            format!("{s:?} is neither a time (RFC 3339, e.g. 2026-11-24T09:00:00Z) nor a duration back from now (30m, 1h, 7d)")
+        })?;
+    chrono::Utc::now()
+        .checked_sub_signed(back)
+        .ok_or_else(|| format!("{s} back from now is before any run"))
+}
+
+fn parse_cursor(s: &str) -> Result<warren_shared::store::RunCursor, String> {
+    s.parse()
+        .map_err(|e: warren_shared::store::BadCursor| e.to_string())
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {

@@ -210,8 +210,9 @@ async function runsPage(params) {
   const tasks = await api('GET', '/tasks').catch(() => []);
   const filter = {
     task: params.get('task') || '', status: params.get('status') || '',
-    tenant: params.get('tenant') || '',
+    tenant: params.get('tenant') || '', window: params.get('window') || '',
   };
+  const WINDOWS = { '15m': 15 * 60e3, '1h': 3600e3, '24h': 86400e3, '7d': 7 * 86400e3 };
   const select = (name, options, value) => h('select', { name, id: `filter-${name}` },
     h('option', { value: '', text: `any ${name}` }),
     options.map((o) => h('option', { value: o, text: o, selected: o === value })));
@@ -219,6 +220,9 @@ async function runsPage(params) {
     select('task', tasks.map((t) => t.task), filter.task),
     select('status', STATUSES, filter.status),
     h('input', { name: 'tenant', placeholder: 'tenant', value: filter.tenant }),
+    h('select', { name: 'window', id: 'filter-window' },
+      h('option', { value: '', text: 'any time' }),
+      Object.keys(WINDOWS).map((w) => h('option', { value: w, text: `last ${w}`, selected: w === filter.window }))),
     h('button', { type: 'submit', text: 'Filter' }));
   filters.addEventListener('submit', (e) => {
     e.preventDefault();
@@ -251,7 +255,8 @@ async function runsPage(params) {
     more));
   let next = null;
   const load = async (after) => {
-    const page = await api('GET', `/runs${query({ ...filter, after, limit: 50 })}`);
+    const since = WINDOWS[filter.window] ? new Date(Date.now() - WINDOWS[filter.window]).toISOString() : '';
+    const page = await api('GET', `/runs${query({ task: filter.task, status: filter.status, tenant: filter.tenant, since, after, limit: 50 })}`);
     for (const run of page.runs) body.append(runRow(run));
     next = page.next || null;
     more.hidden = !next;

@@ -46,6 +46,8 @@ fn the_benchmark_runs_in_quick_mode() {
         "priority: 2000 normal jobs waiting, 100 high at 50/s, 1 replica: high jobs' publish to start",
         "1-step no-op logging one line, 1 replica (round 1):",
         "Logging one line per step (`ctx.log`)",
+        "runs query: 20000 runs seeded",
+        "10th page, through the 9th's cursor",
         "done",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");

@@ -241,7 +241,7 @@ async fn an_event_posted_is_published_with_its_headers_and_runs() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer, json!({ "message_id": "ingress-1" }));
     let run = wait_status(&env, "ingress-1", "succeeded").await;
-    assert_eq!(run.tenant.as_deref(), Some("acme"));
+    assert_eq!(run.summary.tenant.as_deref(), Some("acme"));
     assert_eq!(run.idempotency_key.as_deref(), Some("order-7"));
     assert_eq!(run.input, Some(json!({ "order": 7 })));
 
@@ -412,6 +412,62 @@ async fn runs_are_listed_filtered_found_and_shown_with_steps_and_transitions() {
             .call(Method::GET, path, Some(&console.read), None)
             .await;
         assert_eq!(status, expected, "{path}: {body}");
+    }
+    worker.shutdown().await.unwrap();
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runs_list_pages_with_its_cursor_and_filters_by_tenant_and_time() {
+    let env = TestEnv::new().await;
+    let worker = env.start_worker(Registry::new().register(echo())).await;
+    env.wait_consuming(&["echo"]).await;
+    let console = TestConsole::start(&env).await;
+    let mut ids = Vec::new();
+    for (i, tenant) in ["acme", "acme", "globex", "acme"].into_iter().enumerate() {
+        let response = console
+            .http
+            .post(format!("{}/api/v1/events/echo", console.base))
+            .bearer_auth(&console.publish)
+            .header("warren-tenant", tenant)
+            .body(format!(r#"{{"i":{i}}}"#))
+            .send()
+            .await
+            .unwrap();
+        let answer: Value = response.json().await.unwrap();
+        let id = answer["message_id"].as_str().unwrap().to_owned();
+        wait_status(&env, &id, "succeeded").await;
+        ids.push(id);
+    }
+    let first = console.get("/api/v1/runs?tenant=acme&limit=2").await;
+    assert_eq!(first["runs"].as_array().unwrap().len(), 2, "{first}");
+    assert!(first["runs"].as_array().unwrap().iter().all(|r| r["tenant"] == "acme"));
+    let next = first["next"].as_str().unwrap().to_owned();
+    let second = console
+        .get(&format!("/api/v1/runs?tenant=acme&limit=2&after={next}"))
+        .await;
+    assert_eq!(second["runs"].as_array().unwrap().len(), 1, "{second}");
+    assert!(second.get("next").is_none(), "the last page has no cursor: {second}");
+    let mut seen: Vec<&str> = first["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["runs"].as_array().unwrap())
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "three acme runs, none twice");
+    let future = "2999-01-01T00:00:00Z";
+    let none = console.get(&format!("/api/v1/runs?since={future}")).await;
+    assert_eq!(none["runs"], json!([]));
+    let all = console.get(&format!("/api/v1/runs?until={future}")).await;
+    assert_eq!(all["runs"].as_array().unwrap().len(), 4);
+    for path in [
+        "/api/v1/runs?after=not-a-cursor",
+        "/api/v1/runs?since=yesterday",
+    ] {
+        let (status, body) = console.call(Method::GET, path, Some(&console.read), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
     }
     worker.shutdown().await.unwrap();
     console.stop().await;

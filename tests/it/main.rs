@@ -38,6 +38,7 @@ mod rate_limits;
 mod replicas;
 mod retention;
 mod run_logs;
+mod runs_query;
 mod schedules;
 mod schema;
 mod settle;

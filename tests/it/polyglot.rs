@@ -29,7 +29,7 @@ async fn a_python_pika_publisher_triggers_a_run() {
     );
     let run = env.wait_finished("from-python-1").await;
     assert_eq!(run.summary.status, "succeeded");
-    assert_eq!(run.tenant.as_deref(), Some("python-tenant"));
+    assert_eq!(run.summary.tenant.as_deref(), Some("python-tenant"));
     assert_eq!(run.idempotency_key.as_deref(), Some("py-from-python-1"));
     assert!(run.published_at.is_some());
     assert_eq!(run.input.as_ref(), Some(&payload));

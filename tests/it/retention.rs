@@ -115,7 +115,7 @@ async fn prune_deletes_exactly_the_old_finished_runs_of_a_million_and_their_rows
         &[&cutoff, &None::<DateTime<Utc>>, &finished, &5_000_i64],
     )
     .await;
-    assert!(select.contains("runs_created_idx"), "{select}");
+    assert!(select.contains("runs_created_page_idx"), "{select}");
     let batch: Vec<Uuid> = (0..5_000).map(|n| run_uuid(n * 10 + 10)).collect();
     for (sql, index) in [
         (retention::DELETE_STEPS_SQL, "run_steps_pkey"),

@@ -24,25 +24,41 @@ pub(crate) async fn run(
             task,
             status,
             parent,
+            tenant,
+            since,
+            until,
+            after,
             limit,
             json,
         } => {
-            let runs = store::list_runs(
+            let page = store::page_runs(
                 &client,
                 &RunFilter {
                     task: task.clone(),
                     status,
+                    tenant,
+                    created_after: since,
+                    created_before: until,
                     parent,
+                    after,
                     limit,
                 },
             )
             .await?;
+            let runs = page.runs;
+            // JSON stays an array of runs; the cursor goes where a script's parser does not look.
+            let next = page
+                .next
+                .map(|cursor| format!("next page: --after {cursor}"));
             if let Some(task) = &task
                 && runs.is_empty()
             {
                 check_known(&client, registry, task).await?;
             }
             if json {
+                if let Some(next) = next {
+                    eprintln!("{next}");
+                }
                 return print_json(&with_message_ids(&client, runs).await?);
             }
             let mut t = table(&[
@@ -69,6 +85,9 @@ pub(crate) async fn run(
             }
             println!("{t}");
             println!("{} run(s)", runs.len());
+            if let Some(next) = next {
+                println!("{next}");
+            }
         }
         RunsCommand::Show { id, json } => {
             let runs = store::find_runs(&client, &id).await?;
@@ -258,9 +277,8 @@ async fn check_known(
         client,
         &RunFilter {
             task: Some(task.to_owned()),
-            status: None,
-            parent: None,
             limit: 1,
+            ..RunFilter::default()
         },
     )
     .await?;

@@ -10,6 +10,7 @@ use crate::tokens::Scope;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -18,7 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 use warren_shared::state::RunStatus;
 use warren_shared::store::cancel::{Cancelled, Retried};
-use warren_shared::store::{self, RunDetail, RunFilter, RunSummary, children, logs};
+use warren_shared::store::{self, RunCursor, RunDetail, RunFilter, RunSummary, children, logs};
 use warren_worker::control;
 
 /// The most a page holds.
@@ -29,13 +30,39 @@ const DEFAULT_PAGE: i64 = 50;
 pub(super) struct ListParams {
     task: Option<String>,
     status: Option<String>,
+    tenant: Option<String>,
     parent: Option<Uuid>,
+    /// Created at or after (RFC 3339).
+    since: Option<String>,
+    /// Created before (RFC 3339).
+    until: Option<String>,
+    /// The previous page's `next`.
+    after: Option<String>,
     limit: Option<i64>,
 }
 
 #[derive(Serialize)]
 pub(super) struct Page {
     runs: Vec<RunSummary>,
+    /// Pass as `after` for the next page; `None` on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<RunCursor>,
+}
+
+fn time(name: &str, text: Option<&str>) -> ApiResult<Option<DateTime<Utc>>> {
+    text.filter(|t| !t.is_empty())
+        .map(|t| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    ApiError::BadRequest(format!("{name} {t:?}: not an RFC 3339 time ({e})"))
+                })
+        })
+        .transpose()
+}
+
+fn nonempty(text: Option<String>) -> Option<String> {
+    text.filter(|t| !t.is_empty())
 }
 
 fn status(text: Option<&str>) -> ApiResult<Option<RunStatus>> {
@@ -59,22 +86,34 @@ fn page_size(limit: Option<i64>) -> ApiResult<i64> {
     }
 }
 
-/// `GET /api/v1/runs`.
+/// `GET /api/v1/runs`: newest first (a parent's children oldest first), one page at a time.
 pub(super) async fn list(
     State(state): State<AppState>,
     principal: Principal,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<Page>> {
     principal.require(Scope::Read)?;
+    let after = nonempty(params.after)
+        .map(|token| {
+            RunCursor::parse(&token).map_err(|e| ApiError::BadRequest(format!("after: {e}")))
+        })
+        .transpose()?;
     let filter = RunFilter {
-        task: params.task.filter(|t| !t.is_empty()),
+        task: nonempty(params.task),
         status: status(params.status.as_deref())?,
+        tenant: nonempty(params.tenant),
+        created_after: time("since", params.since.as_deref())?,
+        created_before: time("until", params.until.as_deref())?,
         parent: params.parent,
+        after,
         limit: page_size(params.limit)?,
     };
     let client = state.pool.get().await?;
-    let runs = store::list_runs(&client, &filter).await?;
-    Ok(Json(Page { runs }))
+    let page = store::page_runs(&client, &filter).await?;
+    Ok(Json(Page {
+        runs: page.runs,
+        next: page.next,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -97,6 +136,7 @@ pub(super) async fn search(
     let runs = store::find_runs(&client, q).await?;
     Ok(Json(Page {
         runs: runs.into_iter().map(|r| r.summary).collect(),
+        next: None,
     }))
 }
 

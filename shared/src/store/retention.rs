@@ -12,8 +12,8 @@
 //! Runs go in batches of a few thousand, one short transaction each: the batch locks only the
 //! finished runs it deletes (`FOR UPDATE SKIP LOCKED`, so a run an operator is replaying right
 //! now is skipped rather than waited for), never a live run. No index is added to the tables the
-//! hot path writes: candidates are found through `runs_created_idx` (a run finishes after it is
-//! created, so `created_at` before the cutoff is a precondition), and steps, transitions and
+//! hot path writes: candidates are found through `runs_created_page_idx` (a run finishes after it
+//! is created, so `created_at` before the cutoff is a precondition), and steps, transitions and
 //! log lines through their primary keys, which lead with `run_id`.
 
 use super::StoreError;
