@@ -19,12 +19,48 @@ pub struct Principal {
     pub scopes: Vec<Scope>,
     /// The session's CSRF value, when the caller is a logged-in browser.
     pub csrf: Option<String>,
+    /// What it authenticated with, to check again on a long-lived request.
+    credential: Credential,
+}
+
+/// A bearer token or a session cookie's value.
+#[derive(Clone)]
+enum Credential {
+    Bearer(String),
+    Session(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Bearer(_) => "Bearer(..)",
+            Credential::Session(_) => "Session(..)",
+        })
+    }
 }
 
 impl Principal {
     /// How the audit log names the caller.
     pub fn actor(&self) -> String {
         format!("token:{}", self.name)
+    }
+
+    /// Is the credential still good (the token not revoked, the session not ended)? A live
+    /// stream asks this now and then, so that a revocation or a logout ends it too.
+    pub async fn still_valid(&self, pool: &deadpool_postgres::Pool) -> bool {
+        let Ok(client) = pool.get().await else {
+            // Postgres away: keep the stream; the next check decides.
+            return true;
+        };
+        let valid = match &self.credential {
+            Credential::Bearer(token) => tokens::authenticate(&client, token)
+                .await
+                .map(|holder| holder.is_some()),
+            Credential::Session(cookie) => sessions::find(&client, cookie)
+                .await
+                .map(|found| found.is_some()),
+        };
+        valid.unwrap_or(true)
     }
 
     /// Refuses the request unless the caller has `scope`.
@@ -58,6 +94,35 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Compares two secrets in time that does not depend on where they differ.
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
+/// Refuses a request whose `Origin`, when the browser sends one, is not this host.
+pub(crate) fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let hosts = [header::HOST.as_str(), "x-forwarded-host"];
+    let same = hosts
+        .iter()
+        .any(|name| headers.get(*name).and_then(|v| v.to_str().ok()) == Some(authority));
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "a cross-site request from {origin} was refused"
+        )))
+    }
+}
+
 /// A cookie-authenticated request that changes state must come from a console page: it carries
 /// the session's CSRF value, and its `Origin`, when the browser sends one, is this host.
 fn check_same_site(parts: &Parts, csrf: &str) -> Result<(), ApiError> {
@@ -65,25 +130,12 @@ fn check_same_site(parts: &Parts, csrf: &str) -> Result<(), ApiError> {
         return Ok(());
     }
     let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-    if sent != Some(csrf) {
+    if !sent.is_some_and(|sent| same_secret(sent, csrf)) {
         return Err(ApiError::Forbidden(
             "a cross-site request was refused: the X-Warren-CSRF header is missing or wrong".into(),
         ));
     }
-    if let Some(origin) = parts.headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
-        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        let hosts = [header::HOST.as_str(), "x-forwarded-host"];
-        let same = hosts
-            .iter()
-            .any(|name| parts.headers.get(*name).and_then(|v| v.to_str().ok()) == Some(authority));
-        if !same {
-            return Err(ApiError::Forbidden(format!(
-                "a cross-site request from {origin} was refused"
-            )));
-        }
-    }
-    Ok(())
+    check_origin(&parts.headers)
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -97,6 +149,7 @@ impl FromRequestParts<AppState> for Principal {
                     name: holder.name,
                     scopes: holder.scopes,
                     csrf: None,
+                    credential: Credential::Bearer(token.to_owned()),
                 }),
                 None => Err(ApiError::Unauthenticated(
                     "the bearer token is unknown or revoked".into(),
@@ -114,6 +167,7 @@ impl FromRequestParts<AppState> for Principal {
                 name: holder.name,
                 scopes: holder.scopes,
                 csrf: Some(csrf),
+                credential: Credential::Session(cookie),
             });
         }
         Err(ApiError::Unauthenticated(

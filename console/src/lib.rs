@@ -17,6 +17,7 @@ mod api;
 pub mod audit;
 pub mod auth;
 mod error;
+mod extract;
 pub mod live;
 pub mod sessions;
 mod state;
@@ -25,6 +26,11 @@ mod ui;
 pub mod webhooks;
 
 pub use error::ApiError;
+
+/// The routes of `/api/v1` (method, path relative to `/api/v1`), as served.
+pub use api::ROUTES;
+/// Served beside them: the OpenAPI document itself, at `/api/v1/openapi.yaml`.
+pub const OPENAPI_ROUTE: (&str, &str) = ("get", "/api/v1/openapi.yaml");
 
 use axum::Router;
 use axum::http::{HeaderValue, header};

@@ -58,20 +58,39 @@ pub enum SignatureError {
     Mismatch,
 }
 
+/// A signature that verified: the timestamp and the `v1` value that matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The signed timestamp (Unix seconds).
+    pub timestamp: u64,
+    /// The matching `v1` value, lower case.
+    pub v1: String,
+}
+
+impl Verified {
+    /// One text per signature however its header was written (extra `v1` values, other parts,
+    /// spaces, order), for remembering which signatures were already accepted.
+    pub fn canonical(&self) -> String {
+        format!("t={},v1={}", self.timestamp, self.v1)
+    }
+}
+
 /// Checks `header` (as sent) for `body` at `now` (Unix seconds): its timestamp within
 /// `tolerance` of now, and one of its `v1` values (several are allowed while a secret is
-/// rotated) the HMAC of the timestamp and the body. Compared in constant time.
+/// rotated) the HMAC of the timestamp and the body. Compared in constant time. A header with
+/// two timestamps is refused as malformed.
 pub fn verify(
     secret: &Secret,
     header: &str,
     body: &[u8],
     now: u64,
     tolerance: Duration,
-) -> Result<u64, SignatureError> {
+) -> Result<Verified, SignatureError> {
     let mut timestamp = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
+            Some(("t", _)) if timestamp.is_some() => return Err(SignatureError::Malformed),
             Some(("t", t)) => timestamp = Some(t),
             Some(("v1", v)) => candidates.push(v),
             _ => {}
@@ -89,13 +108,16 @@ pub fn verify(
     message.extend_from_slice(t.as_bytes());
     message.push(b'.');
     message.extend_from_slice(body);
-    let matches = |candidate: &str| {
+    let matches = |candidate: &&str| {
         unhex(candidate).is_some_and(|bytes| hmac::verify(&secret.0, &message, &bytes).is_ok())
     };
-    if candidates.into_iter().any(matches) {
-        return Ok(seconds);
+    match candidates.into_iter().find(matches) {
+        Some(v1) => Ok(Verified {
+            timestamp: seconds,
+            v1: v1.to_ascii_lowercase(),
+        }),
+        None => Err(SignatureError::Mismatch),
     }
-    Err(SignatureError::Mismatch)
 }
 
 /// The SHA-256 of `bytes` in lowercase hex (API token hashes, remembered webhook signatures).
@@ -160,10 +182,8 @@ mod tests {
         let secret = Secret::new(b"whsec");
         let header = sign(&secret, 1_000, b"{}");
         let five_minutes = Duration::from_secs(300);
-        assert_eq!(
-            verify(&secret, &header, b"{}", 1_200, five_minutes),
-            Ok(1_000)
-        );
+        let verified = verify(&secret, &header, b"{}", 1_200, five_minutes).map(|v| v.timestamp);
+        assert_eq!(verified, Ok(1_000));
         assert_eq!(
             verify(&secret, &header, b"{}", 1_400, five_minutes),
             Err(SignatureError::Stale(400))
@@ -193,8 +213,17 @@ mod tests {
                 "{bad}"
             );
         }
-        // A second, wrong v1 beside the right one (a secret being rotated) still verifies.
-        let rotated = format!("{header},v1=00ff");
-        assert_eq!(refused(&secret, &rotated, b"{}"), Ok(1_000));
+        // A second, wrong v1 beside the right one (a secret being rotated), other parts and
+        // spaces: it verifies, as the same signature as the plain header.
+        let rotated = format!("v1=00ff, {header} ,v0=x");
+        let plain = refused(&secret, &header, b"{}").map(|v| v.canonical());
+        assert_eq!(
+            refused(&secret, &rotated, b"{}").map(|v| v.canonical()),
+            plain
+        );
+        assert_eq!(
+            refused(&secret, &format!("{header},t=999"), b"{}"),
+            Err(SignatureError::Malformed)
+        );
     }
 }

@@ -164,7 +164,15 @@ async fn each_scope_allows_its_own_routes_and_refuses_the_others() {
     let env = TestEnv::new().await;
     let console = TestConsole::start(&env).await;
     for (method, path) in ROUTES {
-        if path.ends_with("/session") || path.ends_with("/live") {
+        if path.ends_with("/session") {
+            continue;
+        }
+        if path.ends_with("/live") {
+            // A stream for those who may read; a publish token is refused before it starts.
+            let (status, _) = console
+                .call(Method::GET, path, Some(&console.publish), None)
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "publish: live");
             continue;
         }
         let verb: Method = method.parse().unwrap();
@@ -441,22 +449,35 @@ async fn the_runs_list_pages_with_its_cursor_and_filters_by_tenant_and_time() {
     }
     let first = console.get("/api/v1/runs?tenant=acme&limit=2").await;
     assert_eq!(first["runs"].as_array().unwrap().len(), 2, "{first}");
-    assert!(first["runs"].as_array().unwrap().iter().all(|r| r["tenant"] == "acme"));
+    assert!(
+        first["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["tenant"] == "acme")
+    );
     let next = first["next"].as_str().unwrap().to_owned();
     let second = console
         .get(&format!("/api/v1/runs?tenant=acme&limit=2&after={next}"))
         .await;
     assert_eq!(second["runs"].as_array().unwrap().len(), 1, "{second}");
-    assert!(second.get("next").is_none(), "the last page has no cursor: {second}");
-    let mut seen: Vec<&str> = first["runs"]
+    assert!(
+        second.get("next").is_none(),
+        "the last page has no cursor: {second}"
+    );
+    let paged: Vec<String> = first["runs"]
         .as_array()
         .unwrap()
         .iter()
         .chain(second["runs"].as_array().unwrap())
-        .map(|r| r["id"].as_str().unwrap())
+        .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect();
-    seen.dedup();
-    assert_eq!(seen.len(), 3, "three acme runs, none twice");
+    // The acme runs, newest first, each once.
+    let mut acme = Vec::new();
+    for i in [3, 1, 0] {
+        acme.push(env.runs_of(&ids[i]).await[0].summary.id.to_string());
+    }
+    assert_eq!(paged, acme);
     let future = "2999-01-01T00:00:00Z";
     let none = console.get(&format!("/api/v1/runs?since={future}")).await;
     assert_eq!(none["runs"], json!([]));
@@ -466,7 +487,9 @@ async fn the_runs_list_pages_with_its_cursor_and_filters_by_tenant_and_time() {
         "/api/v1/runs?after=not-a-cursor",
         "/api/v1/runs?since=yesterday",
     ] {
-        let (status, body) = console.call(Method::GET, path, Some(&console.read), None).await;
+        let (status, body) = console
+            .call(Method::GET, path, Some(&console.read), None)
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
     }
     worker.shutdown().await.unwrap();
@@ -519,20 +542,25 @@ async fn dead_letters_are_listed_replayed_and_purged_and_each_action_is_audited(
     env.wait_consuming(&["fragile"]).await;
     let console = TestConsole::start(&env).await;
     let first = publish(&console, "fragile", json!({ "n": 1 })).await;
-    let second = publish(&console, "fragile", json!({ "n": 2 })).await;
+    let mut others = Vec::new();
+    for n in 2..=4 {
+        others.push(publish(&console, "fragile", json!({ "n": n })).await);
+    }
     wait_status(&env, &first, "dead").await;
-    wait_status(&env, &second, "dead").await;
+    for other in &others {
+        wait_status(&env, other, "dead").await;
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while console.get("/api/v1/dead-letters/fragile").await["count"] != 2 {
-        assert!(Instant::now() < deadline, "two dead letters");
+    while console.get("/api/v1/dead-letters/fragile").await["count"] != 4 {
+        assert!(Instant::now() < deadline, "four dead letters");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let summary = console.get("/api/v1/dead-letters").await;
     assert_eq!(summary[0]["task"], "fragile");
-    assert_eq!(summary[0]["count"], 2);
+    assert_eq!(summary[0]["count"], 4);
     let list = console.get("/api/v1/dead-letters/fragile").await;
-    assert_eq!(list["count"], 2);
+    assert_eq!(list["count"], 4);
     assert_eq!(list["dead_letters"][0]["reason"], "quota_exceeded");
     let shown = console
         .get(&format!("/api/v1/dead-letters/fragile/{first}"))
@@ -578,6 +606,34 @@ async fn dead_letters_are_listed_replayed_and_purged_and_each_action_is_audited(
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Every letter, up to a limit: two of the three left.
+    let report = console
+        .post(
+            "/api/v1/dead-letters/fragile/replay",
+            json!({ "all": true, "limit": 2 }),
+        )
+        .await;
+    assert_eq!(report["replayed"].as_array().unwrap().len(), 2, "{report}");
+    let mut succeeded = 0;
+    for other in &others {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = env.runs_of(other).await[0].summary.status.clone();
+            if status == "succeeded" {
+                succeeded += 1;
+                break;
+            }
+            if status == "dead" && Instant::now() > deadline - Duration::from_secs(15) {
+                break;
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        succeeded, 2,
+        "the two replayed runs succeeded, the third stayed dead"
+    );
 
     let purged = console
         .post("/api/v1/dead-letters/fragile/purge", json!({}))
@@ -649,6 +705,26 @@ async fn a_run_is_cancelled_and_retried_over_http() {
         .await;
     assert_eq!(retried["attempt"], 2);
     wait_status(&env, &id, "running").await;
+    let audit = console.get("/api/v1/audit").await;
+    let recorded: Vec<(&str, &str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let target = run_id.to_string();
+    for action in ["run.cancel", "run.retry"] {
+        assert!(
+            recorded.contains(&("token:admin", action, target.as_str())),
+            "{recorded:?}"
+        );
+    }
     worker.shutdown().await.unwrap();
     console.stop().await;
 }
@@ -822,6 +898,31 @@ async fn logging_out_ends_the_session() {
         .await
         .unwrap();
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    let audit = console.get("/api/v1/audit").await;
+    let actions: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .filter(|(actor, _)| *actor == "token:reader")
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("token:reader", "session.logout"),
+            ("token:reader", "session.login")
+        ]
+    );
+    // A login from another site's page is refused.
+    let foreign = console
+        .http
+        .post(format!("{}/api/v1/session", console.base))
+        .header("origin", "https://evil.example")
+        .json(&json!({ "token": console.read }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
     console.stop().await;
 }
 
@@ -874,8 +975,14 @@ async fn a_signed_webhook_publishes_once_and_forged_stale_or_replayed_ones_publi
     let run = wait_status(&env, &message_id, "succeeded").await;
     assert_eq!(run.input, Some(json!({ "payment": "pi_1" })));
 
+    let genuine = sign("whsec_test", now, body);
     let refusals = [
-        ("replayed", sign("whsec_test", now, body), &body[..]),
+        ("replayed", genuine.clone(), &body[..]),
+        (
+            "replayed, written differently",
+            format!("v1=00, {genuine} ,v0=x"),
+            &body[..],
+        ),
         ("forged secret", sign("guess", now, body), &body[..]),
         (
             "body changed",
@@ -1032,30 +1139,13 @@ fn the_openapi_document_lists_every_route_and_only_those() {
             ));
         }
     }
-    // The routes of ROUTES with their parameters named as the document names them, and those
-    // that need no token.
-    let mut served: BTreeSet<String> = ROUTES
+    // The routes the console serves, as its router declares them.
+    let mut served: BTreeSet<String> = warren_console::ROUTES
         .iter()
-        .map(|(method, path)| {
-            let path = path.split('?').next().unwrap();
-            let path = path
-                .replace("0190f5c2-7d1a-7cc0-9d1e-2a6f0e4b8a11", "{id}")
-                .replace("/echo/stats", "/{task}/stats")
-                .replace("dead-letters/fragile/m1", "dead-letters/{task}/{id}")
-                .replace("dead-letters/fragile", "dead-letters/{task}")
-                .replace("echo%2Fnightly", "{name}")
-                .replace("events/echo", "events/{event}");
-            format!("{method} {path}")
-        })
+        .map(|(method, path)| format!("{} /api/v1{path}", method.to_uppercase()))
         .collect();
-    for extra in [
-        "GET /api/v1/session",
-        "POST /api/v1/session",
-        "POST /api/v1/webhooks/{source}",
-        "GET /api/v1/openapi.yaml",
-    ] {
-        served.insert(extra.to_owned());
-    }
+    let (method, path) = warren_console::OPENAPI_ROUTE;
+    served.insert(format!("{} {path}", method.to_uppercase()));
     assert_eq!(documented, served);
 }
 
@@ -1160,4 +1250,48 @@ async fn warren_tokens_and_warren_console_from_the_command_line() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("secret"), "password leaked: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_stream_ends_when_its_token_is_revoked() {
+    let env = TestEnv::new().await;
+    let console = TestConsole::start(&env).await;
+    let mut stream = console
+        .http
+        .get(format!("{}/api/v1/runs/live", console.base))
+        .bearer_auth(&console.read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut client = env.pool.get().await.unwrap();
+    warren_console::tokens::revoke(&mut client, "reader", "test")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its token by 15 s");
+    console.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_over_the_limit_is_refused_as_it_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let console = TestConsole::start_with(&env, |c| c.max_body_bytes = 1_000).await;
+    let addr = console.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 600, " ".repeat(600));
+    let request = format!(
+        "POST /api/v1/events/echo HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}{chunk}0\r\n\r\n",
+        console.publish
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("too_large"), "{answer}");
+    console.stop().await;
 }

@@ -30,9 +30,19 @@ pub enum ControlError {
 pub async fn cancel(pool: &Pool, run: Uuid, by: &str) -> Result<Cancelled, ControlError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let cancelled = cancel::cancel_run(&tx, run, by).await?;
+    let cancelled = cancel_in(&tx, run, by).await?;
     tx.commit().await?;
     Ok(cancelled)
+}
+
+/// [`cancel`] inside the caller's transaction, for a caller that records more with it (the
+/// console's audit log).
+pub async fn cancel_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    run: Uuid,
+    by: &str,
+) -> Result<Cancelled, ControlError> {
+    Ok(cancel::cancel_run(tx, run, by).await?)
 }
 
 /// Starts a dead or cancelled run again from its first step, with no checkpoint, on behalf of
@@ -46,9 +56,19 @@ pub async fn retry(
 ) -> Result<Retried, ControlError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let retried = cancel::retry_run(&tx, run, by, |source| message(topology, run, source)).await?;
+    let retried = retry_in(&tx, topology, run, by).await?;
     tx.commit().await?;
     Ok(retried)
+}
+
+/// [`retry`] inside the caller's transaction, for a caller that records more with it.
+pub async fn retry_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    topology: &Topology,
+    run: Uuid,
+    by: &str,
+) -> Result<Retried, ControlError> {
+    Ok(cancel::retry_run(tx, run, by, |source| message(topology, run, source)).await?)
 }
 
 /// The message of a retried run: its identity, event, tenant and parent, a new attempt, and

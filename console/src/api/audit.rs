@@ -3,10 +3,11 @@
 use crate::audit::{self, Entry};
 use crate::auth::Principal;
 use crate::error::ApiResult;
+use crate::extract::ApiQuery;
 use crate::state::AppState;
 use crate::tokens::Scope;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -25,7 +26,7 @@ pub(super) struct Page {
 pub(super) async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<Params>,
+    ApiQuery(params): ApiQuery<Params>,
 ) -> ApiResult<Json<Page>> {
     principal.require(Scope::Read)?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1_000);

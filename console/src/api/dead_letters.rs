@@ -5,10 +5,14 @@ use super::tasks::{inspect, known_tasks};
 use crate::audit;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::extract;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::tokens::Scope;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::Duration;
@@ -83,8 +87,8 @@ pub(super) struct Listed {
 pub(super) async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Path(task): Path<String>,
-    Query(params): Query<ListParams>,
+    ApiPath(task): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Listed>> {
     principal.require(Scope::Read)?;
     let limit = params.limit.unwrap_or(50).clamp(1, 500);
@@ -110,7 +114,7 @@ pub(super) struct Shown {
 pub(super) async fn show(
     State(state): State<AppState>,
     principal: Principal,
-    Path((task, id)): Path<(String, String)>,
+    ApiPath((task, id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Shown>> {
     principal.require(Scope::Read)?;
     let connection = state.broker().await?;
@@ -148,31 +152,26 @@ pub(super) struct ReplayBody {
     limit: Option<usize>,
 }
 
-/// `POST /api/v1/dead-letters/{task}/replay`: `{"id": "..."}` or `{"all": true}`.
+/// `POST /api/v1/dead-letters/{task}/replay`: `{"id": "..."}` or `{"all": true}`. The broker
+/// does the work, letter by letter: the audit log records what was replayed, and, when the
+/// replay stopped partway, that it was attempted and why it stopped.
 pub(super) async fn replay(
     State(state): State<AppState>,
     principal: Principal,
-    Path(task): Path<String>,
-    Json(body): Json<ReplayBody>,
+    ApiPath(task): ApiPath<String>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<ReplayReport>> {
     principal.require(Scope::Admin)?;
+    let body: ReplayBody = extract::json(&headers, body, extract::SMALL_BODY).await?;
     let actor = principal.actor();
     let connection = state.broker().await?;
     let dlq = DeadLetterQueue::new(&connection, &state.topology, &task);
-    let report = match (&body.id, body.all) {
-        (Some(id), false) => {
-            let report = dlq.replay(&state.pool, |l| l.is(id), 1, &actor).await?;
-            if report.replayed.is_empty() {
-                return Err(ApiError::NotFound(format!(
-                    "no dead letter with message id or run id {id:?} in {}",
-                    state.topology.dead_letter_queue(&task)
-                )));
-            }
-            report
-        }
+    let replayed = match (&body.id, body.all) {
+        (Some(id), false) => dlq.replay(&state.pool, |l| l.is(id), 1, &actor).await,
         (None, true) => {
             let limit = body.limit.unwrap_or(usize::MAX);
-            dlq.replay(&state.pool, |_| true, limit, &actor).await?
+            dlq.replay(&state.pool, |_| true, limit, &actor).await
         }
         _ => {
             return Err(ApiError::BadRequest(
@@ -181,14 +180,18 @@ pub(super) async fn replay(
         }
     };
     let client = state.pool.get().await?;
-    audit::record(
-        &client,
-        &actor,
-        "dead_letters.replay",
-        Some(&task),
-        json!({ "replayed": report.replayed }),
-    )
-    .await?;
+    let detail = match &replayed {
+        Ok(report) => json!({ "replayed": report.replayed, "id": body.id }),
+        Err(e) => json!({ "stopped": e.to_string(), "id": body.id, "all": body.all }),
+    };
+    audit::record(&client, &actor, "dead_letters.replay", Some(&task), detail).await?;
+    let report = replayed?;
+    if let (Some(id), true) = (&body.id, report.replayed.is_empty()) {
+        return Err(ApiError::NotFound(format!(
+            "no dead letter with message id or run id {id:?} in {}",
+            state.topology.dead_letter_queue(&task)
+        )));
+    }
     Ok(Json(report))
 }
 
@@ -202,10 +205,12 @@ pub(super) struct PurgeBody {
 pub(super) async fn purge(
     State(state): State<AppState>,
     principal: Principal,
-    Path(task): Path<String>,
-    Json(body): Json<PurgeBody>,
+    ApiPath(task): ApiPath<String>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
     principal.require(Scope::Admin)?;
+    let body: PurgeBody = extract::json(&headers, body, extract::SMALL_BODY).await?;
     let older_than: Option<Duration> = body
         .older_than
         .as_deref()
@@ -216,7 +221,6 @@ pub(super) async fn purge(
     let purged = DeadLetterQueue::new(&connection, &state.topology, &task)
         .purge(older_than)
         .await?;
-    let answer = json!({ "purged": purged });
     let client = state.pool.get().await?;
     audit::record(
         &client,
@@ -226,5 +230,5 @@ pub(super) async fn purge(
         json!({ "purged": purged, "older_than": body.older_than }),
     )
     .await?;
-    Ok(Json(answer))
+    Ok(Json(json!({ "purged": purged })))
 }

@@ -6,13 +6,14 @@
 use crate::audit;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::extract;
+use crate::extract::ApiPath;
 use crate::state::AppState;
 use crate::tokens::Scope;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use bytes_body::read_limited;
 use serde_json::{Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
 use warren_producer::{PublishError, PublishOptions};
@@ -33,36 +34,6 @@ pub(crate) mod headers {
     pub(crate) const PRIORITY: &str = "warren-priority";
     /// W3C trace context.
     pub(crate) const TRACEPARENT: &str = "traceparent";
-}
-
-mod bytes_body {
-    use crate::error::ApiError;
-    use axum::body::Body;
-    use axum::http::{HeaderMap, header};
-
-    /// The body, refused with 413 beyond `limit` bytes (before reading it when its length is
-    /// announced).
-    pub(crate) async fn read_limited(
-        headers: &HeaderMap,
-        body: Body,
-        limit: usize,
-    ) -> Result<axum::body::Bytes, ApiError> {
-        let too_large = || {
-            ApiError::TooLarge(format!(
-                "the body is larger than the ingress limit of {limit} bytes"
-            ))
-        };
-        let announced = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if announced.is_some_and(|n| n > limit) {
-            return Err(too_large());
-        }
-        axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| too_large())
-    }
 }
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
@@ -125,35 +96,52 @@ async fn send(
 pub(super) async fn publish(
     State(state): State<AppState>,
     principal: Principal,
-    Path(event): Path<String>,
+    ApiPath(event): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     principal.require(Scope::Publish)?;
     contract::validate_event_name(&event).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let options = options(&headers)?;
-    let body = read_limited(&headers, body, state.config.max_body_bytes).await?;
+    let body = extract::bytes(&headers, body, state.config.max_body_bytes).await?;
     require_json(&body)?;
     let message_id = send(&state, &event, &body, options).await?;
-    let client = state.pool.get().await?;
-    audit::record(
-        &client,
-        &principal.actor(),
-        "event.publish",
-        Some(&event),
-        json!({ "message_id": message_id }),
-    )
-    .await?;
+    record_publish(&state, &principal.actor(), &event, &message_id).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message_id": message_id })),
     ))
 }
 
+/// Records a confirmed publish. The message is the broker's by now: a failure to record it is
+/// logged, and the caller still gets its 202 (a 503 would make it publish again).
+async fn record_publish(state: &AppState, actor: &str, event: &str, message_id: &str) {
+    let recorded = async {
+        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+        audit::record(
+            &client,
+            actor,
+            "event.publish",
+            Some(event),
+            json!({ "message_id": message_id }),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    };
+    if let Err(error) = recorded.await {
+        tracing::warn!(%error, actor, event, message_id, "a confirmed publish was not recorded in the audit log");
+    }
+}
+
 /// `POST /api/v1/webhooks/{source}`: authenticated by its signature, not by a token.
+///
+/// A signature is accepted once: its matched timestamp and `v1` value (not the header's text,
+/// which can be written many ways for one signature) are claimed in Postgres before the
+/// publish, and the claim is released if the publish fails, so that the sender may send again.
+/// Two copies racing each other: one claims, the other is a replay.
 pub(super) async fn webhook(
     State(state): State<AppState>,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -162,45 +150,19 @@ pub(super) async fn webhook(
             "no webhook source named {source:?}"
         )));
     };
-    let body = read_limited(&headers, body, state.config.max_body_bytes).await?;
+    let body = extract::bytes(&headers, body, state.config.max_body_bytes).await?;
     let sent = text(&headers, &webhook.header)?.unwrap_or_default();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    signature::verify(&webhook.secret, sent, &body, now, webhook.tolerance).map_err(|e| {
-        tracing::info!(source, reason = %e, "webhook refused");
-        ApiError::Unauthenticated(format!("webhook {source:?} refused: {e}"))
-    })?;
-    // A signature is accepted once. Remembered after the publish, so that a publish that
-    // fails leaves the sender free to send it again; two copies racing both publish under
-    // the same message id, which makes one run.
-    let signature_hash = sha256_hex(sent.as_bytes());
-    let client = state.pool.get().await?;
-    let seen = client
-        .query_opt(
-            "SELECT 1 FROM webhook_deliveries WHERE source = $1 AND signature_hash = $2",
-            &[&source, &signature_hash],
-        )
-        .await?;
-    if seen.is_some() {
-        tracing::info!(source, "webhook refused: replayed");
-        return Err(ApiError::Unauthenticated(format!(
-            "webhook {source:?} refused: this signed request was already accepted (a replay)"
-        )));
-    }
+    let verified = signature::verify(&webhook.secret, sent, &body, now, webhook.tolerance)
+        .map_err(|e| {
+            tracing::info!(source, reason = %e, "webhook refused");
+            ApiError::Unauthenticated(format!("webhook {source:?} refused: {e}"))
+        })?;
     require_json(&body)?;
-    let options = PublishOptions {
-        message_id: Some(format!("webhook-{source}-{}", &signature_hash[..32])),
-        ..PublishOptions::default()
-    };
-    let message_id = send(&state, &webhook.event, &body, options).await?;
-    client
-        .execute(
-            "INSERT INTO webhook_deliveries (source, signature_hash) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING",
-            &[&source, &signature_hash],
-        )
-        .await?;
+    let claim = sha256_hex(verified.canonical().as_bytes());
+    let client = state.pool.get().await?;
     client
         .execute(
             "DELETE FROM webhook_deliveries WHERE source = $1
@@ -208,14 +170,41 @@ pub(super) async fn webhook(
             &[&source, &(webhook.tolerance.as_secs_f64() * 2.0)],
         )
         .await?;
-    audit::record(
-        &client,
-        &format!("webhook:{source}"),
-        "event.publish",
-        Some(&webhook.event),
-        json!({ "message_id": message_id }),
-    )
-    .await?;
+    let claimed = client
+        .execute(
+            "INSERT INTO webhook_deliveries (source, signature_hash) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+            &[&source, &claim],
+        )
+        .await?;
+    if claimed == 0 {
+        tracing::info!(source, "webhook refused: replayed");
+        return Err(ApiError::Unauthenticated(format!(
+            "webhook {source:?} refused: this signed request was already accepted (a replay)"
+        )));
+    }
+    let options = PublishOptions {
+        message_id: Some(format!("webhook-{source}-{}", &claim[..32])),
+        ..PublishOptions::default()
+    };
+    let message_id = match send(&state, &webhook.event, &body, options).await {
+        Ok(id) => id,
+        Err(e) => {
+            let released = client
+                .execute(
+                    "DELETE FROM webhook_deliveries WHERE source = $1 AND signature_hash = $2",
+                    &[&source, &claim],
+                )
+                .await;
+            if let Err(error) = released {
+                tracing::warn!(%error, source, "a failed webhook's claim was not released: the sender's retries are refused until it expires");
+            }
+            return Err(e);
+        }
+    };
+    drop(client);
+    let actor = format!("webhook:{source}");
+    record_publish(&state, &actor, &webhook.event, &message_id).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message_id": message_id })),

@@ -2,10 +2,11 @@
 
 use crate::auth::Principal;
 use crate::error::ApiResult;
+use crate::extract::ApiQuery;
 use crate::state::AppState;
 use crate::tokens::Scope;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use warren_shared::store::{self, WorkerRecord};
 
@@ -19,7 +20,7 @@ pub(super) struct Params {
 pub(super) async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<Params>,
+    ApiQuery(params): ApiQuery<Params>,
 ) -> ApiResult<Json<Vec<WorkerRecord>>> {
     principal.require(Scope::Read)?;
     let client = state.pool.get().await?;

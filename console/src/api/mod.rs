@@ -12,37 +12,47 @@ mod tasks;
 
 use crate::state::AppState;
 use axum::Router;
-use axum::routing::{get, post};
 
-/// Every route of `/api/v1`.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/session",
-            get(session::current)
-                .post(session::login)
-                .delete(session::logout),
-        )
-        .route("/runs", get(runs::list))
-        .route("/runs/search", get(runs::search))
-        .route("/runs/live", get(runs::live))
-        .route("/runs/{id}", get(runs::show))
-        .route("/runs/{id}/cancel", post(runs::cancel))
-        .route("/runs/{id}/retry", post(runs::retry))
-        .route("/tasks", get(tasks::list))
-        .route("/tasks/{task}/stats", get(tasks::stats))
-        .route("/fleet", get(fleet::list))
-        .route("/dead-letters", get(dead_letters::summary))
-        .route("/dead-letters/{task}", get(dead_letters::list))
-        .route("/dead-letters/{task}/replay", post(dead_letters::replay))
-        .route("/dead-letters/{task}/purge", post(dead_letters::purge))
-        .route("/dead-letters/{task}/{id}", get(dead_letters::show))
-        .route("/schedules", get(schedules::list))
-        .route("/schedules/{name}", get(schedules::show))
-        .route("/schedules/{name}/pause", post(schedules::pause))
-        .route("/schedules/{name}/resume", post(schedules::resume))
-        .route("/schedules/{name}/trigger", post(schedules::trigger))
-        .route("/audit", get(audit::list))
-        .route("/events/{event}", post(events::publish))
-        .route("/webhooks/{source}", post(events::webhook))
+/// Declares every route once: the router, and [`ROUTES`], the list the documentation is
+/// checked against (`docs/openapi.yaml`). A route added here and not documented fails a test.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route of `/api/v1` as (method, path), in the router's spelling.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// Every route of `/api/v1`.
+        pub(crate) fn routes() -> Router<AppState> {
+            let router = Router::new();
+            $(let router = router.route($path, axum::routing::$method($handler));)*
+            router
+        }
+    };
+}
+
+routes! {
+    get "/session" => session::current,
+    post "/session" => session::login,
+    delete "/session" => session::logout,
+    get "/runs" => runs::list,
+    get "/runs/search" => runs::search,
+    get "/runs/live" => runs::live,
+    get "/runs/{id}" => runs::show,
+    post "/runs/{id}/cancel" => runs::cancel,
+    post "/runs/{id}/retry" => runs::retry,
+    get "/tasks" => tasks::list,
+    get "/tasks/{task}/stats" => tasks::stats,
+    get "/fleet" => fleet::list,
+    get "/dead-letters" => dead_letters::summary,
+    get "/dead-letters/{task}" => dead_letters::list,
+    post "/dead-letters/{task}/replay" => dead_letters::replay,
+    post "/dead-letters/{task}/purge" => dead_letters::purge,
+    get "/dead-letters/{task}/{id}" => dead_letters::show,
+    get "/schedules" => schedules::list,
+    get "/schedules/{name}" => schedules::show,
+    post "/schedules/{name}/pause" => schedules::pause,
+    post "/schedules/{name}/resume" => schedules::resume,
+    post "/schedules/{name}/trigger" => schedules::trigger,
+    get "/audit" => audit::list,
+    post "/events/{event}" => events::publish,
+    post "/webhooks/{source}" => events::webhook,
 }

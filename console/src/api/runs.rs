@@ -4,23 +4,29 @@
 use crate::audit;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::live::Update;
 use crate::state::AppState;
 use crate::tokens::Scope;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::convert::Infallible;
+use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 use warren_shared::state::RunStatus;
 use warren_shared::store::cancel::{Cancelled, Retried};
 use warren_shared::store::{self, RunCursor, RunDetail, RunFilter, RunSummary, children, logs};
 use warren_worker::control;
+
+/// How often a live stream checks that its token or session is still good: a revocation or a
+/// logout ends the streams it authenticated within this long.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The most a page holds.
 pub(crate) const MAX_PAGE: i64 = 500;
@@ -90,7 +96,7 @@ fn page_size(limit: Option<i64>) -> ApiResult<i64> {
 pub(super) async fn list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<ListParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Page>> {
     principal.require(Scope::Read)?;
     let after = nonempty(params.after)
@@ -125,7 +131,7 @@ pub(super) struct SearchParams {
 pub(super) async fn search(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<SearchParams>,
+    ApiQuery(params): ApiQuery<SearchParams>,
 ) -> ApiResult<Json<Page>> {
     principal.require(Scope::Read)?;
     let q = params.q.trim();
@@ -163,7 +169,7 @@ async fn find(client: &deadpool_postgres::Client, id: Uuid) -> ApiResult<RunDeta
 pub(super) async fn show(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<Shown>> {
     principal.require(Scope::Read)?;
     let client = state.pool.get().await?;
@@ -173,15 +179,17 @@ pub(super) async fn show(
     Ok(Json(Shown { run, family, logs }))
 }
 
-/// `POST /api/v1/runs/{id}/cancel`.
+/// `POST /api/v1/runs/{id}/cancel`: the cancellation and its audit record in one transaction.
 pub(super) async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<serde_json::Value>> {
     principal.require(Scope::Admin)?;
     let actor = principal.actor();
-    let result = control::cancel(&state.pool, id, &actor)
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let result = control::cancel_in(&tx, id, &actor)
         .await
         .map_err(ApiError::database)?;
     let answer = match result {
@@ -193,28 +201,31 @@ pub(super) async fn cancel(
         }
         Cancelled::Cancelled(runs) => json!({ "cancelled": runs }),
     };
-    let client = state.pool.get().await?;
     audit::record(
-        &client,
+        &tx,
         &actor,
         "run.cancel",
         Some(&id.to_string()),
         answer.clone(),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(answer))
 }
 
 /// `POST /api/v1/runs/{id}/retry`: a dead or cancelled run again from its first step. Its
-/// message is in the outbox; the fleet's relays send it within a second.
+/// message is in the outbox; the fleet's relays send it within a second. The retry and its
+/// audit record are one transaction.
 pub(super) async fn retry(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<serde_json::Value>> {
     principal.require(Scope::Admin)?;
     let actor = principal.actor();
-    let result = control::retry(&state.pool, &state.topology, id, &actor)
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let result = control::retry_in(&tx, &state.topology, id, &actor)
         .await
         .map_err(ApiError::database)?;
     let answer = match result {
@@ -226,15 +237,15 @@ pub(super) async fn retry(
         }
         Retried::Queued { attempt, .. } => json!({ "queued": id, "attempt": attempt }),
     };
-    let client = state.pool.get().await?;
     audit::record(
-        &client,
+        &tx,
         &actor,
         "run.retry",
         Some(&id.to_string()),
         answer.clone(),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(answer))
 }
 
@@ -249,7 +260,7 @@ pub(super) struct LiveParams {
 pub(super) async fn live(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<LiveParams>,
+    ApiQuery(params): ApiQuery<LiveParams>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.require(Scope::Read)?;
     let receiver = state.live.subscribe();
@@ -257,36 +268,50 @@ pub(super) async fn live(
     let task = params.task.filter(|t| !t.is_empty());
     let run = params.run;
     let stopped = state.live.stopped().clone();
-    let stream = futures::stream::unfold((receiver, watch), move |(mut receiver, watch)| {
-        let task = task.clone();
-        let stopped = stopped.clone();
-        async move {
-            loop {
-                let received = tokio::select! {
-                    () = stopped.cancelled() => return None,
-                    received = receiver.recv() => received,
-                };
-                match received {
-                    Ok(Update::Run(change)) => {
-                        let wanted = task.as_ref().is_none_or(|t| *t == change.task)
-                            && run.is_none_or(|r| r == change.id);
-                        if !wanted {
-                            continue;
+    let pool = state.pool.clone();
+    let principal = Arc::new(principal);
+    let checks = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    let stream = futures::stream::unfold(
+        (receiver, watch, checks),
+        move |(mut receiver, watch, mut checks)| {
+            let task = task.clone();
+            let stopped = stopped.clone();
+            let pool = pool.clone();
+            let principal = Arc::clone(&principal);
+            async move {
+                loop {
+                    let received = tokio::select! {
+                        () = stopped.cancelled() => return None,
+                        _ = checks.tick() => {
+                            if principal.still_valid(&pool).await {
+                                continue;
+                            }
+                            return None;
                         }
-                        let event = Event::default()
-                            .event("run")
-                            .json_data(&*change)
-                            .unwrap_or_else(|_| Event::default().event("resync"));
-                        return Some((Ok(event), (receiver, watch)));
+                        received = receiver.recv() => received,
+                    };
+                    match received {
+                        Ok(Update::Run(change)) => {
+                            let wanted = task.as_ref().is_none_or(|t| *t == change.task)
+                                && run.is_none_or(|r| r == change.id);
+                            if !wanted {
+                                continue;
+                            }
+                            let event = Event::default()
+                                .event("run")
+                                .json_data(&*change)
+                                .unwrap_or_else(|_| Event::default().event("resync"));
+                            return Some((Ok(event), (receiver, watch, checks)));
+                        }
+                        Err(RecvError::Lagged(_)) => {
+                            let event = Event::default().event("resync").data("{}");
+                            return Some((Ok(event), (receiver, watch, checks)));
+                        }
+                        Err(RecvError::Closed) => return None,
                     }
-                    Err(RecvError::Lagged(_)) => {
-                        let event = Event::default().event("resync").data("{}");
-                        return Some((Ok(event), (receiver, watch)));
-                    }
-                    Err(RecvError::Closed) => return None,
                 }
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -4,10 +4,11 @@
 use crate::audit;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiPath;
 use crate::state::AppState;
 use crate::tokens::Scope;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Serialize;
 use serde_json::json;
 use warren_shared::store::schedules::{self, Fire, Schedule};
@@ -37,7 +38,7 @@ pub(super) struct Shown {
 pub(super) async fn show(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Shown>> {
     principal.require(Scope::Read)?;
     let client = state.pool.get().await?;
@@ -51,6 +52,7 @@ pub(super) async fn show(
     }))
 }
 
+/// Pause or resume, with its audit record, in one transaction.
 async fn set_paused(
     state: &AppState,
     principal: &Principal,
@@ -58,8 +60,9 @@ async fn set_paused(
     paused: bool,
 ) -> ApiResult<Json<serde_json::Value>> {
     principal.require(Scope::Admin)?;
-    let client = state.pool.get().await?;
-    let schedule = schedules::get(&client, name)
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let schedule = schedules::get(&tx, name)
         .await?
         .ok_or_else(|| missing(name))?;
     let next = if paused {
@@ -71,7 +74,7 @@ async fn set_paused(
             .map_err(|e| ApiError::Conflict(format!("schedule {name:?}: {e}")))?;
         timing.next_after(chrono::Utc::now())
     };
-    if !schedules::set_paused(&client, name, paused, next).await? {
+    if !schedules::set_paused(&tx, name, paused, next).await? {
         return Err(missing(name));
     }
     let answer = json!({ "name": name, "paused": paused, "next_fire_at": next });
@@ -80,7 +83,8 @@ async fn set_paused(
     } else {
         "schedule.resume"
     };
-    audit::record(&client, &principal.actor(), action, Some(name), json!({})).await?;
+    audit::record(&tx, &principal.actor(), action, Some(name), json!({})).await?;
+    tx.commit().await?;
     Ok(Json(answer))
 }
 
@@ -88,7 +92,7 @@ async fn set_paused(
 pub(super) async fn pause(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     set_paused(&state, &principal, &name, true).await
 }
@@ -97,30 +101,32 @@ pub(super) async fn pause(
 pub(super) async fn resume(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     set_paused(&state, &principal, &name, false).await
 }
 
 /// `POST /api/v1/schedules/{name}/trigger`: a manual slot now, fired by the next scheduler
-/// pass of a replica that runs the task.
+/// pass of a replica that runs the task; recorded in the same transaction.
 pub(super) async fn trigger(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     principal.require(Scope::Admin)?;
-    let client = state.pool.get().await?;
-    let slot = schedules::request_trigger(&client, &name)
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let slot = schedules::request_trigger(&tx, &name)
         .await?
         .ok_or_else(|| missing(&name))?;
     audit::record(
-        &client,
+        &tx,
         &principal.actor(),
         "schedule.trigger",
         Some(&name),
         json!({ "slot": slot }),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(json!({ "name": name, "slot": slot })))
 }

@@ -3,9 +3,11 @@
 use crate::audit;
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, ApiResult};
+use crate::extract;
 use crate::sessions::{self, COOKIE, SESSION_LIFETIME};
 use crate::state::AppState;
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -39,8 +41,15 @@ fn set_cookie(
         .map_err(|_| ApiError::BadRequest("cannot set the session cookie".into()))
 }
 
-/// `POST /api/v1/session`: logs in with a token.
-pub(super) async fn login(State(state): State<AppState>, body: Json<Login>) -> ApiResult<Response> {
+/// `POST /api/v1/session`: logs in with a token. Refused from another site's page (its
+/// `Origin`), so that no page elsewhere can log a browser in as someone else.
+pub(super) async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    auth::check_origin(&headers)?;
+    let body: Login = extract::json(&headers, body, extract::SMALL_BODY).await?;
     let client = state.pool.get().await?;
     let Some(opened) = sessions::open(&client, body.token.trim()).await? else {
         return Err(ApiError::Unauthenticated(

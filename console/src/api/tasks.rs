@@ -4,10 +4,11 @@
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
 use crate::tokens::Scope;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use lapin::Connection;
 use serde::{Deserialize, Serialize};
@@ -158,8 +159,8 @@ pub(super) struct Minute {
 pub(super) async fn stats(
     State(state): State<AppState>,
     principal: Principal,
-    Path(task): Path<String>,
-    Query(params): Query<StatsParams>,
+    ApiPath(task): ApiPath<String>,
+    ApiQuery(params): ApiQuery<StatsParams>,
 ) -> ApiResult<Json<Vec<Minute>>> {
     principal.require(Scope::Read)?;
     let minutes = params.minutes.unwrap_or(60);
