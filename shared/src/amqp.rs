@@ -68,7 +68,7 @@ pub async fn connect_trusting(
 
 /// Which of `nodes` a connection named `name` tries first: the same for the same name, spread
 /// evenly over names (each replica's name holds its own id).
-fn first_node(name: &str, nodes: usize) -> usize {
+pub fn first_node(name: &str, nodes: usize) -> usize {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
     name.hash(&mut hasher);
