@@ -10,6 +10,7 @@
 #   scripts/rabbit-cluster.sh leader warren.task.player.dump   # the node leading a quorum queue
 #   scripts/rabbit-cluster.sh kill 2       # kill -9 node 2's Erlang VM
 #   scripts/rabbit-cluster.sh restart 2    # start it again: it rejoins by itself
+#   scripts/rabbit-cluster.sh members warren.task.player.dump  # how many nodes replicate it
 #   scripts/rabbit-cluster.sh queues       # every queue and its messages
 #   scripts/rabbit-cluster.sh connections  # each client connection and its node
 #   scripts/rabbit-cluster.sh stop         # stop all three and remove their data
@@ -96,6 +97,15 @@ case "${1:-}" in
     done
     exit 1
     ;;
+  members) # queue: how many nodes hold a replica of it
+    for n in 1 2 3; do
+      if out=$(ctl "$n" list_queues name members --quiet --no-table-headers 2>/dev/null); then
+        echo "$out" | awk -v q="$2" '$1 == q { print gsub(/@/, "@") }'
+        exit 0
+      fi
+    done
+    exit 1
+    ;;
   queues) # every queue with its messages (ready and unacked), from the first node that answers
     for n in 1 2 3; do
       if ctl "$n" list_queues name messages --quiet --no-table-headers 2>/dev/null; then exit 0; fi
@@ -115,7 +125,7 @@ case "${1:-}" in
     exit 1
     ;;
   *)
-    echo "usage: $0 start|stop|kill N|restart N|leader QUEUE|queues|connections" >&2
+    echo "usage: $0 start|stop|kill N|restart N|leader QUEUE|members QUEUE|queues|connections" >&2
     exit 2
     ;;
 esac

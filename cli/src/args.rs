@@ -226,6 +226,11 @@ pub(crate) struct WorkerArgs {
     /// queues created by this replica).
     #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = warren_shared::topology::DEFAULT_DELIVERY_LIMIT, value_parser = clap::value_parser!(i64).range(1..))]
     pub(crate) delivery_limit: i64,
+    /// Nodes holding a replica of each quorum task, lane and dead-letter queue this replica
+    /// creates. Default: the broker's, every node of the cluster (three on a three-node
+    /// cluster). Queues that exist keep their members (docs/operations.md).
+    #[arg(long, env = "WARREN_QUORUM_GROUP_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) quorum_group_size: Option<u32>,
     /// Where to serve /metrics, /healthz and /readyz (host:port; port 0 picks a free one; "off"
     /// serves nothing). Default 0.0.0.0:9464, or a free port, logged, when another process
     /// (another replica on this host) has that one; an address given here is used or refused.

@@ -116,6 +116,10 @@ pub struct Topology {
     namespace: String,
     queue_type: QueueType,
     delivery_limit: i64,
+    /// Nodes holding a replica of each quorum task, lane and dead-letter queue created from
+    /// now on; `None`: the broker's default (every node of the cluster when the queue is
+    /// declared: three on the usual three-node cluster).
+    quorum_group_size: Option<u32>,
 }
 
 impl Topology {
@@ -125,7 +129,23 @@ impl Topology {
             namespace: namespace.into(),
             queue_type,
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            quorum_group_size: None,
         }
+    }
+
+    /// Sets how many nodes hold a replica of each quorum task, lane and dead-letter queue
+    /// declared from now on (`x-quorum-initial-group-size`). Delay levels and `unrouted` keep
+    /// the broker's default: producers declare them too, and do not know this setting. A queue
+    /// that exists keeps its members (the broker refuses a declaration that adds the argument:
+    /// see [`is_inequivalent`]); change them with `rabbitmq-queues grow` / `shrink`.
+    pub fn with_quorum_group_size(mut self, size: Option<u32>) -> Self {
+        self.quorum_group_size = size.map(|n| n.max(1));
+        self
+    }
+
+    /// The group size set, if any.
+    pub fn quorum_group_size(&self) -> Option<u32> {
+        self.quorum_group_size
     }
 
     /// Sets the broker's delivery limit for task queues created from now on (quorum only).
@@ -588,7 +608,17 @@ impl Topology {
                 AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
             );
         }
+        self.add_group_size(&mut args);
         args
+    }
+
+    fn add_group_size(&self, args: &mut FieldTable) {
+        if let (QueueType::Quorum, Some(size)) = (self.queue_type, self.quorum_group_size) {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongLongInt(i64::from(size)),
+            );
+        }
     }
 
     fn plain_queue_arguments(&self) -> FieldTable {
@@ -620,6 +650,7 @@ impl Topology {
             );
         }
         self.add_safe_dead_lettering(&mut args);
+        self.add_group_size(&mut args);
         args
     }
 }
@@ -788,6 +819,34 @@ mod tests {
         assert_eq!(
             t.dead_letter_queue("video.process"),
             "warren.dlq.video.process"
+        );
+    }
+
+    #[test]
+    fn a_group_size_goes_on_task_and_dead_letter_queues_only() {
+        let key = "x-quorum-initial-group-size";
+        let plain = Topology::new("w", QueueType::Quorum);
+        assert!(
+            !plain
+                .task_queue_arguments("w.dlq.a")
+                .inner()
+                .contains_key(key)
+        );
+        let sized = plain.clone().with_quorum_group_size(Some(3));
+        assert!(
+            sized
+                .task_queue_arguments("w.dlq.a")
+                .inner()
+                .contains_key(key)
+        );
+        assert!(sized.dlq_arguments().inner().contains_key(key));
+        assert!(!sized.plain_queue_arguments().inner().contains_key(key));
+        let classic = Topology::new("w", QueueType::Classic).with_quorum_group_size(Some(3));
+        assert!(
+            !classic
+                .task_queue_arguments("w.dlq.a")
+                .inner()
+                .contains_key(key)
         );
     }
 

@@ -1165,6 +1165,45 @@ async fn two_thousand_jobs_survive_the_death_of_a_cluster_node_leading_their_que
         "cluster: node {leader} killed; a job finished {recovery} ms after its death (delivered before it), every replica was on a live node {reconnection} ms after, and the first job delivered after that finished {led_recovery} ms after the death"
     );
     assert_exactly_once(&env, 2000, &faults, started.elapsed()).await;
+    // Replicated on every node by default, the restarted one included.
+    assert_eq!(
+        cluster(&["members", &queue]).trim(),
+        "3",
+        "members of {queue}"
+    );
+    // A group size applies to queues created from then on; a replica given one starts on the
+    // queues that exist (they keep their members).
+    let connection = warren_shared::amqp::connect(&env.amqp_url, "warren-tests")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let sized = env.topology().with_quorum_group_size(Some(2));
+    sized
+        .declare_dead_letter_queue(&channel, "sized.probe")
+        .await
+        .unwrap();
+    let probe = sized.dead_letter_queue("sized.probe");
+    assert_eq!(
+        cluster(&["members", &probe]).trim(),
+        "2",
+        "members of {probe}"
+    );
+    let _ = channel
+        .queue_delete(probe.as_str().into(), Default::default())
+        .await;
+    warren_shared::amqp::close(&connection, "done").await;
+    let mut sized_replica = env.spawn_test_worker_with_env(
+        BINARY,
+        "cluster-sized",
+        &["--grace-period", "3s"],
+        &[("WARREN_QUORUM_GROUP_SIZE", "2")],
+    );
+    env.wait_consuming(&LEDGER_TASKS).await;
+    assert!(
+        sized_replica.try_wait().unwrap().is_none(),
+        "the replica with a group size runs"
+    );
+    let _ = sized_replica.kill();
     assert_eq!(
         cluster_messages(&env.namespace),
         0,

@@ -664,22 +664,48 @@ async fn declare_topology(
                 if !warren_shared::topology::is_inequivalent(&e) {
                     return Err(e);
                 }
-                // Created by an older Warren: it keeps its arguments (a queue's arguments
-                // cannot change), and the refusal closed the channel.
+                // Created by an older Warren, or before the quorum group size was set: it
+                // keeps its arguments (a queue's arguments cannot change), and the refusal
+                // closed the channel.
                 tracing::warn!(
                     queue = %topology.dead_letter_queue(task.id()),
                     "dead-letter queue has no explicit delivery limit; on RabbitMQ 4.0-4.2 set one by policy (docs/operations.md)"
                 );
                 channel = connection.create_channel().await?;
             }
-            topology
+            let declared = topology
                 .declare_task_queue(
                     &channel,
                     task.id(),
                     &task.events(),
                     task.priority_lanes(),
                 )
-                .await?;
+                .await;
+            match declared {
+                Err(e)
+                    if topology.quorum_group_size().is_some()
+                        && warren_shared::topology::is_inequivalent(&e) =>
+                {
+                    // Created before the group size was set: it keeps its members (the
+                    // refusal closed the channel).
+                    tracing::warn!(
+                        queue = %topology.task_queue(task.id()),
+                        "task queue exists without the quorum group size: it keeps its replicas (rabbitmq-queues grow/shrink changes them; docs/operations.md)"
+                    );
+                    channel = connection.create_channel().await?;
+                    topology
+                        .clone()
+                        .with_quorum_group_size(None)
+                        .declare_task_queue(
+                            &channel,
+                            task.id(),
+                            &task.events(),
+                            task.priority_lanes(),
+                        )
+                        .await?;
+                }
+                other => other?,
+            }
             let lanes = crate::lanes::to_consume(
                 connection,
                 &channel,

@@ -31,7 +31,8 @@ pub(crate) async fn run(
         global.amqp_url.clone(),
         global.database_url.clone(),
         Topology::new(global.namespace.clone(), args.queue_type)
-            .with_delivery_limit(args.delivery_limit),
+            .with_delivery_limit(args.delivery_limit)
+            .with_quorum_group_size(args.quorum_group_size),
     );
     config.retry = RetryPolicy {
         max_attempts: args.max_attempts,
