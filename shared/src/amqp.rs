@@ -47,7 +47,17 @@ pub async fn connect_trusting(
     let mut last = None;
     for i in 0..nodes.len() {
         let (_, node) = nodes[(first + i) % nodes.len()];
-        match connect_node(node, name, ca_file).await {
+        // A node cut off by a partition swallows the attempt instead of refusing it: bounded,
+        // so that the next node is tried before the operating system's TCP timeout (minutes).
+        let attempt = tokio::time::timeout(NODE_CONNECT_TIMEOUT, connect_node(node, name, ca_file))
+            .await
+            .unwrap_or_else(|_| {
+                Err(lapin::Error::from(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {}s", NODE_CONNECT_TIMEOUT.as_secs()),
+                )))
+            });
+        match attempt {
             Ok(connection) => return Ok(connection),
             Err(e) => {
                 tracing::warn!(node = %crate::redact::url(node), error = %e, "broker node did not answer; trying the next");
@@ -65,6 +75,11 @@ pub async fn connect_trusting(
     )
     .into())
 }
+
+/// How long one node of several gets to complete a connection (TCP, TLS and the AMQP
+/// handshake) before the next is tried. A single address has no such limit of its own: the
+/// caller's timeout applies.
+pub const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Which of `nodes` a connection named `name` tries first: the same for the same name, spread
 /// evenly over names (each replica's name holds its own id).

@@ -85,3 +85,47 @@ fn when_no_listed_node_answers_the_command_line_says_so_in_one_line_without_pass
         "{stderr}"
     );
 }
+
+/// A node that accepts the TCP connection and then says nothing (what a partitioned node looks
+/// like from a client, or an overloaded one) is given up after a few seconds and the next node
+/// is tried: a connection does not wait minutes for the operating system's timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_swallows_the_handshake_is_passed_over_within_seconds() {
+    let env = TestEnv::new().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket); // held open, never answered
+        }
+    });
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{silent_port}/%2f,{}",
+        env.amqp_url
+    );
+    // A name whose first choice is the silent node (the first of the two).
+    let name = (0..)
+        .map(|i| format!("silent-probe-{i}"))
+        .find(|name| warren_shared::amqp::first_node(name, 2) == 0)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let connection = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        warren_shared::amqp::connect(&url, &name),
+    )
+    .await
+    .expect("connected within 30 s")
+    .expect("the live node answers");
+    let waited = started.elapsed();
+    assert!(
+        waited >= warren_shared::amqp::NODE_CONNECT_TIMEOUT,
+        "the silent node was tried first: {waited:?}"
+    );
+    assert!(
+        waited < warren_shared::amqp::NODE_CONNECT_TIMEOUT + std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    warren_shared::amqp::close(&connection, "done").await;
+    held.abort();
+}
