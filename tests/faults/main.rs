@@ -990,20 +990,21 @@ fn signal(signal: &str, pids: &[String]) {
     assert!(status.success(), "kill {signal} {pids:?}");
 }
 
-/// `scripts/rabbit-cluster.sh` with `args`; its standard output.
-fn cluster(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbit-cluster.sh");
-    let output = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
+/// `scripts/{script}` with `args`, which must succeed; its standard output.
+fn script(script: &str, args: &[&str]) -> String {
+    let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("bash").arg(path).args(args).output().unwrap();
     assert!(
         output.status.success(),
-        "rabbit-cluster.sh {args:?}: {}",
+        "{script} {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `scripts/rabbit-cluster.sh` with `args`.
+fn cluster(args: &[&str]) -> String {
+    script("rabbit-cluster.sh", args)
 }
 
 /// Messages in the namespace's queues on the cluster, dead-letter queues aside.
@@ -1231,17 +1232,7 @@ async fn wait_all_terminal_on_cluster(env: &TestEnv, jobs: i64, within: Duration
 
 /// `scripts/pg-standby.sh` with `args`.
 fn standby(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-standby.sh");
-    let output = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "pg-standby.sh {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    script("pg-standby.sh", args);
 }
 
 /// A Postgres primary with a synchronous streaming standby on this machine

@@ -11,8 +11,8 @@ use warren_console::webhooks::WebhookSource;
 use warren_shared::signature::Secret;
 use warren_shared::store::schedules::{self, Definition};
 use warren_tests::TestEnv;
-use warren_tests::console::TestConsole;
-use warren_worker::{Registry, RetryPolicy, StepContext, StepError, StepOutcome, Task, code, step};
+use warren_tests::console::{TestConsole, fragile};
+use warren_worker::{Registry, StepContext, StepOutcome, Task, step};
 
 /// Two steps that pass their input on.
 fn echo() -> Task<Value> {
@@ -23,25 +23,6 @@ fn echo() -> Task<Value> {
         }))
         .step(step("second", |_ctx: StepContext<Value>| async move {
             Ok(StepOutcome::next(json!("done")))
-        }))
-}
-
-/// Dies at once (one attempt) while `broken` holds.
-fn fragile(broken: &Arc<AtomicBool>) -> Task<Value> {
-    let broken = Arc::clone(broken);
-    Task::<Value>::new("fragile")
-        .retry(RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        })
-        .step(step("call", move |_ctx: StepContext<Value>| {
-            let broken = Arc::clone(&broken);
-            async move {
-                if broken.load(Ordering::SeqCst) {
-                    return Err(StepError::new(code::QUOTA_EXCEEDED, "quota used up"));
-                }
-                Ok(StepOutcome::next(json!("ok")))
-            }
         }))
 }
 

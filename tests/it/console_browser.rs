@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use warren_tests::console::TestConsole;
+use warren_tests::console::{TestConsole, fragile};
 use warren_tests::{TestEnv, TestWorker, free_port};
-use warren_worker::{Registry, RetryPolicy, StepContext, StepError, StepOutcome, Task, code, step};
+use warren_worker::{Registry, StepContext, StepOutcome, Task, step};
 
 /// Debian's paths, overridable for other machines.
 fn binary(variable: &str, default: &str) -> String {
@@ -31,27 +31,6 @@ fn echo() -> Task<Value> {
             ctx.log(format!("delivering {}", ctx.input()));
             tokio::time::sleep(Duration::from_millis(300)).await;
             Ok(StepOutcome::next(json!("delivered")))
-        }))
-}
-
-fn fragile(broken: &Arc<AtomicBool>) -> Task<Value> {
-    let broken = Arc::clone(broken);
-    Task::<Value>::new("fragile")
-        .retry(RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        })
-        .step(step("call", move |_ctx: StepContext<Value>| {
-            let broken = Arc::clone(&broken);
-            async move {
-                if broken.load(Ordering::SeqCst) {
-                    return Err(StepError::new(
-                        code::QUOTA_EXCEEDED,
-                        "the partner's quota is used up",
-                    ));
-                }
-                Ok(StepOutcome::next(json!("ok")))
-            }
         }))
 }
 

@@ -4,9 +4,12 @@
 use crate::TestEnv;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use warren_console::tokens::{self, Scope};
 use warren_console::{Console, ConsoleConfig};
+use warren_worker::{RetryPolicy, StepContext, StepError, StepOutcome, Task, code, step};
 
 /// A running console and the tokens to call it with.
 pub struct TestConsole {
@@ -107,4 +110,27 @@ impl TestConsole {
             console.stop().await;
         }
     }
+}
+
+/// A task whose one step fails for good (one attempt, `quota_exceeded`) while `broken` holds:
+/// a dead letter to replay once the cause is fixed.
+pub fn fragile(broken: &Arc<AtomicBool>) -> Task<Value> {
+    let broken = Arc::clone(broken);
+    Task::<Value>::new("fragile")
+        .retry(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        })
+        .step(step("call", move |_ctx: StepContext<Value>| {
+            let broken = Arc::clone(&broken);
+            async move {
+                if broken.load(Ordering::SeqCst) {
+                    return Err(StepError::new(
+                        code::QUOTA_EXCEEDED,
+                        "the partner's quota is used up",
+                    ));
+                }
+                Ok(StepOutcome::next(serde_json::json!("ok")))
+            }
+        }))
 }
