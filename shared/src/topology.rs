@@ -797,6 +797,27 @@ pub async fn inspect_queue(channel: &Channel, queue: &str) -> lapin::Result<Opti
     }
 }
 
+/// Depths of `queues`, `None` for one that does not exist, on channels of `connection`: one
+/// channel for them all, and a new one after each missing queue (whose passive declaration
+/// closed the channel).
+pub async fn inspect_queues(
+    connection: &lapin::Connection,
+    queues: &[String],
+) -> lapin::Result<Vec<Option<QueueStats>>> {
+    let mut stats = Vec::with_capacity(queues.len());
+    let mut channel = connection.create_channel().await?;
+    for queue in queues {
+        if !channel.status().connected() {
+            channel = connection.create_channel().await?;
+        }
+        stats.push(inspect_queue(&channel, queue).await?);
+    }
+    if channel.status().connected() {
+        crate::amqp::close_channel(&channel, "inspected").await;
+    }
+    Ok(stats)
+}
+
 /// Did the broker refuse a declaration because the queue exists with other arguments?
 pub fn is_inequivalent(error: &lapin::Error) -> bool {
     error.to_string().contains("PRECONDITION_FAILED")

@@ -220,7 +220,11 @@ async fn an_event_posted_is_published_with_its_headers_and_runs() {
         .post(format!("{}/api/v1/events/echo", console.base))
         .bearer_auth(&console.publish)
         .header("idempotency-key", "order-7")
-        .header("warren-tenant", "acme")
+        // UTF-8, as the protocol's headers are.
+        .header(
+            "warren-tenant",
+            reqwest::header::HeaderValue::from_bytes("acmé".as_bytes()).unwrap(),
+        )
         .header("warren-message-id", "ingress-1")
         .body(r#"{"order": 7}"#)
         .send()
@@ -230,7 +234,7 @@ async fn an_event_posted_is_published_with_its_headers_and_runs() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer, json!({ "message_id": "ingress-1" }));
     let run = wait_status(&env, "ingress-1", "succeeded").await;
-    assert_eq!(run.summary.tenant.as_deref(), Some("acme"));
+    assert_eq!(run.summary.tenant.as_deref(), Some("acmé"));
     assert_eq!(run.idempotency_key.as_deref(), Some("order-7"));
     assert_eq!(run.input, Some(json!({ "order": 7 })));
 
@@ -1175,6 +1179,20 @@ async fn warren_tokens_and_warren_console_from_the_command_line() {
         }
     };
     assert_eq!(answer.status(), StatusCode::OK);
+    // A second console on the same address: the address is the problem, said in one line.
+    let taken = env
+        .warren()
+        .args(["console", "--addr", &addr])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(!taken.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot reach Postgres"), "{stderr}");
     let revoked = run(&["tokens", "revoke", "ci"]);
     assert!(revoked.status.success());
     let after = http

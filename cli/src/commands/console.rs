@@ -1,7 +1,7 @@
 //! `warren console`: the web console and the HTTP API (crate `warren-console`), until SIGTERM
 //! or SIGINT.
 
-use super::{redact, within_timeout};
+use super::{CONNECT_TIMEOUT, redact};
 use crate::args::Global;
 use anyhow::Context;
 use clap::Args;
@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use warren_console::{Console, ConsoleConfig};
+use warren_console::{Console, ConsoleConfig, StartError};
 
 #[derive(Args, Debug)]
 pub(crate) struct ConsoleArgs {
@@ -36,11 +36,20 @@ pub(crate) async fn run(global: &Global, args: ConsoleArgs) -> anyhow::Result<()
     }
     config.max_body_bytes = args.max_body_bytes;
     config.secure_cookies = args.secure_cookies;
-    let console = within_timeout(
-        &format!("Postgres at {}", redact(&global.database_url)),
-        Console::start(config),
-    )
-    .await?;
+    // Only Postgres is reached at start (the broker on first use): an address taken is its
+    // own error, not "cannot reach Postgres".
+    let postgres = format!("Postgres at {}", redact(&global.database_url));
+    let console = match tokio::time::timeout(CONNECT_TIMEOUT, Console::start(config)).await {
+        Err(_) => anyhow::bail!(
+            "cannot reach {postgres}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+        Ok(Err(e @ StartError::Database(_))) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot reach {postgres}")));
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(console)) => console,
+    };
     // The one line a person starting it needs (logs are off without -v).
     println!("console listening on http://{}", console.addr());
     let stop = CancellationToken::new();

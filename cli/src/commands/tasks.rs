@@ -8,7 +8,7 @@ use crate::output::{print_json, table};
 use serde::Serialize;
 use std::path::Path;
 use warren_shared::priority::Priority;
-use warren_shared::topology::{QueueStats, inspect_queue};
+use warren_shared::topology::{QueueStats, inspect_queues};
 use warren_worker::Registry;
 use warren_worker::declared::{self, LoadError};
 
@@ -171,15 +171,10 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// A passive declaration of a missing queue closes its channel, so each look gets its own.
 async fn inspect(
     connection: &lapin::Connection,
     queue: &str,
 ) -> anyhow::Result<Option<QueueStats>> {
-    let channel = connection.create_channel().await?;
-    let stats = inspect_queue(&channel, queue).await?;
-    if stats.is_some() {
-        warren_shared::amqp::close_channel(&channel, "done").await;
-    }
-    Ok(stats)
+    let mut stats = inspect_queues(connection, &[queue.to_owned()]).await?;
+    Ok(stats.pop().flatten())
 }

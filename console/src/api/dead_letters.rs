@@ -1,7 +1,7 @@
 //! Dead letters: how many wait per task, a task's letters with their reasons, one letter with
 //! its run, and the two actions, replay (one, or all) and purge.
 
-use super::tasks::{inspect, known_tasks};
+use super::tasks::known_tasks;
 use crate::audit;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::Duration;
 use warren_shared::store::{self, RunDetail};
+use warren_shared::topology::inspect_queues;
 use warren_worker::dlq::{DeadLetter, DeadLetterQueue, DlqError, ReplayReport};
 
 impl From<DlqError> for ApiError {
@@ -54,7 +55,7 @@ pub(super) async fn summary(
         .map(|t| state.topology.dead_letter_queue(t))
         .collect();
     let connection = state.broker().await?;
-    let stats = inspect(&connection, &queues)
+    let stats = inspect_queues(&connection, &queues)
         .await
         .map_err(ApiError::broker)?;
     Ok(Json(

@@ -40,8 +40,9 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
     headers
         .get(name)
         .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest(format!("header {name}: not printable ASCII")))
+            // UTF-8, as the protocol's headers are (a tenant may be named in any script).
+            std::str::from_utf8(v.as_bytes())
+                .map_err(|_| ApiError::BadRequest(format!("header {name}: not UTF-8")))
         })
         .transpose()
         .map(|v| v.map(str::trim).filter(|v| !v.is_empty()))

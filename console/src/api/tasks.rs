@@ -10,18 +10,19 @@ use crate::tokens::Scope;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use lapin::Connection;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use warren_shared::priority::Priority;
 use warren_shared::store::{self, schedules};
-use warren_shared::topology::{QueueStats, Topology, inspect_queue};
+use warren_shared::topology::{QueueStats, Topology, inspect_queues};
 
 /// A task as the tasks page shows it.
 #[derive(Serialize)]
 pub(super) struct TaskRow {
     task: String,
     queue: String,
-    /// Ready messages; `None` when the queue does not exist (yet) or the broker is away.
+    /// Ready messages, in all its lanes; `None` when the queue does not exist (yet) or the
+    /// broker is away.
     ready: Option<u32>,
     consumers: Option<u32>,
     dead_letters: Option<u32>,
@@ -51,24 +52,9 @@ pub(crate) async fn known_tasks(
     Ok(tasks)
 }
 
-/// Depths of `queues`, `None` for one that does not exist. A passive declaration of a missing
-/// queue closes its channel, so the next one gets a new channel.
-pub(crate) async fn inspect(
-    connection: &Connection,
-    queues: &[String],
-) -> Result<Vec<Option<QueueStats>>, lapin::Error> {
-    let mut stats = Vec::with_capacity(queues.len());
-    let mut channel = connection.create_channel().await?;
-    for queue in queues {
-        if !channel.status().connected() {
-            channel = connection.create_channel().await?;
-        }
-        stats.push(inspect_queue(&channel, queue).await?);
-    }
-    warren_shared::amqp::close_channel(&channel, "inspected").await;
-    Ok(stats)
-}
-
+/// Each task's queue (its lanes' depths added, as `warren tasks` shows them) and its
+/// dead-letter queue; `None`s when the broker cannot be reached, so that the page still shows
+/// what Postgres knows.
 async fn queue_stats(
     state: &AppState,
     topology: &Topology,
@@ -76,17 +62,33 @@ async fn queue_stats(
 ) -> Vec<(Option<QueueStats>, Option<QueueStats>)> {
     let queues: Vec<String> = tasks
         .iter()
-        .flat_map(|t| [topology.task_queue(t), topology.dead_letter_queue(t)])
+        .flat_map(|t| {
+            [
+                topology.task_queue(t),
+                topology.lane_queue(t, Priority::High),
+                topology.lane_queue(t, Priority::Low),
+                topology.dead_letter_queue(t),
+            ]
+        })
         .collect();
     let read = async {
         let connection = state.broker().await?;
-        inspect(&connection, &queues)
+        inspect_queues(&connection, &queues)
             .await
             .map_err(ApiError::broker)
     };
     match read.await {
-        Ok(stats) => stats.chunks(2).map(|pair| (pair[0], pair[1])).collect(),
-        // The page still shows what Postgres knows.
+        Ok(stats) => stats
+            .chunks(4)
+            .map(|q| {
+                let lanes = [q[1], q[2]].into_iter().flatten();
+                let queue = q[0].map(|main| QueueStats {
+                    messages: main.messages + lanes.map(|l| l.messages).sum::<u32>(),
+                    consumers: main.consumers,
+                });
+                (queue, q[3])
+            })
+            .collect(),
         Err(_) => vec![(None, None); tasks.len()],
     }
 }
