@@ -162,17 +162,7 @@ async fn errors_are_one_line_and_a_non_zero_exit() {
         ),
     ];
     for (args, vars, expected) in cases {
-        let mut command = env.warren();
-        command.args(args);
-        for (k, v) in vars {
-            command.env(k, v);
-        }
-        let output = command.output().unwrap();
-        let (_, stderr) = text(&output);
-        assert!(!output.status.success(), "{args:?} should fail");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert!(!stderr.contains("secret"), "password leaked: {stderr}");
+        env.assert_fails_in_one_line(args, vars, expected);
     }
 }
 

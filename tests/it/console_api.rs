@@ -1237,17 +1237,7 @@ async fn warren_tokens_and_warren_console_from_the_command_line() {
         ),
     ];
     for (args, vars, expected) in cases {
-        let mut command = env.warren();
-        command.args(args);
-        for (k, v) in vars {
-            command.env(k, v);
-        }
-        let output = command.output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} should fail");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert!(!stderr.contains("secret"), "password leaked: {stderr}");
+        env.assert_fails_in_one_line(args, vars, expected);
     }
 }
 

@@ -233,6 +233,22 @@ impl TestEnv {
         command
     }
 
+    /// Runs `warren args` with `vars` set, which must fail with one line on standard error
+    /// containing `expected` and no password (every case's password is `secret`).
+    pub fn assert_fails_in_one_line(&self, args: &[&str], vars: &[(&str, &str)], expected: &str) {
+        let mut command = self.warren();
+        command.args(args);
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("secret"), "password leaked: {stderr}");
+    }
+
     /// Runs the `warren-test-worker` binary at `binary` as replica `id` of this test.
     pub fn spawn_test_worker(&self, binary: &str, id: &str, extra: &[&str]) -> TestWorker {
         self.spawn_test_worker_with_env(binary, id, extra, &[])
